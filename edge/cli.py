@@ -1,0 +1,60 @@
+"""The ``storelens`` command line.
+
+Each subcommand lives in its own module under ``edge/commands/`` with a ``register(sub)``
+function; this file only wires them up and turns :class:`StoreLensError` into a one-line
+message and its exit code (``--verbose`` adds the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge import __version__
+from edge.errors import StoreLensError
+from edge.logs import setup_logging
+
+# Order is the order `storelens --help` lists them in.
+COMMAND_MODULES: tuple[str, ...] = (
+    "edge.commands.validate_config",
+    "edge.commands.export_cmd",
+)
+
+log = logging.getLogger("storelens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="storelens",
+        description="StoreLens: on-device product recognition and search for physical stores.",
+        epilog="Run `storelens COMMAND --help` for each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"storelens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "INFO")
+    try:
+        return int(args.func(args) or 0)
+    except StoreLensError as e:
+        if args.verbose:
+            log.exception("command failed")
+        print(f"storelens: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("storelens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

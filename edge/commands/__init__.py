@@ -1,0 +1,1 @@
+"""One module per ``storelens`` subcommand, each with ``register(sub)``."""
