@@ -129,6 +129,32 @@ class MqttSettings(Section):
     enroll_dir: Path | None = Field(None, description="Folder that enroll commands may read image paths from")
 
 
+class RecommendSettings(Section):
+    """Recommendations: bought-together from sold baskets (MQTT events/basket), similar from product vectors."""
+
+    in_match_messages: bool = Field(False, description="Add a `recommendations` field to kiosk match messages")
+    k: int = Field(5, ge=1, le=100, description="Recommendations returned when the caller does not say how many")
+    method: Literal["auto", "ease", "pmi", "cooccurrence"] = Field(
+        "auto", description="Bought-together score: ease (item-item linear model), pmi (shrunk PMI), "
+        "cooccurrence (raw counts); auto = ease up to ease_max_items products, else pmi")
+    ease_lambda: float = Field(100.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity)")
+    ease_max_items: int = Field(3000, ge=2, le=20000, description="Above this many basket products auto uses pmi")
+    shrinkage: float = Field(20.0, ge=0, le=1e6, description="PMI shrinkage: pair weight that halves a rare pair's score")
+    half_life_days: float | None = Field(
+        30.0, gt=0, le=3650, description="Basket evidence halves in weight every this many days; empty = no decay")
+    min_support: float = Field(1.0, ge=0, le=1e6, description="Decayed basket count a product needs before its "
+                               "bought-together list is used (below: popularity, then similar)")
+    neighbours: int = Field(200, ge=1, le=10000, description="Scored neighbours kept per product in the model")
+    refresh_s: float = Field(60.0, ge=0, le=86400, description="Rebuild the model at most this often when new "
+                             "baskets arrived (0 = on the next request)")
+    dedup_window_days: float = Field(30.0, gt=0, le=3650, description="Basket ids are remembered this long; "
+                                     "older baskets are rejected as stale (they could not be de-duplicated)")
+    max_basket_items: int = Field(200, ge=1, le=10000, description="Baskets with more distinct skus are rejected")
+    near_duplicate: float = Field(0.98, gt=0, le=1, description="Similar: cosine at or above which a product is "
+                                  "a near-duplicate of the query and left out")
+    image_weight: float = Field(0.5, ge=0, le=1, description="Similar: weight of image vs text similarity")
+
+
 class Settings(BaseSettings):
     """The root of a StoreLens config file (see configs/*.toml for commented examples)."""
 
@@ -142,6 +168,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings, description="Frame gating")
     decision: DecisionSettings = Field(default_factory=DecisionSettings, description="Voting and unknown rejection")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection and outbox")
+    recommend: RecommendSettings = Field(default_factory=RecommendSettings, description="Recommendations")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")
