@@ -1,0 +1,287 @@
+"""Label text at the edge: rapidocr-onnxruntime behind a small, asynchronous, cached API.
+
+Packaged products differ by a word on the label more than by shape or colour, so the
+runtime reads text off steady ROI crops and :mod:`edge.fusion` turns the words into a
+per-product score. OCR costs ~0.5-1 s a crop on one core, far more than an embedding, so:
+
+* :class:`OcrEngine` loads the PP-OCR models lazily (first read), runs on a fixed thread
+  count, and returns a small frozen :class:`OcrResult`;
+* :class:`OcrWorker` runs the engine on its own thread, never the caller's. ``request(roi,
+  crop)`` never blocks: it returns the cached reading while that ROI's view is unchanged,
+  otherwise schedules one read (latest view wins) and returns ``None``. A frame that has no
+  reading yet simply has no text evidence, which leaves the image ranking unchanged;
+* :func:`normalise_text` / :func:`tokens` are the one text normalisation used on both
+  sides (OCR output and catalog text): case-folded, diacritics folded (å, ä -> a; ö -> o;
+  é -> e) so "GRADDFIL" read off a carton matches "Gräddfil" in the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.errors import BackendError, ImageError
+
+log = logging.getLogger("storelens.ocr")
+
+_TOKEN = re.compile(r"[^\W_]+")
+
+
+def normalise_text(text: str) -> str:
+    """Case-fold and strip diacritics (å/ä -> a, ö -> o, é -> e): the same on OCR and catalog text."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def tokens(text: str, *, min_len: int = 2) -> list[str]:
+    """Normalised word tokens in reading order (letters and digits; punctuation splits words)."""
+    return [t for t in _TOKEN.findall(normalise_text(text)) if len(t) >= min_len]
+
+
+@dataclass(frozen=True, slots=True)
+class OcrLine:
+    """One text line the recogniser read, with its confidence (0-1)."""
+
+    text: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class OcrResult:
+    """What one OCR pass read off one crop."""
+
+    lines: tuple[OcrLine, ...]
+    latency_ms: float
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(line.text for line in self.lines)
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return tuple(tokens(self.text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lines": [[ln.text, round(ln.score, 4)] for ln in self.lines],
+                "latency_ms": round(self.latency_ms, 2), "error": self.error}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OcrResult:
+        return cls(lines=tuple(OcrLine(str(t), float(s)) for t, s in d.get("lines", [])),
+                   latency_ms=float(d.get("latency_ms", 0.0)), error=d.get("error"))
+
+
+EMPTY = OcrResult(lines=(), latency_ms=0.0)
+
+
+class OcrEngine:
+    """rapidocr-onnxruntime (PP-OCRv4 det + rec, shipped in the wheel), loaded on first use.
+
+    ``det_limit_side_len`` is the short side the detector works at: the library default (736)
+    upsamples small crops and dominates latency; 480 reads carton brand words as well at
+    about half the cost. ``min_score`` drops lines the recogniser is unsure of.
+    """
+
+    def __init__(self, *, threads: int = 1, min_score: float = 0.5, det_limit_side_len: int = 480) -> None:
+        if threads < 1:
+            raise BackendError(f"OCR threads must be >= 1, got {threads}", hint="set ocr.threads to 1 or more")
+        self.threads = threads
+        self.min_score = min_score
+        self.det_limit_side_len = det_limit_side_len
+        self._ocr: Any = None
+        self._lock = threading.Lock()  # one read at a time per engine (onnxruntime sessions are shared)
+
+    def _load(self) -> Any:
+        if self._ocr is None:
+            try:
+                from rapidocr_onnxruntime import RapidOCR
+            except ImportError as e:  # pragma: no cover - the package is a hard dependency
+                raise BackendError("rapidocr-onnxruntime is not installed",
+                                   hint="pip install rapidocr-onnxruntime (see pyproject.toml)") from e
+            self._ocr = RapidOCR(intra_op_num_threads=self.threads, inter_op_num_threads=1,
+                                 text_score=self.min_score, det_limit_side_len=self.det_limit_side_len)
+        return self._ocr
+
+    def read(self, image_bgr: np.ndarray) -> OcrResult:
+        """Read the text lines of one BGR uint8 crop (synchronous; call it off the capture thread)."""
+        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim not in (2, 3) or image_bgr.size == 0:
+            raise ImageError("OCR needs a non-empty BGR uint8 image array",
+                             hint="pass the ROI crop as decoded by edge.preprocess.read_image / the capture")
+        if image_bgr.dtype != np.uint8:
+            raise ImageError(f"OCR needs uint8 pixels, got {image_bgr.dtype}", hint="pass the decoded frame crop")
+        with self._lock:
+            ocr = self._load()
+            t0 = time.perf_counter()
+            result, _ = ocr(image_bgr)
+            ms = (time.perf_counter() - t0) * 1000.0
+        lines = tuple(OcrLine(str(r[1]), float(r[2])) for r in (result or []) if str(r[1]).strip())
+        return OcrResult(lines=lines, latency_ms=ms)
+
+
+def view_signature(crop: np.ndarray) -> np.ndarray:
+    """A 16x16 grey thumbnail (0-1): two views are 'the same' when these barely differ."""
+    grey = crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    return cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def same_view(a: np.ndarray, b: np.ndarray, threshold: float) -> bool:
+    return a.shape == b.shape and float(np.mean(np.abs(a - b))) <= threshold
+
+
+@dataclass(frozen=True, slots=True)
+class OcrStats:
+    """Counters of an :class:`OcrWorker` (all since start); ``stats`` messages publish them."""
+
+    requests: int
+    cache_hits: int
+    reads: int
+    superseded: int
+    errors: int
+    pending: int
+    mean_ms: float
+    max_ms: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass
+class _Roi:
+    signature: np.ndarray | None = None  # view the cached result was read from
+    result: OcrResult | None = None
+    pending: tuple[np.ndarray, np.ndarray] | None = None  # (signature, crop) not started yet
+    running: np.ndarray | None = None  # signature being read now
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class OcrWorker:
+    """Reads ROI crops on a background thread; one cached reading per ROI while its view is unchanged.
+
+    The runtime calls :meth:`request` for each gated, steady ROI crop. The call copies the
+    crop (inputs are never mutated or kept by reference) and returns at once.
+    """
+
+    def __init__(self, *, engine: OcrEngine, change_threshold: float = 0.02) -> None:
+        self.engine = engine
+        self.change_threshold = change_threshold
+        self._rois: dict[str, _Roi] = {}
+        self._cv = threading.Condition()
+        self._closed = False
+        self._n = {"requests": 0, "cache_hits": 0, "reads": 0, "superseded": 0, "errors": 0}
+        self._total_ms = 0.0
+        self._max_ms = 0.0
+        self._thread = threading.Thread(target=self._loop, name="storelens-ocr", daemon=True)
+        self._thread.start()
+
+    def request(self, roi: str, crop: np.ndarray) -> OcrResult | None:
+        """The reading for this view of ``roi`` if there is one; else schedule a read and return ``None``."""
+        if not isinstance(crop, np.ndarray) or crop.ndim not in (2, 3) or crop.size == 0 or crop.dtype != np.uint8:
+            raise ImageError(f"OCR request for ROI {roi!r} needs a non-empty uint8 image array",
+                             hint="pass the BGR crop of the ROI as the capture decoded it")
+        sig = view_signature(crop)
+        with self._cv:
+            if self._closed:
+                raise BackendError("OCR worker is closed", hint="create a new OcrWorker")
+            self._n["requests"] += 1
+            st = self._rois.setdefault(roi, _Roi())
+            if st.result is not None and st.signature is not None and same_view(st.signature, sig,
+                                                                                 self.change_threshold):
+                self._n["cache_hits"] += 1
+                return st.result
+            if st.running is not None and same_view(st.running, sig, self.change_threshold):
+                return None  # this view is being read already
+            if st.pending is not None:
+                if same_view(st.pending[0], sig, self.change_threshold):
+                    return None
+                self._n["superseded"] += 1  # an older view never got read: the newer one replaces it
+            st.pending = (sig, crop.copy())
+            st.done.clear()
+            self._cv.notify()
+            return None
+
+    def latest(self, roi: str) -> OcrResult | None:
+        """The last reading of ``roi`` whatever view it was for (None before the first)."""
+        with self._cv:
+            st = self._rois.get(roi)
+            return st.result if st else None
+
+    def wait(self, roi: str, timeout: float | None = None) -> OcrResult | None:
+        """Block until ``roi`` has no read pending or running (benchmarks and tests; not the capture loop)."""
+        with self._cv:
+            st = self._rois.get(roi)
+        if st is None:
+            return None
+        st.done.wait(timeout)
+        return self.latest(roi)
+
+    def invalidate(self, roi: str) -> None:
+        """Forget the cached reading of ``roi`` (e.g. the gate saw the product change)."""
+        with self._cv:
+            st = self._rois.get(roi)
+            if st is not None:
+                st.result, st.signature = None, None
+
+    def stats(self) -> OcrStats:
+        with self._cv:
+            pending = sum(1 for s in self._rois.values() if s.pending is not None)
+            reads = self._n["reads"]
+            return OcrStats(pending=pending, mean_ms=self._total_ms / reads if reads else 0.0,
+                            max_ms=self._max_ms, **self._n)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> OcrWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _next_job(self) -> tuple[str, _Roi, np.ndarray, np.ndarray] | None:
+        with self._cv:
+            while not self._closed:
+                for roi, st in self._rois.items():
+                    if st.pending is not None:
+                        sig, crop = st.pending
+                        st.pending, st.running = None, sig
+                        return roi, st, sig, crop
+                self._cv.wait()
+            return None
+
+    def _loop(self) -> None:
+        while (job := self._next_job()) is not None:
+            roi, st, sig, crop = job
+            try:
+                result = self.engine.read(crop)
+            except Exception as e:  # a failed read is counted, logged and cached for this view only
+                log.warning("OCR read failed", extra={"roi": roi, "error": str(e)})
+                result = OcrResult(lines=(), latency_ms=0.0, error=str(e))
+                failed = True
+            else:
+                failed = False
+            with self._cv:
+                self._n["errors" if failed else "reads"] += 1
+                if not failed:
+                    self._total_ms += result.latency_ms
+                    self._max_ms = max(self._max_ms, result.latency_ms)
+                st.result, st.signature, st.running = result, sig, None
+                if st.pending is None:
+                    st.done.set()
+
+
+def read_many(engine: OcrEngine, images: Iterable[np.ndarray]) -> list[OcrResult]:
+    """Synchronous reads of several images (enrollment of reference photos, benchmarks)."""
+    return [engine.read(im) for im in images]
