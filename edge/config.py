@@ -28,10 +28,15 @@ class Section(BaseModel):
 
 
 class DeviceSettings(Section):
-    store: str = Field(description="Store identifier, used in MQTT topics", min_length=1, max_length=64,
-                       pattern=r"^[A-Za-z0-9_.-]+$")
-    id: str = Field(description="This device's identifier within the store", min_length=1, max_length=64,
-                    pattern=r"^[A-Za-z0-9_.-]+$")
+    store: str = Field(
+        description="Store identifier, used in MQTT topics", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    id: str = Field(
+        description="This device's identifier within the store",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    )
 
 
 class LoggingSettings(Section):
@@ -56,7 +61,8 @@ class CatalogSettings(Section):
 class RoiSettings(Section):
     name: str = Field(description="Region name, unique per camera", min_length=1, max_length=64)
     rect: tuple[float, float, float, float] = Field(
-        (0.0, 0.0, 1.0, 1.0), description="Normalised x, y, width, height of the region in the frame")
+        (0.0, 0.0, 1.0, 1.0), description="Normalised x, y, width, height of the region in the frame"
+    )
     expected_sku: str | None = Field(None, description="Shelf mode: the sku planned for this slot")
 
     @field_validator("rect")
@@ -69,20 +75,28 @@ class RoiSettings(Section):
 
 
 class CameraSettings(Section):
-    name: str = Field(description="Camera name, used in MQTT topics", min_length=1, max_length=64,
-                      pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        description="Camera name, used in MQTT topics", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
     source: str = Field(description="Camera index (0), RTSP/HTTP URL, video file, image folder or glob")
     loop: bool = Field(False, description="Replay a video file or folder forever")
     fps: float = Field(15.0, gt=0, le=120, description="Frame rate cap")
     resize_width: int | None = Field(None, ge=64, le=7680, description="Resize frames to this width first")
     mode: Literal["kiosk", "shelf"] = Field("kiosk", description="kiosk: one product shown; shelf: planogram slots")
-    rois: list[RoiSettings] = Field(default_factory=lambda: [RoiSettings(name="full")],
-                                    description="Regions of interest", min_length=1, max_length=64)
+    rois: list[RoiSettings] = Field(
+        default_factory=lambda: [RoiSettings(name="full")],
+        description="Regions of interest",
+        min_length=1,
+        max_length=64,
+    )
 
 
 class GateSettings(Section):
     change_threshold: float = Field(0.02, ge=0, le=1, description="Mean abs pixel change (0-1) that counts as change")
     steady_frames: int = Field(2, ge=0, le=100, description="Kiosk: frames without change before embedding")
+    enabled: bool = Field(True, description="Gate frames at all (off: embed every frame; for benchmarks)")
+    frames_per_view: int | None = Field(
+        None, ge=1, le=100, description="Frames embedded per unchanged view before gating; empty = decision.window")
 
 
 class DecisionSettings(Section):
@@ -93,6 +107,10 @@ class DecisionSettings(Section):
     margin: float | None = Field(None, ge=0, le=2, description="Top-1 minus top-2 margin; empty = calibrated value")
     top_k: int = Field(5, ge=1, le=100, description="Candidates per decision")
     heartbeat_s: float = Field(30.0, gt=0, le=3600, description="Re-publish an unchanged decision this often")
+    aggregate: Literal["mean", "max", "median"] = Field("mean", description="How a product's scores across the "
+                                                        "window combine into its candidate score")
+    empty_sku: str = Field("EMPTY", min_length=1, max_length=128,
+                           description="Shelf mode: the catalog sku whose images show an empty slot")
 
     @model_validator(mode="after")
     def _min_le_window(self) -> DecisionSettings:
@@ -120,13 +138,21 @@ class MqttSettings(Section):
     topic_prefix: str | None = Field(None, description="Topic prefix; empty = storelens/<store>/<device>")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of match, planogram and reply messages")
-    outbox_max_messages: int = Field(100_000, ge=10, le=10_000_000, description="Outbox bound (oldest dropped, counted)")
+    outbox_max_messages: int = Field(
+        100_000, ge=10, le=10_000_000, description="Outbox bound (oldest dropped, counted)"
+    )
     outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Messages older than this are dropped (counted)")
     outbox_durability: Literal["process", "power"] = Field(
-        "process", description="process: survives a crash (synchronous=NORMAL); power: survives power loss (FULL)")
+        "process", description="process: survives a crash (synchronous=NORMAL); power: survives power loss (FULL)"
+    )
     stats_interval_s: float = Field(10.0, gt=0, le=3600, description="Period of the stats message")
     command_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest command payload")
     enroll_dir: Path | None = Field(None, description="Folder that enroll commands may read image paths from")
+    command_token: SecretStr | None = Field(
+        None, description="If set, every cmd/<verb> payload must carry this value as \"token\" (else: unauthorised)")
+    reconnect_min_s: float = Field(1.0, ge=1, le=60, description="First reconnect delay (doubles up to the max)")
+    reconnect_max_s: float = Field(30.0, ge=1, le=3600, description="Longest reconnect delay")
+    flush_timeout_s: float = Field(5.0, ge=0, le=300, description="Shutdown: how long to wait for the outbox to drain")
 
 
 class RecommendSettings(Section):
@@ -135,23 +161,48 @@ class RecommendSettings(Section):
     in_match_messages: bool = Field(False, description="Add a `recommendations` field to kiosk match messages")
     k: int = Field(5, ge=1, le=100, description="Recommendations returned when the caller does not say how many")
     method: Literal["auto", "ease", "pmi", "cooccurrence"] = Field(
-        "auto", description="Bought-together score: ease (item-item linear model), pmi (shrunk PMI), "
-        "cooccurrence (raw counts); auto = ease up to ease_max_items products, else pmi")
-    ease_lambda: float = Field(100.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity)")
+        "auto",
+        description="Bought-together score: ease (item-item linear model), pmi (shrunk PMI), "
+        "cooccurrence (raw counts); auto = ease up to ease_max_items products, else pmi",
+    )
+    ease_lambda: float = Field(
+        100.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity)"
+    )
     ease_max_items: int = Field(3000, ge=2, le=20000, description="Above this many basket products auto uses pmi")
-    shrinkage: float = Field(20.0, ge=0, le=1e6, description="PMI shrinkage: pair weight that halves a rare pair's score")
+    shrinkage: float = Field(
+        20.0, ge=0, le=1e6, description="PMI shrinkage: pair weight that halves a rare pair's score"
+    )
     half_life_days: float | None = Field(
-        30.0, gt=0, le=3650, description="Basket evidence halves in weight every this many days; empty = no decay")
-    min_support: float = Field(1.0, ge=0, le=1e6, description="Decayed basket count a product needs before its "
-                               "bought-together list is used (below: popularity, then similar)")
+        30.0, gt=0, le=3650, description="Basket evidence halves in weight every this many days; empty = no decay"
+    )
+    min_support: float = Field(
+        1.0,
+        ge=0,
+        le=1e6,
+        description="Decayed basket count a product needs before its "
+        "bought-together list is used (below: popularity, then similar)",
+    )
     neighbours: int = Field(200, ge=1, le=10000, description="Scored neighbours kept per product in the model")
-    refresh_s: float = Field(60.0, ge=0, le=86400, description="Rebuild the model at most this often when new "
-                             "baskets arrived (0 = on the next request)")
-    dedup_window_days: float = Field(30.0, gt=0, le=3650, description="Basket ids are remembered this long; "
-                                     "older baskets are rejected as stale (they could not be de-duplicated)")
+    refresh_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Rebuild the model at most this often when new baskets arrived (0 = on the next request)",
+    )
+    dedup_window_days: float = Field(
+        30.0,
+        gt=0,
+        le=3650,
+        description="Basket ids are remembered this long; "
+        "older baskets are rejected as stale (they could not be de-duplicated)",
+    )
     max_basket_items: int = Field(200, ge=1, le=10000, description="Baskets with more distinct skus are rejected")
-    near_duplicate: float = Field(0.98, gt=0, le=1, description="Similar: cosine at or above which a product is "
-                                  "a near-duplicate of the query and left out")
+    near_duplicate: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="Similar: cosine at or above which a product is a near-duplicate of the query and left out",
+    )
     image_weight: float = Field(0.5, ge=0, le=1, description="Similar: weight of image vs text similarity")
 
 
@@ -230,7 +281,7 @@ def _env_tree() -> dict[str, Any]:
     for key, raw in os.environ.items():
         if not key.upper().startswith(ENV_PREFIX):
             continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue
         try:
@@ -250,8 +301,10 @@ class SettingsError(ConfigError):
     def __init__(self, problems: list[tuple[str, str, str]], source: str) -> None:
         self.problems = problems
         lines = "; ".join(f"{k} = {v} -> {m}" for k, v, m in problems)
-        super().__init__(f"{source}: {len(problems)} invalid setting(s): {lines}",
-                         hint="fix the keys named (storelens validate-config FILE lists them)")
+        super().__init__(
+            f"{source}: {len(problems)} invalid setting(s): {lines}",
+            hint="fix the keys named (storelens validate-config FILE lists them)",
+        )
 
     @classmethod
     def from_validation(cls, e: ValidationError, source: str) -> SettingsError:

@@ -66,7 +66,9 @@ def decode_image(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
     if img is None or img.size == 0:
         raise ImageError(f"{source}: not a readable image", hint="use a JPEG or PNG file that opens in an image viewer")
     if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)", hint="re-copy the file; it was cut short")
+        raise ImageError(
+            f"{source}: truncated JPEG (no end-of-image marker)", hint="re-copy the file; it was cut short"
+        )
     return img
 
 
@@ -96,8 +98,10 @@ def to_model_pixels(img_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def normalise(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 (N, H, W, 3) or (H, W, 3) -> float32 channel-first, scaled by mean/std."""
-    x = pixels.astype(np.float32) / 255.0
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    scale = np.float32(1.0 / 255.0)
+    mean = np.asarray(spec.mean, np.float32)
+    inv_std = np.float32(1.0) / np.asarray(spec.std, np.float32)
+    x: np.ndarray = (pixels.astype(np.float32) * scale - mean) * inv_std
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 

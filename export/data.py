@@ -123,6 +123,11 @@ def decode_samples(samples: list[Sample], size: int, cache_dir: Path | None = No
     labels = np.array([samples[i].label for i in idx], np.int64)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, pixels=pixels, labels=labels, index=np.array(idx, np.int64),
-                 skipped=np.array(skipped, dtype=str).reshape(-1, 2))
+        np.savez(
+            cache,
+            pixels=pixels,
+            labels=labels,
+            index=np.array(idx, np.int64),
+            skipped=np.array(skipped, dtype=str).reshape(-1, 2),
+        )
     return DecodedSet(pixels, labels, [samples[i] for i in idx], skipped)

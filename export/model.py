@@ -89,7 +89,7 @@ class ProductEncoder(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         for m in self.body.modules():
             if isinstance(m, BasicBlock):
-                nn.init.zeros_(m.conv2[1].weight)  # zero-init residual: each block starts as identity
+                nn.init.zeros_(m.conv2[1].weight)  # type: ignore[arg-type]  # zero-init residual: each block starts as identity
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised embedding (the classifier head of training reads this)."""

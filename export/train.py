@@ -56,6 +56,7 @@ class TrainConfig:
     eval_every: int = 5
     seed: int = 0
     threads: int = 2
+    loss: str = "cosface"  # cosface (normalised softmax) | triplet (batch-hard, P x K batches)
 
 
 # ---------------------------------------------------------------- augmentation (batched)
@@ -77,9 +78,7 @@ def augment(pix: torch.Tensor, out: int, spec: PreprocessSpec, g: torch.Generato
     flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
     ang = (torch.rand(n, generator=g) * 2 - 1) * math.radians(15)
     c, s = ang.cos(), ang.sin()
-    theta = torch.stack(
-        [torch.stack([sx * c * flip, -sy * s, tx], 1), torch.stack([sx * s * flip, sy * c, ty], 1)], 1
-    )
+    theta = torch.stack([torch.stack([sx * c * flip, -sy * s, tx], 1), torch.stack([sx * s * flip, sy * c, ty], 1)], 1)
     grid = F.affine_grid(theta, [n, 3, out, out], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     bright = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=g)
@@ -88,14 +87,17 @@ def augment(pix: torch.Tensor, out: int, spec: PreprocessSpec, g: torch.Generato
     x = x * bright
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = ((x - grey) * sat + grey).clamp_(0, 1)
     m = torch.tensor(spec.mean).view(1, 3, 1, 1)
     sd = torch.tensor(spec.std).view(1, 3, 1, 1)
     x = (x - m) / sd
     for i in torch.nonzero(torch.rand(n, generator=g) < erase_p).flatten().tolist():
         eh, ew = (torch.randint(out // 5, out // 2, (2,), generator=g)).tolist()
-        y0, x0 = torch.randint(0, out - eh, (1,), generator=g).item(), torch.randint(0, out - ew, (1,), generator=g).item()
+        y0, x0 = (
+            torch.randint(0, out - eh, (1,), generator=g).item(),
+            torch.randint(0, out - ew, (1,), generator=g).item(),
+        )
         x[i, :, y0 : y0 + eh, x0 : x0 + ew] = torch.randn(3, eh, ew, generator=g) * 0.5
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -124,8 +126,13 @@ def retrieval_metrics(q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarr
     hit5 = (order[:, :5] == ql[:, None]).any(axis=1)
     per = [hit1[ql == c].mean() for c in np.unique(ql)]
     per5 = [hit5[ql == c].mean() for c in np.unique(ql)]
-    return {"macro_r1": float(np.mean(per)), "micro_r1": float(hit1.mean()), "macro_r5": float(np.mean(per5)),
-            "n_queries": int(len(q)), "n_classes": int(len(per))}
+    return {
+        "macro_r1": float(np.mean(per)),
+        "micro_r1": float(hit1.mean()),
+        "macro_r5": float(np.mean(per5)),
+        "n_queries": len(q),
+        "n_classes": len(per),
+    }
 
 
 # ---------------------------------------------------------------- training
@@ -148,14 +155,42 @@ def lr_at(step: int, total: int, warm: int, base: float) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def train(samples: list[Sample], class_names: dict[int, str], out: Path, cfg: TrainConfig,
-          val_split: list[Sample] | None = None, resume: bool = True) -> dict[str, Any]:
+def batch_hard_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+    """Siamese/triplet baseline: hardest positive vs hardest negative per anchor (cosine distance)."""
+    e = F.normalize(emb, dim=1)
+    d = 1 - e @ e.t()
+    same = labels[:, None] == labels[None, :]
+    pos = (d * same.float()).max(1).values
+    neg = (d + same.float() * 4).min(1).values
+    return F.relu(pos - neg + margin).mean()
+
+
+def pk_batches(labels: torch.Tensor, batch: int, k: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Batches of P products x K photos each, so every anchor has positives (triplet loss)."""
+    by = {int(c): torch.nonzero(labels == c).flatten() for c in labels.unique()}
+    classes = torch.tensor(sorted(by))
+    out = []
+    for _ in range(max(1, len(labels) // batch)):
+        pick = classes[torch.randperm(len(classes), generator=g)[: batch // k]]
+        out.append(torch.cat([by[int(c)][torch.randint(len(by[int(c)]), (k,), generator=g)] for c in pick]))
+    return out
+
+
+def train(
+    samples: list[Sample],
+    class_names: dict[int, str],
+    out: Path,
+    cfg: TrainConfig,
+    val_split: list[Sample] | None = None,
+    resume: bool = True,
+    arch: EncoderArch | None = None,
+) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     spec = PreprocessSpec(input_size=cfg.input_size)
-    cache_px = int(round(cfg.input_size * cfg.cache_scale))
+    cache_px = round(cfg.input_size * cfg.cache_scale)
 
     all_labels = sorted({s.label for s in samples})
     held = sorted(rng.choice(all_labels, cfg.holdout_classes, replace=False).tolist()) if cfg.holdout_classes else []
@@ -172,22 +207,30 @@ def train(samples: list[Sample], class_names: dict[int, str], out: Path, cfg: Tr
     y_train = torch.tensor([label_map[int(c)] for c in train_labels_all])
     x_train = torch.from_numpy(big.pixels[tr])
 
-    model = ProductEncoder(EncoderArch()).to(memory_format=torch.channels_last)
+    model = ProductEncoder(arch or EncoderArch()).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     head = CosineHead(model.arch.embedding_dim, len(label_map), cfg.scale, cfg.margin)
     ema = copy.deepcopy(model).eval()
     params = [p for p in list(model.parameters()) + list(head.parameters())]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0}],
-                          lr=cfg.lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        lr=cfg.lr,
+        momentum=0.9,
+        nesterov=True,
+    )
     steps_per_epoch = max(1, len(tr) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     history: list[dict[str, Any]] = []
     start_epoch, ckpt = 0, out / "checkpoint.pt"
     if resume and ckpt.is_file():
         st = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); head.load_state_dict(st["head"])
-        opt.load_state_dict(st["opt"]); history = st["history"]; start_epoch = st["epoch"] + 1
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        head.load_state_dict(st["head"])
+        opt.load_state_dict(st["opt"])
+        history = st["history"]
+        start_epoch = st["epoch"] + 1
         torch.set_rng_state(st["torch_rng"])
         log.info("resumed from %s at epoch %d", ckpt, start_epoch)
     g = torch.Generator().manual_seed(cfg.seed + start_epoch)
@@ -202,16 +245,25 @@ def train(samples: list[Sample], class_names: dict[int, str], out: Path, cfg: Tr
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         perm = torch.randperm(len(tr), generator=g)
+        batches = (
+            pk_batches(y_train, cfg.batch_size, 4, g)
+            if cfg.loss == "triplet"
+            else [perm[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(steps_per_epoch)]
+        )
         losses, correct = [], 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr)
         for b in bar:
             step = epoch * steps_per_epoch + b
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            idx = batches[b]
             x = augment(x_train[idx], cfg.input_size, spec, g, cfg.erase_p)
-            logits = head(model.features(x), y_train[idx])
-            loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.label_smoothing)
+            feats = model.features(x)
+            logits = head(feats, y_train[idx])
+            if cfg.loss == "triplet":
+                loss = batch_hard_triplet(feats, y_train[idx], cfg.margin)
+            else:
+                loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -225,36 +277,82 @@ def train(samples: list[Sample], class_names: dict[int, str], out: Path, cfg: Tr
             losses.append(loss.item())
             correct += int((logits.argmax(1) == y_train[idx]).sum())
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                               "train_acc": correct / (steps_per_epoch * cfg.batch_size),
-                               "lr": opt.param_groups[0]["lr"], "elapsed_s": time.time() - t0}
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "train_acc": correct / (steps_per_epoch * cfg.batch_size),
+            "lr": opt.param_groups[0]["lr"],
+            "elapsed_s": time.time() - t0,
+        }
         if cv_idx and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             row["carved_val"] = eval_carved(ema)
         history.append(row)
-        log.info("epoch=%d loss=%.4f train_acc=%.3f carved_r1=%s elapsed_s=%.0f", row["epoch"], row["loss"],
-                 row["train_acc"], row.get("carved_val", {}).get("macro_r1", "-"), row["elapsed_s"])
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "head": head.state_dict(),
-                    "opt": opt.state_dict(), "history": history, "epoch": epoch,
-                    "torch_rng": torch.get_rng_state()}, ckpt.with_suffix(".tmp"))
+        log.info(
+            "epoch=%d loss=%.4f train_acc=%.3f carved_r1=%s elapsed_s=%.0f",
+            row["epoch"],
+            row["loss"],
+            row["train_acc"],
+            row.get("carved_val", {}).get("macro_r1", "-"),
+            row["elapsed_s"],
+        )
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "head": head.state_dict(),
+                "opt": opt.state_dict(),
+                "history": history,
+                "epoch": epoch,
+                "torch_rng": torch.get_rng_state(),
+            },
+            ckpt.with_suffix(".tmp"),
+        )
         ckpt.with_suffix(".tmp").replace(ckpt)
 
-    report: dict[str, Any] = {"config": cfg.__dict__, "arch": model.arch.to_dict(), "preprocess": spec.to_dict(),
-                              "n_train_images": len(tr), "n_train_classes": len(label_map), "heldout_classes": held,
-                              "skipped": big.skipped, "history": history,
-                              "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                          "cpu": platform.processor() or platform.machine(), "threads": cfg.threads}}
+    report: dict[str, Any] = {
+        "config": cfg.__dict__,
+        "arch": model.arch.to_dict(),
+        "preprocess": spec.to_dict(),
+        "n_train_images": len(tr),
+        "n_train_classes": len(label_map),
+        "heldout_classes": held,
+        "skipped": big.skipped,
+        "history": history,
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": cfg.threads,
+        },
+    }
     if val_split:
         report["val"] = evaluate_split(ema, spec, big, small, tr, val_split, held, class_names, cache_dir)
-    torch.save({"ema": ema.state_dict(), "arch": model.arch.to_dict(), "preprocess": spec.to_dict(),
-                "classes": {int(k): v for k, v in class_names.items()}, "report": {k: v for k, v in report.items() if k != "history"}},
-               out / "encoder.pt")
+    torch.save(
+        {
+            "ema": ema.state_dict(),
+            "arch": model.arch.to_dict(),
+            "preprocess": spec.to_dict(),
+            "classes": {int(k): v for k, v in class_names.items()},
+            "report": {k: v for k, v in report.items() if k != "history"},
+        },
+        out / "encoder.pt",
+    )
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_curves(history, out / "curves.png")
     return report
 
 
-def evaluate_split(model: ProductEncoder, spec: PreprocessSpec, big: DecodedSet, small: DecodedSet, tr: list[int],
-                   val_split: list[Sample], held: list[int], names: dict[int, str], cache_dir: Path) -> dict[str, Any]:
+def evaluate_split(
+    model: ProductEncoder,
+    spec: PreprocessSpec,
+    big: DecodedSet,
+    small: DecodedSet,
+    tr: list[int],
+    val_split: list[Sample],
+    held: list[int],
+    names: dict[int, str],
+    cache_dir: Path,
+) -> dict[str, Any]:
     """Val split queries against the train-split gallery (held-out products enrolled from their photos)."""
     vs = decode_samples(val_split, spec.input_size, cache_dir)
     gal = list(range(len(small.samples)))  # every train image, held-out products enrolled after training
@@ -276,13 +374,19 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ax[0].plot(ep, [h["loss"] for h in history]); ax[0].set_title("training loss"); ax[0].set_xlabel("epoch")
+    ax[0].plot(ep, [h["loss"] for h in history])
+    ax[0].set_title("training loss")
+    ax[0].set_xlabel("epoch")
     ev = [(h["epoch"], h["carved_val"]["macro_r1"]) for h in history if "carved_val" in h]
     ax[1].plot(ep, [h["train_acc"] for h in history], label="train acc (augmented)")
     if ev:
-        ax[1].plot(*zip(*ev), marker="o", label="carved-val macro R@1 (EMA)")
-    ax[1].legend(); ax[1].set_xlabel("epoch"); ax[1].set_ylim(0, 1)
-    fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
+        ax[1].plot(*zip(*ev, strict=False), marker="o", label="carved-val macro R@1 (EMA)")
+    ax[1].legend()
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def load_samples(args: argparse.Namespace) -> tuple[list[Sample], dict[int, str]]:
@@ -295,18 +399,36 @@ def load_samples(args: argparse.Namespace) -> tuple[list[Sample], dict[int, str]
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="storelens export train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p or argparse.ArgumentParser(
+        prog="storelens export train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", help="Grocery Store split file (path, fine, coarse), e.g. .../train.txt")
     src.add_argument("--folder", help="folder layout <root>/<sku>/*.jpg")
     p.add_argument("--val", help="split file reported once at the end (never used for tuning)")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt (resumable), encoder.pt, report.json, curves.png")
+    p.add_argument(
+        "--out", required=True, help="run folder: checkpoint.pt (resumable), encoder.pt, report.json, curves.png"
+    )
     d = TrainConfig()
-    for name in ("epochs", "batch_size", "input_size", "holdout_classes", "carve_per_class", "seed", "threads", "eval_every"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "input_size",
+        "holdout_classes",
+        "carve_per_class",
+        "seed",
+        "threads",
+        "eval_every",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "margin", "ema_decay"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument(
+        "--loss",
+        choices=("cosface", "triplet"),
+        default=d.loss,
+        help="cosface: normalised softmax with margin (default); triplet: batch-hard Siamese baseline",
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     return p
 

@@ -69,8 +69,9 @@ class Broker:
             "autosave_interval 1\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
         )
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -86,7 +87,8 @@ class Broker:
 
 def mosquitto_binary() -> str:
     path = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+    )
     if path is None:
         pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (the .ci/run script does this)")
     return path

@@ -81,8 +81,13 @@ def test_broker_fixture_retained_message(broker) -> None:  # type: ignore[no-unt
 
     got = threading.Event()
     seen: list[tuple[bytes, bool]] = []
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        seen.append((bytes(msg.payload), bool(msg.retain)))
+        got.set()
+
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: (seen.append((m.payload, bool(m.retain))), got.set())
+    sub.on_message = on_message
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe("t/#", qos=1)
     sub.connect(broker.host, broker.port)
     sub.loop_start()

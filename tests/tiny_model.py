@@ -30,7 +30,8 @@ def build_tiny_encoder(path: Path, *, input_size: int = 32, dim: int = 16, chann
         helper.make_node("Div", ["e", "n"], ["embedding"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_encoder",
+        nodes,
+        "tiny_encoder",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, input_size, input_size])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
         [w, b, fc, axes],
