@@ -1,0 +1,287 @@
+"""Fusing label text with vision: per-product text scores and the one documented fusion rule.
+
+**Text score (lexical).** Each product has a *word profile*: every normalised word of its
+catalog text (name, brand, English and Swedish descriptions, the title and manufacturer
+lines of the GSD ``*_Information.txt``) with weight 1, and every word OCR read off its own
+reference photos with weight = the share of those photos it was read on (a word read on 6
+of 8 photos weighs 0.75; a one-off misread weighs little). A query (the words OCR read off
+the live crop, or typed text) scores each product by idf-weighted coverage::
+
+    ocr(p) = sum_t idf(t) * sim(t) * w_p(t) / sum_t idf(t)     over query words t matching the vocabulary
+
+with ``idf(t) = log(1 + P / df(t))`` over the P products and ``sim`` 1 for an exact word or
+the difflib ratio (>= 0.8) for an OCR misread of a word of 4+ letters. So ``ocr(p)`` lies in
+[0, 1]: 1 when the product explains all recognisable text, 0 for all products when nothing
+readable matched. Words that match nothing carry no information and are left out.
+
+**Text score (semantic, optional).** The cosine between the MiniLM embedding of the query
+text and of each product's catalog text, clipped at 0; zero when there is no query text.
+
+**Fusion rule.** ``fused(p) = image(p) + w_ocr * ocr(p) + w_text * text(p)`` where
+``image(p)`` is the product's image cosine (max over its reference vectors). Weights are
+fitted by :func:`fit_weights` (grid search for macro recall@1 on labelled images, smallest
+weights on ties) in ``storelens calibrate`` and stored with the catalog (:class:`FusionWeights`
+JSON). Without text evidence both text terms are 0 for every product, so the fused ranking is
+*exactly* the image ranking: fusion can never be worse than image-only on unreadable products.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import CatalogError, InputError
+from edge.ocr import tokens
+from edge.types import Candidate
+
+FUZZY_CUTOFF = 0.8
+FUZZY_MIN_LEN = 4
+# Lines of a GSD *_Information.txt that are product text (nutrition tables and URLs are not).
+INFORMATION_KEYS = ("title", "manufacturer and volume", "description", "ingredients")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProductText:
+    """What a product's word profile is built from."""
+
+    sku: str
+    texts: tuple[str, ...] = ()  # catalog text: name, brand, descriptions, titles, manufacturer lines
+    photo_reads: tuple[tuple[str, ...], ...] = ()  # OCR'd word tokens of each reference photo
+
+
+class TextProfiles:
+    """Per-product word profiles and the idf-weighted coverage score (see the module docstring)."""
+
+    def __init__(self, *, skus: Sequence[str], weights: Sequence[Mapping[str, float]]) -> None:
+        if len(skus) != len(weights):
+            raise InputError("one word profile per sku is needed", hint="pass skus and weights of equal length")
+        self.skus = tuple(skus)
+        self._weights = [dict(w) for w in weights]
+        postings: dict[str, list[tuple[int, float]]] = {}
+        for i, prof in enumerate(self._weights):
+            for word, weight in prof.items():
+                postings.setdefault(word, []).append((i, weight))
+        self._postings = postings
+        n = max(1, len(self.skus))
+        self._idf = {w: math.log(1.0 + n / len(p)) for w, p in postings.items()}
+        self._vocab = sorted(postings)
+        self._fuzzy_cache: dict[str, tuple[str, float] | None] = {}
+
+    @classmethod
+    def build(cls, products: Iterable[ProductText], *, catalog_weight: float = 1.0) -> TextProfiles:
+        """Word profiles from catalog text (weight ``catalog_weight``) and photo reads (share of photos)."""
+        skus: list[str] = []
+        profiles: list[dict[str, float]] = []
+        for p in products:
+            prof: dict[str, float] = {}
+            if p.photo_reads:
+                counts: dict[str, int] = {}
+                for read in p.photo_reads:
+                    for w in set(read):
+                        counts[w] = counts.get(w, 0) + 1
+                prof = {w: c / len(p.photo_reads) for w, c in counts.items()}
+            for text in p.texts:
+                for w in tokens(text):
+                    prof[w] = max(prof.get(w, 0.0), catalog_weight)
+            skus.append(p.sku)
+            profiles.append(prof)
+        return cls(skus=skus, weights=profiles)
+
+    def _match(self, word: str) -> tuple[str, float] | None:
+        if word in self._postings:
+            return word, 1.0
+        if len(word) < FUZZY_MIN_LEN:
+            return None
+        if word not in self._fuzzy_cache:
+            close = difflib.get_close_matches(word, self._vocab, n=1, cutoff=FUZZY_CUTOFF)
+            self._fuzzy_cache[word] = (
+                (close[0], difflib.SequenceMatcher(None, word, close[0]).ratio()) if close else None)
+        return self._fuzzy_cache[word]
+
+    def score(self, query_tokens: Iterable[str]) -> np.ndarray:
+        """(P,) scores in [0, 1] aligned with :attr:`skus`; all zeros when no query word matches."""
+        out = np.zeros(len(self.skus), np.float32)
+        total = 0.0
+        for word in dict.fromkeys(query_tokens):  # unique, in order
+            m = self._match(word)
+            if m is None:
+                continue
+            vocab_word, sim = m
+            idf = self._idf[vocab_word]
+            total += idf
+            for i, weight in self._postings[vocab_word]:
+                out[i] += idf * sim * weight
+        return out / total if total > 0 else out
+
+    def score_text(self, text: str) -> np.ndarray:
+        return self.score(tokens(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skus": list(self.skus), "weights": [{w: round(v, 4) for w, v in p.items()} for p in self._weights]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TextProfiles:
+        return cls(skus=d["skus"], weights=d["weights"])
+
+    def save(self, path: Path) -> None:
+        _atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> TextProfiles:
+        return cls.from_dict(_read_json(path, what="text profiles"))
+
+
+def semantic_scores(query_vec: np.ndarray | None, product_vecs: np.ndarray) -> np.ndarray:
+    """Cosine of the query text embedding with each product's text embedding, clipped at 0."""
+    if query_vec is None:
+        return np.zeros(len(product_vecs), np.float32)
+    return np.clip(product_vecs @ np.asarray(query_vec, np.float32).reshape(-1), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionWeights:
+    """Weights of the fusion rule, fitted by ``storelens calibrate`` and stored beside the catalog."""
+
+    ocr: float = 0.0
+    text: float = 0.0
+    fitted_on: str = ""  # what labelled data chose them (never the evaluation split)
+    metrics: dict[str, float] = field(default_factory=dict)  # image-only vs fused recall@1 on that data
+
+    def save(self, path: Path) -> None:
+        _atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> FusionWeights:
+        d = _read_json(path, what="fusion weights")
+        try:
+            w = cls(ocr=float(d["ocr"]), text=float(d["text"]), fitted_on=str(d.get("fitted_on", "")),
+                    metrics={str(k): float(v) for k, v in d.get("metrics", {}).items()})
+        except (KeyError, TypeError, ValueError) as e:
+            raise CatalogError(f"{path}: not a fusion weights file ({e})",
+                               hint="re-run `storelens calibrate` to write it again") from e
+        if w.ocr < 0 or w.text < 0:
+            raise CatalogError(f"{path}: fusion weights must be >= 0, got ocr={w.ocr} text={w.text}",
+                               hint="re-run `storelens calibrate`")
+        return w
+
+
+def fuse(image: np.ndarray, *, ocr: np.ndarray | None = None, text: np.ndarray | None = None,
+         weights: FusionWeights) -> np.ndarray:
+    """Fused scores (..., P) = image + w_ocr * ocr + w_text * text; missing evidence adds nothing."""
+    out = np.array(image, np.float32, copy=True)
+    if ocr is not None and weights.ocr:
+        out += weights.ocr * np.asarray(ocr, np.float32)
+    if text is not None and weights.text:
+        out += weights.text * np.asarray(text, np.float32)
+    return out
+
+
+def fuse_candidates(image: Sequence[Candidate], *, skus: Sequence[str], names: Mapping[str, str],
+                    ocr: np.ndarray | None = None, text: np.ndarray | None = None,
+                    weights: FusionWeights, k: int | None = None) -> list[Candidate]:
+    """Re-rank an image shortlist with text evidence over ``skus`` (the profiles' order).
+
+    A product that the text evidence names but that is not on the image shortlist enters it
+    with the shortlist's lowest image score (it was at most that similar). With no evidence
+    the output is the input shortlist, in the same order with the same scores.
+    """
+    image_score = {c.sku: c.score for c in image}
+    name_of = {**names, **{c.sku: c.name for c in image}}
+    floor = min(image_score.values(), default=0.0)
+    evidence = np.zeros(len(skus), np.float32)
+    if ocr is not None and weights.ocr:
+        evidence += weights.ocr * np.asarray(ocr, np.float32)
+    if text is not None and weights.text:
+        evidence += weights.text * np.asarray(text, np.float32)
+    bonus = {s: float(e) for s, e in zip(skus, evidence, strict=True) if e > 0}
+    if not bonus:
+        return list(image[:k] if k else image)
+    pool = dict.fromkeys([c.sku for c in image] + [s for s in skus if s in bonus])
+    fused = [Candidate(sku=s, name=name_of.get(s, s), score=image_score.get(s, floor) + bonus.get(s, 0.0))
+             for s in pool]
+    fused.sort(key=lambda c: -c.score)  # stable: ties keep the image order
+    return fused[:k] if k else fused
+
+
+def macro_recall_at_1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over classes present in ``labels`` of the share of their queries ranked first."""
+    hit = np.argmax(scores, axis=1) == labels
+    classes = np.unique(labels)
+    return float(np.mean([hit[labels == c].mean() for c in classes])) if len(classes) else 0.0
+
+
+OCR_GRID = (0.0, 0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
+TEXT_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+def fit_weights(image: np.ndarray, labels: np.ndarray, *, ocr: np.ndarray | None = None,
+                text: np.ndarray | None = None, fitted_on: str = "",
+                ocr_grid: Sequence[float] = OCR_GRID, text_grid: Sequence[float] = TEXT_GRID) -> FusionWeights:
+    """Grid-search the weights for macro recall@1 on labelled queries (Q, P); ties go to smaller weights."""
+    if image.ndim != 2 or len(labels) != len(image):
+        raise InputError(f"image scores must be (queries, products) with one label a query, got {image.shape} and "
+                         f"{len(labels)} labels", hint="score every labelled query against every product")
+    base = macro_recall_at_1(image, labels)
+    best = (base, 0.0, 0.0)
+    for wo in (ocr_grid if ocr is not None else (0.0,)):
+        for wt in (text_grid if text is not None else (0.0,)):
+            r1 = macro_recall_at_1(fuse(image, ocr=ocr, text=text, weights=FusionWeights(ocr=wo, text=wt)), labels)
+            if r1 > best[0] + 1e-9:
+                best = (r1, wo, wt)
+    return FusionWeights(ocr=best[1], text=best[2], fitted_on=fitted_on,
+                         metrics={"image_r1": round(base, 4), "fused_r1": round(best[0], 4), "queries": len(labels)})
+
+
+def information_texts(info: str) -> list[str]:
+    """The product-text lines (title, manufacturer, description, ingredients) of a GSD ``*_Information.txt``."""
+    out = []
+    for line in info.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in INFORMATION_KEYS and value.strip():
+            out.append(value.strip())
+    return out
+
+
+def gsd_catalogue_texts(product_dir: Path, name: str) -> list[str]:
+    """All catalogue text of one GSD product folder: its name, English/Swedish descriptions, information lines.
+
+    Missing files are simply absent (fruit and vegetables have no Swedish description); a
+    file that is not UTF-8 is a :class:`CatalogError` naming it.
+    """
+    texts = [name.replace("-", " ")]
+    for suffix in ("_Description.txt", "_Description_Swedish.txt", "_Information.txt"):
+        path = product_dir / f"{name}{suffix}"
+        if not path.is_file():
+            continue
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CatalogError(f"{path}: not UTF-8 text", hint="re-save the file as UTF-8") from e
+        if suffix == "_Information.txt":
+            texts.extend(information_texts(raw))
+        else:
+            texts.extend(ln for ln in raw.splitlines() if ln.strip() and not ln.startswith("http"))
+    return texts
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_json(path: Path, *, what: str) -> Any:
+    if not path.is_file():
+        raise CatalogError(f"{what} not found: {path}", hint="run `storelens calibrate` for this catalog first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CatalogError(f"{path}: {what} file is not valid JSON ({e})", hint="re-run `storelens calibrate`") from e

@@ -1,0 +1,147 @@
+"""Text scores and the fusion rule: real OCR on drawn labels, exact rankings, weights that round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import CatalogError, InputError
+from edge.fusion import (
+    FusionWeights,
+    ProductText,
+    TextProfiles,
+    fit_weights,
+    fuse,
+    fuse_candidates,
+    gsd_catalogue_texts,
+    information_texts,
+    macro_recall_at_1,
+    semantic_scores,
+)
+from edge.ocr import OcrEngine
+from edge.types import Candidate
+from tests.test_ocr import label
+
+CATALOG = [
+    ProductText(sku="arla-graddfil", texts=("Arla Gräddfil 12%", "Manufacturer and volume: ARLA KO")),
+    ProductText(sku="arla-mjolk", texts=("Arla Mellanmjölk 1,5%", "Svensk mjölk från Arla")),
+    ProductText(sku="oatly-havregurt", texts=("Havregurt Naturell", "OATLY, 1kg")),
+    ProductText(sku="banana", texts=("Banana", "Yellow and sweet")),
+]
+SKUS = [p.sku for p in CATALOG]
+
+
+@pytest.fixture(scope="module")
+def profiles() -> TextProfiles:
+    return TextProfiles.build(CATALOG)
+
+
+def test_ocr_of_a_drawn_label_finds_the_right_product(profiles: TextProfiles) -> None:
+    read = OcrEngine(threads=1).read(label("ARLA", "GRADDFIL"))
+    scores = profiles.score(read.tokens)
+    assert SKUS[int(np.argmax(scores))] == "arla-graddfil"
+    assert scores[SKUS.index("arla-graddfil")] == pytest.approx(1.0)
+    assert scores[SKUS.index("banana")] == 0.0 and scores[SKUS.index("oatly-havregurt")] == 0.0
+    # "arla" alone is shared by two products: both get the same partial credit
+    assert 0 < scores[SKUS.index("arla-mjolk")] < 0.5
+
+
+def test_fusion_ranks_the_product_with_matching_label_text_first_when_images_tie(profiles: TextProfiles) -> None:
+    image = np.array([0.71, 0.71, 0.71, 0.2], np.float32)  # three cartons look alike
+    ocr = profiles.score(["oatly", "havregurt"])
+    fused = fuse(image, ocr=ocr, weights=FusionWeights(ocr=0.2))
+    assert SKUS[int(np.argmax(fused))] == "oatly-havregurt"
+    assert fused[SKUS.index("oatly-havregurt")] == pytest.approx(0.91)
+    shortlist = [Candidate(sku=s, name=s, score=0.71) for s in ("arla-graddfil", "arla-mjolk", "oatly-havregurt")]
+    ranked = fuse_candidates(shortlist, skus=SKUS, names={}, ocr=ocr, weights=FusionWeights(ocr=0.2))
+    assert [c.sku for c in ranked] == ["oatly-havregurt", "arla-graddfil", "arla-mjolk"]
+
+
+def test_a_frame_without_text_leaves_the_image_ranking_exactly_unchanged(profiles: TextProfiles) -> None:
+    blank = OcrEngine(threads=1).read(np.full((200, 300, 3), 90, np.uint8))
+    ocr = profiles.score(blank.tokens)
+    assert not ocr.any()
+    image = np.random.default_rng(0).uniform(-1, 1, (50, len(SKUS))).astype(np.float32)
+    weights = FusionWeights(ocr=0.5, text=0.3)
+    fused = fuse(image, ocr=np.broadcast_to(ocr, image.shape), text=semantic_scores(None, np.eye(4)),
+                 weights=weights)
+    assert np.array_equal(fused, image)
+    shortlist = [Candidate(sku="banana", name="Banana", score=0.4), Candidate(sku="arla-mjolk", name="M", score=0.3)]
+    assert fuse_candidates(shortlist, skus=SKUS, names={}, ocr=ocr, weights=weights) == shortlist
+    # words that match no product are no evidence either
+    assert not profiles.score(["qqq", "zz", "xylofon"]).any()
+
+
+def test_a_product_named_by_text_but_missing_from_the_image_shortlist_enters_at_the_floor(
+        profiles: TextProfiles) -> None:
+    shortlist = [Candidate(sku="banana", name="Banana", score=0.5), Candidate(sku="arla-mjolk", name="M", score=0.3)]
+    ranked = fuse_candidates(shortlist, skus=SKUS, names={"oatly-havregurt": "Havregurt"},
+                             ocr=profiles.score(["havregurt"]), weights=FusionWeights(ocr=0.25), k=2)
+    assert ranked == [Candidate(sku="oatly-havregurt", name="Havregurt", score=pytest.approx(0.55)),
+                      Candidate(sku="banana", name="Banana", score=0.5)]
+
+
+def test_ocr_misreads_and_diacritics_still_match(profiles: TextProfiles) -> None:
+    s = profiles.score_text("GRADDFLL")  # one letter misread
+    assert SKUS[int(np.argmax(s))] == "arla-graddfil" and 0.8 < s.max() < 1.0
+    assert SKUS[int(np.argmax(profiles.score_text("mellanmjolk")))] == "arla-mjolk"
+    assert not profiles.score_text("gra").any()  # short fragments are not fuzzy-matched
+
+
+def test_words_read_off_reference_photos_weigh_by_the_share_of_photos() -> None:
+    p = TextProfiles.build([ProductText(sku="a", photo_reads=(("bravo", "apelsin"), ("bravo",), ("bravo", "xq"),
+                                                                ("bravo",))),
+                            ProductText(sku="b", texts=("Tropicana orange",))])
+    assert p.score(["bravo"]).tolist() == [1.0, 0.0]
+    assert p.score(["apelsin"]).tolist() == [0.25, 0.0]
+    assert p.score(["tropicana"]).tolist() == [0.0, 1.0]
+    again = TextProfiles.from_dict(p.to_dict())
+    assert np.array_equal(again.score(["apelsin", "orange"]), p.score(["apelsin", "orange"]))
+
+
+def test_weights_fitted_on_labelled_scores_round_trip(tmp_path: Path, profiles: TextProfiles) -> None:
+    rng = np.random.default_rng(7)
+    labels = np.repeat(np.arange(4), 10)
+    image = rng.normal(0.5, 0.02, (40, 4)).astype(np.float32)
+    image[labels == 3, 3] += 0.3  # banana is easy for vision; the cartons are a coin toss
+    ocr = np.stack([profiles.score(CATALOG[c].texts[0].split()) if i % 2 == 0 else np.zeros(4, np.float32)
+                    for i, c in enumerate(labels)])  # half the frames have readable text
+    w = fit_weights(image, labels, ocr=ocr, fitted_on="unit-test")
+    assert w.ocr > 0 and w.text == 0.0
+    assert w.metrics["fused_r1"] > w.metrics["image_r1"]
+    assert macro_recall_at_1(fuse(image, ocr=ocr, weights=w), labels) == pytest.approx(w.metrics["fused_r1"], abs=1e-4)
+    w.save(tmp_path / "fusion.json")
+    assert FusionWeights.load(tmp_path / "fusion.json") == w
+    assert fit_weights(image, labels).ocr == 0.0  # no text evidence: nothing to weigh
+
+
+def test_fit_and_load_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="one label a query"):
+        fit_weights(np.zeros((3, 2), np.float32), np.zeros(2, int))
+    with pytest.raises(CatalogError, match="calibrate"):
+        FusionWeights.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"ocr": -1, "text": 0}')
+    with pytest.raises(CatalogError, match=">= 0"):
+        FusionWeights.load(tmp_path / "bad.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(CatalogError, match="not valid JSON"):
+        FusionWeights.load(tmp_path / "junk.json")
+
+
+def test_catalogue_text_of_a_gsd_product_folder(tmp_path: Path) -> None:
+    d = tmp_path / "Arla-Sour-Cream"
+    d.mkdir()
+    (d / "Arla-Sour-Cream_Description.txt").write_text("Sour cream for dips.\n", encoding="utf-8")
+    (d / "Arla-Sour-Cream_Description_Swedish.txt").write_text(
+        "Gräddfil till dipp.\n\nhttps://www.ica.se/x\n", encoding="utf-8")
+    (d / "Arla-Sour-Cream_Information.txt").write_text(
+        "Title: Gräddfil 12% \nManufacturer and volume: ARLA KO , 5dl \nManufacturing country: Sverige \n"
+        "Nutrition values per 100 gram: \n   fett ca 12 gram \nURL: https://x\n", encoding="utf-8")
+    assert gsd_catalogue_texts(d, "Arla-Sour-Cream") == [
+        "Arla Sour Cream", "Sour cream for dips.", "Gräddfil till dipp.", "Gräddfil 12%", "ARLA KO , 5dl"]
+    assert information_texts("Title: A\nDescription:   \nURL: u") == ["A"]
+    (d / "Arla-Sour-Cream_Description.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(CatalogError, match="not UTF-8"):
+        gsd_catalogue_texts(d, "Arla-Sour-Cream")
