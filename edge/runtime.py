@@ -1,0 +1,393 @@
+"""The edge loop: capture threads -> gate -> batched embed -> match -> vote -> publish.
+
+One camera thread per source keeps its newest frame; the loop wakes when any camera has a
+new frame (no polling), crops each region, lets the gate drop unchanged/unsteady crops,
+embeds what is left in *one* batch across all regions and cameras, searches the index in one
+batched call, votes per region and publishes decisions when they change (plus heartbeats).
+
+Every decision goes through the outbox: published over MQTT when a broker is configured and
+reachable, kept on disk for later delivery when not, printed to stdout, and appended to a
+JSONL file when ``jsonl_out`` is set. Commands (reload, enroll, remove, search, snapshot)
+run on the command worker; the model lock makes a reload an atomic swap between two batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from edge import __version__
+from edge.capture import CameraThread, Frame, SourceFactory
+from edge.commands_mqtt import CommandRouter, load_images, require_str
+from edge.config import CameraSettings, RoiSettings, Settings
+from edge.encoders.base import ImageEncoder
+from edge.errors import CommandError
+from edge.gate import GateStats, GateVerdict, RegionGate
+from edge.mqtt import MqttLink
+from edge.outbox import Outbox
+from edge.types import Candidate
+from edge.vote import Decision, RegionVoter, VoteParams
+
+log = logging.getLogger("storelens.runtime")
+
+MATCH_SCHEMA = "storelens.match/1"
+PLANOGRAM_SCHEMA = "storelens.planogram/1"
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MARGIN = 0.02
+
+
+@runtime_checkable
+class Matcher(Protocol):
+    """What the loop needs from search: batched nearest products, a catalog version, an atomic reload."""
+
+    @property
+    def catalog_version(self) -> str: ...
+
+    def match_vectors(self, embs: np.ndarray, k: int) -> list[list[Candidate]]: ...
+
+    def reload(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Region:
+    camera: CameraSettings
+    roi: RoiSettings
+    gate: RegionGate
+    voter: RegionVoter
+
+
+def crop(image: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
+    """The normalised ``(x, y, w, h)`` region of ``image`` (a view, at least 1x1 pixel)."""
+    h, w = image.shape[:2]
+    x0, y0 = int(rect[0] * w), int(rect[1] * h)
+    x1, y1 = max(x0 + 1, round((rect[0] + rect[2]) * w)), max(y0 + 1, round((rect[1] + rect[3]) * h))
+    return image[y0:min(y1, h), x0:min(x1, w)]
+
+
+def vote_params(settings: Settings, matcher: Any) -> VoteParams:
+    """Config thresholds win; else the matcher's calibrated ones (``matcher.thresholds``); else defaults."""
+    d = settings.decision
+    calibrated = getattr(matcher, "thresholds", None)
+    cal_t, cal_m = calibrated if isinstance(calibrated, tuple) else (None, None)
+    return VoteParams(window=d.window, min_frames=d.min_frames, agreement=d.agreement,
+                      threshold=d.threshold if d.threshold is not None else (cal_t or DEFAULT_THRESHOLD),
+                      margin=d.margin if d.margin is not None else (cal_m if cal_m is not None else DEFAULT_MARGIN),
+                      top_k=d.top_k, heartbeat_s=d.heartbeat_s, aggregate=d.aggregate, empty_sku=d.empty_sku)
+
+
+class Runtime:
+    """The running device. ``start()`` opens everything, ``run(stop)`` loops, ``shutdown()`` drains and flushes."""
+
+    def __init__(self, *, settings: Settings, encoder: ImageEncoder, matcher: Matcher,
+                 sources: dict[str, SourceFactory] | None = None,
+                 encoder_loader: Callable[[], ImageEncoder] | None = None,
+                 out: IO[str] | None = None, outbox_path: Path | None = None) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.matcher = matcher
+        self.prefix = settings.topic_prefix
+        self._encoder_loader = encoder_loader
+        self._out = out if out is not None else sys.stdout
+        self._wake = threading.Event()
+        self._model_lock = threading.Lock()
+        self.cameras = [CameraThread(settings=c, factory=(sources or {}).get(c.name), on_frame=self._wake.set)
+                        for c in settings.cameras]
+        params = vote_params(settings, matcher)
+        fpv = settings.gate.frames_per_view or settings.decision.window
+        self.regions: dict[str, list[_Region]] = {
+            c.name: [_Region(c, r, RegionGate(change_threshold=settings.gate.change_threshold,
+                                              steady_frames=settings.gate.steady_frames if c.mode == "kiosk" else 0,
+                                              frames_per_view=fpv, enabled=settings.gate.enabled),
+                             RegionVoter(camera=c.name, roi=r.name, params=params,
+                                         expected_sku=r.expected_sku if c.mode == "shelf" else None))
+                     for r in c.rois]
+            for c in settings.cameras}
+        m = settings.mqtt
+        self.outbox = Outbox(path=outbox_path or settings.catalog.data_dir / "outbox.db",
+                             max_messages=m.outbox_max_messages, max_age_s=m.outbox_max_age_s,
+                             durability=m.outbox_durability)
+        self.link: MqttLink | None = None
+        if m.enabled:
+            self.link = MqttLink(settings=m, prefix=self.prefix, outbox=self.outbox,
+                                 client_id=f"storelens-{settings.device.store}-{settings.device.id}")
+        self.router = CommandRouter(prefix=self.prefix, reply=self._reply, max_bytes=m.command_max_bytes,
+                                    token=m.command_token.get_secret_value() if m.command_token else None)
+        for verb, fn in (("reload", self._cmd_reload), ("enroll", self._cmd_enroll), ("remove", self._cmd_remove),
+                         ("search", self._cmd_search), ("snapshot", self._cmd_snapshot)):
+            self.router.register(verb, fn)
+        self._jsonl: IO[str] | None = None
+        self._last_frames: dict[str, Frame] = {}
+        self.latencies: deque[float] = deque(maxlen=2000)
+        self.counts = {"frames": 0, "embedded": 0, "batches": 0, "decisions": 0, "unknown": 0, "planogram": 0,
+                       "heartbeats": 0, "errors": 0}
+        self._started = time.monotonic()
+        self._next_stats = 0.0
+        self._last_states: tuple[str, ...] = ()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open every camera first (a wrong source is a CaptureError naming it), then the broker link."""
+        for cam in self.cameras:
+            cam.open()
+        if self.settings.jsonl_out:
+            self.settings.jsonl_out.parent.mkdir(parents=True, exist_ok=True)
+            self._jsonl = self.settings.jsonl_out.open("a", encoding="utf-8")
+        if self.link:
+            self.link.add_topic_handler(self.router.topic_filter, self.router.on_message)
+            self.link.set_status(self.status())
+            self.link.start()
+        else:
+            log.info("mqtt disabled: decisions are printed and kept in the outbox",
+                     extra={"outbox": str(self.outbox.path), "depth": self.outbox.stats().depth})
+        self.router.start()
+        for cam in self.cameras:
+            cam.start()
+        self._next_stats = time.monotonic() + self.settings.mqtt.stats_interval_s
+
+    def run(self, stop: threading.Event, *, max_seconds: float | None = None) -> None:
+        """Loop until ``stop`` is set, ``max_seconds`` pass, or every (finite) source has ended."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            self._wake.wait(0.25)
+            self._wake.clear()
+            self.step()
+            if self.cameras and all(c.ended for c in self.cameras):
+                self.step()
+                log.info("all sources ended")
+                return
+
+    def shutdown(self) -> dict[str, Any]:
+        """Stop capture, decide on the frames already captured, flush the outbox (bounded), go offline."""
+        for cam in self.cameras:
+            cam.stop()
+        self.step()
+        self.router.stop()
+        left = self.link.stop(flush_timeout_s=self.settings.mqtt.flush_timeout_s) if self.link else \
+            self.outbox.stats().depth
+        summary = {**self.counts, "outbox": self.outbox.stats().to_dict(), "outbox_left": left}
+        self.outbox.close()
+        if self._jsonl:
+            self._jsonl.close()
+        log.info("stopped", extra=summary)
+        return summary
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def step(self) -> int:
+        """One round over the cameras' newest frames; returns how many crops were embedded."""
+        batch: list[tuple[_Region, Frame, np.ndarray]] = []
+        for cam in self.cameras:
+            frame = cam.latest()
+            if frame is None:
+                continue
+            self._last_frames[cam.name] = frame
+            self.counts["frames"] += 1
+            for region in self.regions[cam.name]:
+                c = crop(frame.image, region.roi.rect)
+                verdict = region.gate.check(c)
+                if verdict == GateVerdict.NEW_VIEW:
+                    region.voter.reset()
+                if verdict.passes:
+                    batch.append((region, frame, c))
+        now = time.monotonic()
+        if batch:
+            with self._model_lock:
+                embs = self.encoder.embed([c for _, _, c in batch])
+                results = self.matcher.match_vectors(embs, self.settings.decision.top_k)
+            self.counts["embedded"] += len(batch)
+            self.counts["batches"] += 1
+            for (region, frame, _), cands in zip(batch, results, strict=True):
+                if (d := region.voter.add(cands, ts=frame.ts, now=now)) is not None:
+                    self._emit(d)
+        for regions in self.regions.values():  # heartbeats of regions that saw no frame this round
+            for region in regions:
+                if (d := region.voter.heartbeat(now)) is not None:
+                    self._emit(d)
+        if now >= self._next_stats:
+            self._next_stats = now + self.settings.mqtt.stats_interval_s
+            self._publish_stats()
+        return len(batch)
+
+    def _emit(self, d: Decision) -> None:
+        self.counts["decisions"] += 1
+        self.counts["heartbeats"] += int(d.heartbeat)
+        self.counts["unknown"] += int(d.decision == "unknown")
+        msg = self._match_message(d)
+        self._send(f"{d.camera}/match", msg)
+        if d.planogram is not None and (d.planogram_changed or d.heartbeat):
+            self.counts["planogram"] += 1
+            self._send(f"{d.camera}/planogram", self._planogram_message(d, match_id=msg["id"]))
+        self.latencies.append(max(0.0, (time.time() - d.ts) * 1000))
+        self._print(d)
+
+    def _send(self, suffix: str, msg: dict[str, Any]) -> None:
+        body = json.dumps(msg, separators=(",", ":")).encode()
+        topic = f"{self.prefix}/{suffix}"
+        if self.link:
+            self.link.send(topic, body, msg_id=msg["id"])
+        else:
+            self.outbox.put(msg_id=msg["id"], topic=topic, payload=body, qos=self.settings.mqtt.qos)
+        if self._jsonl:
+            self._jsonl.write(json.dumps({"topic": topic, **msg}) + "\n")
+            self._jsonl.flush()
+
+    def _match_message(self, d: Decision) -> dict[str, Any]:
+        return {"schema": MATCH_SCHEMA, "id": uuid.uuid4().hex, "ts": round(d.ts, 6),
+                "device": self.settings.device.id, "camera": d.camera, "roi": d.roi, "decision": d.decision,
+                "candidates": [c.to_dict() for c in d.candidates], "frames": d.frames, "agreement": d.agreement,
+                "heartbeat": d.heartbeat, "latency_ms": round((time.time() - d.ts) * 1000, 2),
+                "bundle": self.encoder.fingerprint, "catalog_version": self.matcher.catalog_version}
+
+    def _planogram_message(self, d: Decision, *, match_id: str) -> dict[str, Any]:
+        return {"schema": PLANOGRAM_SCHEMA, "id": uuid.uuid4().hex, "match_id": match_id, "ts": round(d.ts, 6),
+                "device": self.settings.device.id, "camera": d.camera, "roi": d.roi, "event": d.planogram,
+                "expected_sku": d.expected_sku, "observed_sku": d.sku, "heartbeat": d.heartbeat,
+                "candidates": [c.to_dict() for c in d.candidates[:3]], "catalog_version": self.matcher.catalog_version}
+
+    def _print(self, d: Decision) -> None:
+        top = f"{d.candidates[0].sku} ({d.candidates[0].score:.2f})" if d.decision == "known" else "-"
+        extra = f" planogram={d.planogram}" if d.planogram else ""
+        hb = " heartbeat" if d.heartbeat else ""
+        stamp = time.strftime("%H:%M:%S", time.localtime(d.ts))
+        print(f"{stamp} {d.camera}/{d.roi} {d.decision:7s} {top} frames={d.frames}{extra}{hb}", file=self._out,
+              flush=True)
+
+    # -- stats and status --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        gate = GateStats()
+        for regions in self.regions.values():
+            for r in regions:
+                gate.add(r.gate.stats)
+        lat = sorted(self.latencies)
+        up = max(1e-9, time.monotonic() - self._started)
+        return {
+            "ts": round(time.time(), 3), "uptime_s": round(up, 1), **self.counts,
+            "fps": round(self.counts["frames"] / up, 2),
+            "latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)},
+            "unknown_rate": round(self.counts["unknown"] / self.counts["decisions"], 4) if self.counts["decisions"]
+            else 0.0,
+            "gate": gate.to_dict(), "outbox": self.outbox.stats().to_dict(),
+            "mqtt": self.link.stats.to_dict() if self.link else {"enabled": False},
+            "cameras": {c.name: c.stats.to_dict() for c in self.cameras},
+            "commands": dict(self.router.counts),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {"schema": "storelens.status/1", "version": __version__, "device": self.settings.device.id,
+                "store": self.settings.device.store, "bundle": self.encoder.fingerprint,
+                "catalog_version": self.matcher.catalog_version,
+                "cameras": {c.name: {"state": c.stats.state, "outages": c.stats.outages, "mode": c.settings.mode,
+                                     "rois": [r.name for r in c.settings.rois]} for c in self.cameras}}
+
+    def _publish_stats(self) -> None:
+        s = self.stats()
+        states = tuple(c.stats.state for c in self.cameras)
+        if self.link:
+            self.link.publish_now(f"{self.prefix}/stats", json.dumps(s, separators=(",", ":")))
+            if states != self._last_states:
+                self.link.set_status(self.status())
+        else:
+            log.info("stats", extra={"frames": s["frames"], "decisions": s["decisions"],
+                                     "outbox_depth": s["outbox"]["depth"], "gate_skip": s["gate"]["skip_ratio"]})
+        self._last_states = states
+
+    # -- commands (run on the command worker thread) -----------------------------------------------
+
+    def _reply(self, topic: str, body: bytes) -> None:
+        if self.link:
+            self.link.publish_now(topic, body, qos=1)
+
+    def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        new_encoder = self._encoder_loader() if self._encoder_loader and args.get("bundle", True) else None
+        self.matcher.reload()  # the matcher swaps its index atomically; frames in flight finish on the old one
+        with self._model_lock:
+            if new_encoder is not None:
+                self.encoder = new_encoder
+            params = vote_params(self.settings, self.matcher)
+            for regions in self.regions.values():
+                for r in regions:
+                    r.voter.set_params(params)
+        if self.link:
+            self.link.set_status(self.status())
+        return {"catalog_version": self.matcher.catalog_version, "bundle": self.encoder.fingerprint}
+
+    def _embed_images(self, args: dict[str, Any]) -> np.ndarray:
+        images = load_images(args.get("images"), allowed_dir=self.settings.mqtt.enroll_dir)
+        with self._model_lock:
+            return self.encoder.embed(images)
+
+    def _cmd_enroll(self, args: dict[str, Any]) -> dict[str, Any]:
+        sku = require_str(args, "sku")
+        name = args.get("name", sku)
+        if not isinstance(name, str) or len(name) > 256:
+            raise CommandError("'name' must be a string of at most 256 characters")
+        enroll = _optional(self.matcher, "enroll")
+        vecs = self._embed_images(args)
+        with self._model_lock:
+            result = enroll(sku=sku, name=name, vectors=vecs)
+        return {"sku": sku, "images": len(vecs), "catalog_version": self.matcher.catalog_version, **(result or {})}
+
+    def _cmd_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        sku = require_str(args, "sku")
+        remove = _optional(self.matcher, "remove")
+        with self._model_lock:
+            result = remove(sku=sku)
+        return {"sku": sku, "catalog_version": self.matcher.catalog_version, **(result or {})}
+
+    def _cmd_search(self, args: dict[str, Any]) -> dict[str, Any]:
+        k = args.get("k", 5)
+        if not isinstance(k, int) or not 1 <= k <= 100:
+            raise CommandError("'k' must be an integer in 1..100")
+        if "text" in args:
+            text = require_str(args, "text", max_len=1000)
+            cands: Sequence[Candidate] = _optional(self.matcher, "search_text")(text=text, k=k)
+        elif "images" in args:
+            vecs = self._embed_images(args)
+            with self._model_lock:
+                cands = self.matcher.match_vectors(vecs[:1], k)[0]
+        else:
+            raise CommandError("search needs 'text' or 'images'", hint='e.g. {"text": "oat milk"}')
+        return {"candidates": [c.to_dict() for c in cands], "catalog_version": self.matcher.catalog_version}
+
+    def _cmd_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        camera = require_str(args, "camera", max_len=64)
+        frame = self._last_frames.get(camera)
+        if frame is None:
+            raise CommandError(f"no frame from camera {camera!r} yet",
+                               hint=f"cameras: {[c.name for c in self.cameras]}")
+        img = frame.image
+        if img.shape[1] > 640:
+            img = cv2.resize(img, (640, max(1, round(img.shape[0] * 640 / img.shape[1]))), interpolation=cv2.INTER_AREA)
+        ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            raise CommandError("could not encode the snapshot")
+        return {"camera": camera, "ts": frame.ts, "jpeg_b64": base64.b64encode(jpg.tobytes()).decode()}
+
+
+def _optional(matcher: Any, name: str) -> Any:
+    fn = getattr(matcher, name, None)
+    if fn is None:
+        raise CommandError(f"this device's catalog does not support {name!r}",
+                           hint="use a catalog/search backend with enroll/remove/text search")
+    return fn
+
+
+def _pct(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 2)

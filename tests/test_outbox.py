@@ -1,0 +1,58 @@
+"""The SQLite outbox: order, ack, bounds with counted drops, survival across reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.outbox import Outbox, OutboxError
+
+
+def _put(ob: Outbox, n: int, *, start: int = 0, now: float | None = None) -> list[int]:
+    return [ob.put(msg_id=f"m{i}", topic="t/match", payload=f"p{i}".encode(), now=now) for i in range(start, start + n)]
+
+
+def test_pending_in_write_order_and_ack_removes(tmp_path: Path) -> None:
+    ob = Outbox(path=tmp_path / "o.db")
+    seqs = _put(ob, 5)
+    assert [m.msg_id for m in ob.pending()] == ["m0", "m1", "m2", "m3", "m4"]
+    assert [m.msg_id for m in ob.pending(after_seq=seqs[2])] == ["m3", "m4"]
+    assert ob.ack(seqs[1]) is True
+    assert ob.ack(seqs[1]) is False  # already gone
+    assert [m.msg_id for m in ob.pending()] == ["m0", "m2", "m3", "m4"]
+    assert ob.stats().to_dict() == {"depth": 4, "written": 5, "delivered": 1, "dropped_full": 0, "dropped_age": 0}
+
+
+def test_survives_reopen_with_counters(tmp_path: Path) -> None:
+    ob = Outbox(path=tmp_path / "o.db", max_messages=3)
+    _put(ob, 5)
+    ob.close()
+    again = Outbox(path=tmp_path / "o.db", max_messages=3)
+    assert [m.payload for m in again.pending()] == [b"p2", b"p3", b"p4"]
+    assert again.stats().dropped_full == 2
+    assert again.stats().depth == 3
+
+
+def test_count_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
+    ob = Outbox(path=tmp_path / "o.db", max_messages=10)
+    _put(ob, 25)
+    s = ob.stats()
+    assert (s.depth, s.dropped_full, s.written) == (10, 15, 25)
+    assert ob.pending()[0].msg_id == "m15"
+
+
+def test_age_bound_drops_old_and_counts(tmp_path: Path) -> None:
+    ob = Outbox(path=tmp_path / "o.db", max_age_s=60, durability="power")
+    _put(ob, 3, now=1000.0)
+    _put(ob, 2, start=3, now=1100.0)
+    assert ob.prune(now=1120.0) == 3
+    assert [m.msg_id for m in ob.pending()] == ["m3", "m4"]
+    assert ob.stats().dropped_age == 3
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutboxError, match="cannot open outbox"):
+        Outbox(path=blocker / "sub" / "o.db")
