@@ -206,6 +206,18 @@ class RecommendSettings(Section):
     image_weight: float = Field(0.5, ge=0, le=1, description="Similar: weight of image vs text similarity")
 
 
+class OcrSettings(Section):
+    """Label text (edge.ocr): read off steady ROI crops on a background thread, fused with the image score."""
+
+    enabled: bool = Field(True, description="Read label text off steady ROI crops and fuse it (edge.fusion)")
+    threads: int = Field(1, ge=1, le=16, description="onnxruntime threads of the OCR models (off the capture thread)")
+    det_side: int = Field(480, ge=160, le=1536,
+                          description="OCR detector short side in px (larger reads smaller print, costs more)")
+    min_score: float = Field(0.5, ge=0, le=1, description="Drop text lines the recogniser is less sure of")
+    change_threshold: float = Field(0.02, ge=0, le=1,
+                                    description="Mean abs change (0-1) of a ROI view that invalidates its cached text")
+
+
 class Settings(BaseSettings):
     """The root of a StoreLens config file (see configs/*.toml for commented examples)."""
 
@@ -220,6 +232,7 @@ class Settings(BaseSettings):
     decision: DecisionSettings = Field(default_factory=DecisionSettings, description="Voting and unknown rejection")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection and outbox")
     recommend: RecommendSettings = Field(default_factory=RecommendSettings, description="Recommendations")
+    ocr: OcrSettings = Field(default_factory=OcrSettings, description="Label text reading (OCR)")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")
