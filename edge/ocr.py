@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.config import OcrSettings
 from edge.errors import BackendError, ImageError
 
 log = logging.getLogger("storelens.ocr")
@@ -280,6 +281,12 @@ class OcrWorker:
                 st.result, st.signature, st.running = result, sig, None
                 if st.pending is None:
                     st.done.set()
+
+
+def start_worker(settings: OcrSettings) -> OcrWorker:
+    """The runtime's OCR worker as the ``[ocr]`` config section describes it (models load on the first read)."""
+    engine = OcrEngine(threads=settings.threads, min_score=settings.min_score, det_limit_side_len=settings.det_side)
+    return OcrWorker(engine=engine, change_threshold=settings.change_threshold)
 
 
 def read_many(engine: OcrEngine, images: Iterable[np.ndarray]) -> list[OcrResult]:

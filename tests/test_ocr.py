@@ -102,3 +102,14 @@ def test_worker_counts_failed_reads_and_keeps_serving() -> None:
             worker.request("r", np.zeros((4, 4, 3), np.float32))
     with pytest.raises(BackendError, match="closed"):
         worker.request("r", label("X"))
+
+
+def test_worker_from_config_section() -> None:
+    from edge.config import OcrSettings
+    from edge.ocr import start_worker
+
+    with start_worker(OcrSettings(det_side=320, change_threshold=0.05)) as worker:
+        assert worker.engine.det_limit_side_len == 320 and worker.change_threshold == 0.05
+        worker.request("r", label("ARLA"))
+        result = worker.wait("r", timeout=30)
+    assert result is not None and result.tokens == ("arla",)
