@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import CatalogError, InputError
-from edge.ocr import tokens
+from edge.ocr import OcrResult, OcrWorker, tokens
 from edge.types import Candidate
 
 FUZZY_CUTOFF = 0.8
@@ -208,6 +208,37 @@ def fuse_candidates(image: Sequence[Candidate], *, skus: Sequence[str], names: M
              for s in pool]
     fused.sort(key=lambda c: -c.score)  # stable: ties keep the image order
     return fused[:k] if k else fused
+
+
+class LabelTextReranker:
+    """The runtime's one call for label text: OCR off the capture thread, then fuse if there is a reading.
+
+    ``rerank(roi, crop, candidates)`` asks the :class:`~edge.ocr.OcrWorker` for the reading of
+    this view (never blocks; the first frames of a new view have none yet) and re-ranks the
+    image candidates with :func:`fuse_candidates`. No reading, or no word that matches the
+    catalog, returns the image candidates unchanged.
+    """
+
+    def __init__(self, *, worker: OcrWorker, profiles: TextProfiles, weights: FusionWeights,
+                 names: Mapping[str, str] | None = None) -> None:
+        self.worker = worker
+        self.profiles = profiles
+        self.weights = weights
+        self.names = dict(names or {})
+        self.fused = 0  # decisions where text evidence was added
+        self._memo: tuple[OcrResult, np.ndarray] | None = None
+
+    def rerank(self, roi: str, crop: np.ndarray, candidates: Sequence[Candidate], *,
+               k: int | None = None) -> list[Candidate]:
+        reading = self.worker.request(roi, crop)
+        if reading is None or not reading.tokens or not self.weights.ocr:
+            return list(candidates)
+        if self._memo is None or self._memo[0] is not reading:  # a cached reading is scored once
+            self._memo = (reading, self.profiles.score(reading.tokens))
+        ranked = fuse_candidates(candidates, skus=self.profiles.skus, names=self.names, ocr=self._memo[1],
+                                 weights=self.weights, k=k or len(candidates))
+        self.fused += int(ranked != list(candidates))
+        return ranked
 
 
 def macro_recall_at_1(scores: np.ndarray, labels: np.ndarray) -> float:

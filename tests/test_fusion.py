@@ -145,3 +145,23 @@ def test_catalogue_text_of_a_gsd_product_folder(tmp_path: Path) -> None:
     (d / "Arla-Sour-Cream_Description.txt").write_bytes(b"caf\xe9")
     with pytest.raises(CatalogError, match="not UTF-8"):
         gsd_catalogue_texts(d, "Arla-Sour-Cream")
+
+
+def test_runtime_reranker_fuses_once_the_worker_has_read_the_view(profiles: TextProfiles) -> None:
+    from edge.fusion import LabelTextReranker
+    from edge.ocr import OcrWorker
+
+    shortlist = [Candidate(sku=s, name=s, score=0.7) for s in ("arla-mjolk", "arla-graddfil", "banana")]
+    crop = label("ARLA", "GRADDFIL")
+    with OcrWorker(engine=OcrEngine(threads=1)) as worker:
+        rr = LabelTextReranker(worker=worker, profiles=profiles, weights=FusionWeights(ocr=0.2), names={})
+        assert rr.rerank("kiosk", crop, shortlist) == shortlist  # no reading yet: the image ranking as is
+        worker.wait("kiosk", timeout=30)
+        ranked = rr.rerank("kiosk", crop, shortlist)
+        blank = np.full_like(crop, 200)
+        assert rr.rerank("kiosk", blank, shortlist) == shortlist  # new view, not read yet
+        worker.wait("kiosk", timeout=30)
+        assert rr.rerank("kiosk", blank, shortlist) == shortlist  # read: no text, no change
+    assert [c.sku for c in ranked] == ["arla-graddfil", "arla-mjolk", "banana"]
+    assert ranked[0].score == pytest.approx(0.9)
+    assert rr.fused == 1
