@@ -21,6 +21,7 @@ from edge.logs import setup_logging
 COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.validate_config",
     "edge.commands.export_cmd",
+    "edge.commands.recommend",
 )
 
 log = logging.getLogger("storelens")
