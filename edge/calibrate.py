@@ -1,0 +1,143 @@
+"""Unknown-product rejection: thresholds on the top score and on the top-1 minus top-2 margin.
+
+A query is *known* when ``top1 >= score`` and ``top1 - top2 >= margin``. :func:`calibrate`
+chooses the pair from labelled queries: among all pairs that accept at least ``target`` of the
+queries of enrolled products, the one with the lowest false-accept rate on queries of products
+*held out* of the catalog (ties: the higher known acceptance). Held-out products are simulated
+without rebuilding any index: their candidates are dropped from the rankings, exactly as if
+they had never been enrolled. The result is stored with the catalog (``meta.calibration``),
+tagged with the catalog version and encoder fingerprint it was measured on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edge.errors import InputError
+from edge.types import Candidate
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thresholds:
+    """The decision rule's two numbers and where they came from (``config``, ``calibrated``, ``none``)."""
+
+    score: float | None = None
+    margin: float | None = None
+    source: str = "none"
+
+    def accepts(self, candidates: Sequence[Candidate]) -> bool:
+        """True when the top candidate clears both thresholds (False for no candidates)."""
+        if not candidates:
+            return False
+        top1 = float(candidates[0].score)
+        top2 = float(candidates[1].score) if len(candidates) > 1 else -1.0
+        return (self.score is None or top1 >= self.score) and (self.margin is None or top1 - top2 >= self.margin)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """What ``storelens calibrate`` measured and chose."""
+
+    score: float
+    margin: float
+    target: float
+    known_queries: int
+    unknown_queries: int
+    known_accept_rate: float
+    known_top1_accuracy: float  # top-1 correct among all known queries, before thresholds
+    accepted_precision: float  # top-1 correct among accepted known queries
+    false_accept_rate: float  # held-out product queries wrongly accepted
+    held_out: tuple[str, ...]
+    catalog_version: int
+    fingerprint: str
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(score=self.score, margin=self.margin, source="calibrated")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["held_out"] = list(self.held_out)
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        d = json.loads(text)
+        d["held_out"] = tuple(d.get("held_out", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """Per labelled query: top-1 score, margin, whether the top-1 sku is right, whether it is known."""
+
+    top1: np.ndarray
+    margin: np.ndarray
+    correct: np.ndarray
+    known: np.ndarray
+
+
+def query_scores(rankings: Sequence[Sequence[Candidate]], labels: Sequence[str], held_out: set[str]) -> QueryScores:
+    """Scores of each query's ranking with the held-out products' candidates removed."""
+    if len(rankings) != len(labels):
+        raise ValueError("one ranking per label")
+    top1, margin, correct, known = [], [], [], []
+    for ranking, label in zip(rankings, labels, strict=True):
+        kept = [c for c in ranking if c.sku not in held_out]
+        s1 = float(kept[0].score) if kept else -1.0
+        s2 = float(kept[1].score) if len(kept) > 1 else -1.0
+        top1.append(s1)
+        margin.append(s1 - s2)
+        correct.append(bool(kept) and kept[0].sku == label)
+        known.append(label not in held_out)
+    return QueryScores(np.asarray(top1, np.float64), np.asarray(margin, np.float64),
+                       np.asarray(correct, bool), np.asarray(known, bool))
+
+
+def choose_thresholds(q: QueryScores, *, target: float) -> tuple[float, float]:
+    """The (score, margin) pair accepting >= ``target`` of known queries with the fewest false accepts."""
+    if not 0 < target <= 1:
+        raise InputError(f"target acceptance {target} is outside (0, 1]", hint="use e.g. --target 0.95")
+    k_top, k_mar = q.top1[q.known], q.margin[q.known]
+    u_top, u_mar = q.top1[~q.known], q.margin[~q.known]
+    if len(k_top) == 0:
+        raise InputError("no labelled query belongs to an enrolled product",
+                         hint="label images with skus that are in the catalog")
+    need = int(np.ceil(target * len(k_top)))
+    best: tuple[float, float, float, float] | None = None  # (far, -accept, score, margin)
+    for m in np.unique(np.concatenate([[0.0], np.quantile(k_mar, np.linspace(0, 1 - target, 21))])):
+        ok = np.sort(k_top[k_mar >= m])[::-1]
+        if len(ok) < need:
+            continue
+        t = float(ok[need - 1])  # the largest score threshold that still accepts `need` queries
+        accept = float(np.mean((k_top >= t) & (k_mar >= m)))
+        far = float(np.mean((u_top >= t) & (u_mar >= m))) if len(u_top) else 0.0
+        cand = (far, -accept, t, float(m))
+        if best is None or cand < best:
+            best = cand
+    assert best is not None  # m = 0 always accepts every known query, so a pair always exists
+    return best[2], best[3]
+
+
+def summarise(q: QueryScores, *, score: float, margin: float) -> dict[str, float]:
+    acc = (q.top1 >= score) & (q.margin >= margin)
+    k, u = q.known, ~q.known
+    return {
+        "known_accept_rate": float(np.mean(acc[k])) if k.any() else 0.0,
+        "known_top1_accuracy": float(np.mean(q.correct[k])) if k.any() else 0.0,
+        "accepted_precision": float(np.mean(q.correct[k & acc])) if (k & acc).any() else 0.0,
+        "false_accept_rate": float(np.mean(acc[u])) if u.any() else 0.0,
+    }
+
+
+def pick_held_out(skus: Sequence[str], *, fraction: float, seed: int = 0) -> set[str]:
+    """A deterministic random ``fraction`` of the labelled, enrolled skus, treated as not enrolled."""
+    if not 0 <= fraction < 1:
+        raise InputError(f"held-out fraction {fraction} is outside [0, 1)", hint="use e.g. --holdout 0.2")
+    uniq = sorted(set(skus))
+    n = round(fraction * len(uniq))
+    rng = np.random.default_rng(seed)
+    return {uniq[i] for i in rng.choice(len(uniq), size=n, replace=False)} if n else set()

@@ -1,0 +1,247 @@
+"""Catalog importers: product tables (CSV / JSONL), ``<root>/<sku>/*.jpg`` folders, the Grocery Store layout.
+
+Each importer yields :class:`ProductRecord` (a product and its image paths, with the file and
+line it came from) or :class:`ImportIssue` (a bad row, with file and line and what to fix).
+Problems never stop an import: the caller skips the row, counts it, and reports it at the end.
+Images are only *listed* here; :class:`edge.store.Store` reads them and reports unreadable or
+truncated files against the same file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.errors import CatalogError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_CORE = ("sku", "name", "description", "price", "location", "barcode")
+_IMAGE_COLUMNS = ("images", "image", "image_paths", "image_path")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProductRecord:
+    """One product to enroll, as read from an import source."""
+
+    sku: str
+    name: str
+    description: str = ""
+    price: float | None = None
+    location: str | None = None
+    barcode: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    images: tuple[Path, ...] = ()
+    extra_text: Mapping[str, str] = field(default_factory=dict)
+    source: str = ""  # file the row came from
+    line: int = 0  # 1-based line (0: not line-based)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportIssue:
+    """A bad row or image, skipped: where it is and what is wrong."""
+
+    source: str
+    line: int
+    message: str
+    sku: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.message}"
+
+
+def detect_format(path: Path) -> str:
+    """``table`` (.csv/.jsonl), ``grocery-store`` (a folder with classes.csv) or ``folder``."""
+    if path.is_dir():
+        return "grocery-store" if (path / "classes.csv").is_file() else "folder"
+    if path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+        return "table"
+    raise CatalogError(f"cannot tell the import format of {path}",
+                       hint="give a .csv/.jsonl product table, a <root>/<sku>/*.jpg folder, or pass --format")
+
+
+def read_table(path: Path) -> Iterator[ProductRecord | ImportIssue]:
+    """Rows of a CSV (header line) or JSONL product table; image paths relative to the table's folder.
+
+    Columns: ``sku``, ``name`` (required), ``description``, ``price``, ``location``, ``barcode``,
+    ``images`` (several separated by ``;``; JSONL may give a list); any other column becomes a
+    free attribute.
+    """
+    if not path.is_file():
+        raise CatalogError(f"product table not found: {path}", hint="check the path")
+    raw = path.read_bytes()
+    rows = _jsonl_rows(path, raw) if path.suffix.lower() in (".jsonl", ".ndjson") else _csv_rows(path, raw)
+    seen: set[str] = set()
+    for line, row in rows:
+        if isinstance(row, ImportIssue):
+            yield row
+            continue
+        rec = _record(path, line, row)
+        if isinstance(rec, ProductRecord):
+            if rec.sku in seen:
+                yield ImportIssue(source=str(path), line=line, sku=rec.sku,
+                                  message=f"duplicate sku {rec.sku!r} (first row kept)")
+                continue
+            seen.add(rec.sku)
+        yield rec
+
+
+def _csv_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, Any] | ImportIssue]]:
+    # surrogateescape keeps undecodable bytes visible per row, so one bad row does not sink the file.
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or "sku" not in [f.strip().lower() for f in reader.fieldnames]:
+        raise CatalogError(f"{path}: the header line has no 'sku' column",
+                           hint="the first line must name the columns: sku,name,description,...,images")
+    start = 2
+    for row in reader:
+        line = start
+        start = reader.line_num + 1
+        if None in row:
+            yield line, ImportIssue(source=str(path), line=line, message="more fields than header columns")
+            continue
+        clean = {str(k).strip().lower(): (v or "").strip() for k, v in row.items()}
+        if any(_has_bad_bytes(v) for v in clean.values()):
+            yield line, ImportIssue(source=str(path), line=line, sku=_printable(clean.get("sku")),
+                                    message="text is not valid UTF-8 (save the table as UTF-8)")
+            continue
+        yield line, clean
+
+
+def _jsonl_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, Any] | ImportIssue]]:
+    for line, chunk in enumerate(raw.splitlines(), start=1):
+        if not chunk.strip():
+            continue
+        try:
+            obj = json.loads(chunk.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield line, ImportIssue(source=str(path), line=line, message="text is not valid UTF-8")
+            continue
+        except ValueError as e:
+            yield line, ImportIssue(source=str(path), line=line, message=f"not valid JSON: {e}")
+            continue
+        if not isinstance(obj, dict):
+            yield line, ImportIssue(source=str(path), line=line, message="a line must be a JSON object")
+            continue
+        yield line, {str(k).strip().lower(): v for k, v in obj.items()}
+
+
+def _record(path: Path, line: int, row: dict[str, Any]) -> ProductRecord | ImportIssue:
+    def issue(msg: str) -> ImportIssue:
+        return ImportIssue(source=str(path), line=line, sku=_printable(row.get("sku")), message=msg)
+
+    sku = str(row.get("sku") or "").strip()
+    name = str(row.get("name") or "").strip()
+    if not sku:
+        return issue("missing sku")
+    if not name:
+        return issue(f"missing name for sku {sku!r}")
+    price: float | None = None
+    if row.get("price") not in (None, ""):
+        try:
+            price = float(row["price"])
+        except (TypeError, ValueError):
+            return issue(f"price {row['price']!r} is not a number")
+    images_raw: Any = next((row[c] for c in _IMAGE_COLUMNS if row.get(c) not in (None, "")), [])
+    paths = images_raw if isinstance(images_raw, list) else [p for p in str(images_raw).split(";")]
+    images = tuple(_resolve(path.parent, str(p).strip()) for p in paths if str(p).strip())
+    attrs = {k: v for k, v in row.items() if k not in _CORE and k not in _IMAGE_COLUMNS and v not in (None, "")}
+    return ProductRecord(sku=sku, name=name, description=str(row.get("description") or ""), price=price,
+                         location=_opt(row.get("location")), barcode=_opt(row.get("barcode")), attributes=attrs,
+                         images=images, source=str(path), line=line)
+
+
+def read_folder(root: Path) -> Iterator[ProductRecord | ImportIssue]:
+    """``<root>/<sku>/*.jpg``: one product per sub-folder, named after it (``name.txt`` /
+    ``description.txt`` inside the folder, when present, give name and description)."""
+    if not root.is_dir():
+        raise CatalogError(f"image folder not found: {root}", hint="pass a folder laid out as <root>/<sku>/*.jpg")
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        images = tuple(sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        if not images:
+            yield ImportIssue(source=str(sub), line=0, sku=sub.name, message="no images (.jpg/.png) in the folder")
+            continue
+        name = _read_text(sub / "name.txt") or sub.name.replace("_", " ").replace("-", " ")
+        yield ProductRecord(sku=sub.name, name=name.strip(), description=_read_text(sub / "description.txt"),
+                            images=images, source=str(sub))
+
+
+def read_grocery_store(root: Path, *, split: str | None = "train.txt", max_images: int | None = 10,
+                       iconic: bool = True) -> Iterator[ProductRecord | ImportIssue]:
+    """The Grocery Store dataset: one product per fine class (sku = class name).
+
+    Name: the ``Title:`` of ``*_Information.txt`` (else the class name); description from
+    ``*_Description.txt``; the whole information text is kept as extra text (``information``)
+    for lexical search. Images: the iconic image and up to ``max_images`` photos of the class
+    from ``split`` (paths relative to ``root``; ``None`` = iconic only).
+    """
+    classes = root / "classes.csv"
+    if not classes.is_file():
+        raise CatalogError(f"{root} has no classes.csv", hint="pass the grocery-store dataset folder")
+    photos: dict[int, list[Path]] = {}
+    if split:
+        for _line, fields in _split_lines(root / split):
+            if isinstance(fields, ImportIssue):
+                yield fields
+                continue
+            photos.setdefault(int(fields[1]), []).append(root / fields[0])
+    with classes.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for row in reader:
+            line = reader.line_num
+            if len(row) < 6:
+                yield ImportIssue(source=str(classes), line=line, message="expected 6 columns")
+                continue
+            name_cls, cid, coarse = row[0].strip(), int(row[1]), row[2].strip()
+            iconic_path = root / row[4].strip().lstrip("/")
+            info = _read_text(iconic_path.parent / f"{name_cls}_Information.txt")
+            title = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Title:")), "")
+            images = ([iconic_path] if iconic else []) + photos.get(cid, [])[: max_images or None]
+            yield ProductRecord(
+                sku=name_cls, name=title or name_cls.replace("-", " "),
+                description=_read_text(root / row[5].strip().lstrip("/")),
+                attributes={"class_id": cid, "coarse": coarse}, images=tuple(images),
+                extra_text={"information": info} if info else {}, source=str(classes), line=line)
+
+
+def _split_lines(path: Path) -> Iterator[tuple[int, list[str] | ImportIssue]]:
+    if not path.is_file():
+        raise CatalogError(f"split file not found: {path}", hint="pass --split with a file beside classes.csv")
+    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = [f.strip() for f in text.split(",")]
+        if not text.strip():
+            continue
+        if len(fields) < 2 or not fields[1].isdigit():
+            yield line, ImportIssue(source=str(path), line=line, message="expected `path, fine_label, coarse_label`")
+            continue
+        yield line, fields
+
+
+def _resolve(base: Path, p: str) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
+
+
+def _opt(v: Any) -> str | None:
+    return None if v in (None, "") else str(v)
+
+
+def _has_bad_bytes(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s)
+
+
+def _printable(v: Any) -> str | None:
+    return None if v is None else str(v).encode("utf-8", "replace").decode("utf-8")
