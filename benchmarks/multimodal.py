@@ -46,7 +46,7 @@ from edge.fusion import (
     TextProfiles,
     fit_weights,
     fuse,
-    gsd_catalogue_texts,
+    gsd_product_text,
     semantic_scores,
 )
 from edge.ocr import OcrResult
@@ -170,14 +170,15 @@ def evaluate(*, train: Path, val: Path, image_encoder: ImageEncoder, modalities:
         products = []
         for lab in range(n):
             info = lay.classes.get(lab)
-            texts = tuple(gsd_catalogue_texts(info.iconic.parent, info.name)) if info and info.iconic else ()
+            cat = gsd_product_text(info.iconic.parent, info.name, sku=str(lab)) if info and info.iconic else \
+                ProductText(sku=str(lab))
             photos = ([info.iconic] if info and info.iconic else []) if catalogue_only else \
                 [s.path for s in lay.profile.get(lab, [])]
             reads = tuple(r.tokens for r in ocr_of(cache, photos, root))
-            products.append(ProductText(sku=str(lab), texts=texts, photo_reads=reads))
+            products.append(ProductText(sku=str(lab), titles=cat.titles, texts=cat.texts, photo_reads=reads))
         profiles = TextProfiles.build(products)
         if text_encoder is not None and modalities.endswith("+text"):
-            prod_vecs = text_encoder.embed([" ".join(p.texts[:4]) or p.sku for p in products])
+            prod_vecs = text_encoder.embed([" ".join(p.titles + p.texts[:2]) for p in products])
 
     def split_scores(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         q_emb = embed_paths(image_encoder, [s.path for s in samples], cache_dir=cache_dir)

@@ -42,9 +42,12 @@ from edge.ocr import OcrResult, OcrWorker, tokens
 from edge.types import Candidate
 
 FUZZY_CUTOFF = 0.8
-FUZZY_MIN_LEN = 4
-# Lines of a GSD *_Information.txt that are product text (nutrition tables and URLs are not).
-INFORMATION_KEYS = ("title", "manufacturer and volume", "description", "ingredients")
+FUZZY_MIN_LEN = 5
+# Lines of a GSD *_Information.txt that are product text (nutrition tables and URLs are not):
+# title-like lines name the product (full weight), the others describe it (DESCRIPTION_WEIGHT).
+TITLE_KEYS = ("title", "manufacturer and volume")
+DESCRIPTION_KEYS = ("description", "ingredients")
+DESCRIPTION_WEIGHT = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +55,8 @@ class ProductText:
     """What a product's word profile is built from."""
 
     sku: str
-    texts: tuple[str, ...] = ()  # catalog text: name, brand, descriptions, titles, manufacturer lines
+    titles: tuple[str, ...] = ()  # text that names it: name, brand, catalogue title, manufacturer line
+    texts: tuple[str, ...] = ()  # text that describes it: descriptions (any language), ingredients
     photo_reads: tuple[tuple[str, ...], ...] = ()  # OCR'd word tokens of each reference photo
 
 
@@ -75,8 +79,9 @@ class TextProfiles:
         self._fuzzy_cache: dict[str, tuple[str, float] | None] = {}
 
     @classmethod
-    def build(cls, products: Iterable[ProductText], *, catalog_weight: float = 1.0) -> TextProfiles:
-        """Word profiles from catalog text (weight ``catalog_weight``) and photo reads (share of photos)."""
+    def build(cls, products: Iterable[ProductText], *, description_weight: float = DESCRIPTION_WEIGHT
+              ) -> TextProfiles:
+        """Word profiles: title words 1, description words ``description_weight``, photo words their share."""
         skus: list[str] = []
         profiles: list[dict[str, float]] = []
         for p in products:
@@ -87,9 +92,9 @@ class TextProfiles:
                     for w in set(read):
                         counts[w] = counts.get(w, 0) + 1
                 prof = {w: c / len(p.photo_reads) for w, c in counts.items()}
-            for text in p.texts:
-                for w in tokens(text):
-                    prof[w] = max(prof.get(w, 0.0), catalog_weight)
+            for texts, weight in ((p.texts, description_weight), (p.titles, 1.0)):
+                for w in (w for text in texts for w in tokens(text)):
+                    prof[w] = max(prof.get(w, 0.0), weight)
             skus.append(p.sku)
             profiles.append(prof)
         return cls(skus=skus, weights=profiles)
@@ -270,23 +275,25 @@ def fit_weights(image: np.ndarray, labels: np.ndarray, *, ocr: np.ndarray | None
                          metrics={"image_r1": round(base, 4), "fused_r1": round(best[0], 4), "queries": len(labels)})
 
 
-def information_texts(info: str) -> list[str]:
-    """The product-text lines (title, manufacturer, description, ingredients) of a GSD ``*_Information.txt``."""
+def information_texts(info: str, keys: Sequence[str] = TITLE_KEYS + DESCRIPTION_KEYS) -> list[str]:
+    """The product-text lines with one of ``keys`` of a GSD ``*_Information.txt`` (not nutrition, URL)."""
     out = []
     for line in info.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in INFORMATION_KEYS and value.strip():
+        if sep and key.strip().lower() in keys and value.strip():
             out.append(value.strip())
     return out
 
 
-def gsd_catalogue_texts(product_dir: Path, name: str) -> list[str]:
-    """All catalogue text of one GSD product folder: its name, English/Swedish descriptions, information lines.
+def gsd_product_text(product_dir: Path, name: str, *, sku: str | None = None) -> ProductText:
+    """The catalogue text of one GSD product folder (catalogue-only enrollment needs nothing else).
 
-    Missing files are simply absent (fruit and vegetables have no Swedish description); a
-    file that is not UTF-8 is a :class:`CatalogError` naming it.
+    Titles: the folder name and the Information file's title and manufacturer lines;
+    texts: the English and Swedish descriptions and the Information description and
+    ingredients. Missing files are absent (fruit has no Swedish description); a file that is
+    not UTF-8 is a :class:`CatalogError` naming it.
     """
-    texts = [name.replace("-", " ")]
+    titles, texts = [name.replace("-", " ")], []
     for suffix in ("_Description.txt", "_Description_Swedish.txt", "_Information.txt"):
         path = product_dir / f"{name}{suffix}"
         if not path.is_file():
@@ -296,10 +303,11 @@ def gsd_catalogue_texts(product_dir: Path, name: str) -> list[str]:
         except UnicodeDecodeError as e:
             raise CatalogError(f"{path}: not UTF-8 text", hint="re-save the file as UTF-8") from e
         if suffix == "_Information.txt":
-            texts.extend(information_texts(raw))
+            titles.extend(information_texts(raw, TITLE_KEYS))
+            texts.extend(information_texts(raw, DESCRIPTION_KEYS))
         else:
-            texts.extend(ln for ln in raw.splitlines() if ln.strip() and not ln.startswith("http"))
-    return texts
+            texts.extend(ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.startswith("http"))
+    return ProductText(sku=sku or name, titles=tuple(titles), texts=tuple(dict.fromkeys(texts)))
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:

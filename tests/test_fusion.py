@@ -15,7 +15,7 @@ from edge.fusion import (
     fit_weights,
     fuse,
     fuse_candidates,
-    gsd_catalogue_texts,
+    gsd_product_text,
     information_texts,
     macro_recall_at_1,
     semantic_scores,
@@ -25,10 +25,10 @@ from edge.types import Candidate
 from tests.test_ocr import label
 
 CATALOG = [
-    ProductText(sku="arla-graddfil", texts=("Arla Gräddfil 12%", "Manufacturer and volume: ARLA KO")),
-    ProductText(sku="arla-mjolk", texts=("Arla Mellanmjölk 1,5%", "Svensk mjölk från Arla")),
-    ProductText(sku="oatly-havregurt", texts=("Havregurt Naturell", "OATLY, 1kg")),
-    ProductText(sku="banana", texts=("Banana", "Yellow and sweet")),
+    ProductText(sku="arla-graddfil", titles=("Arla Gräddfil 12%", "ARLA KO"), texts=("Syrad grädde",)),
+    ProductText(sku="arla-mjolk", titles=("Arla Mellanmjölk 1,5%",), texts=("Svensk mjölk från Arla",)),
+    ProductText(sku="oatly-havregurt", titles=("Havregurt Naturell", "OATLY, 1kg")),
+    ProductText(sku="banana", titles=("Banana",), texts=("Yellow and sweet",)),
 ]
 SKUS = [p.sku for p in CATALOG]
 
@@ -93,10 +93,11 @@ def test_ocr_misreads_and_diacritics_still_match(profiles: TextProfiles) -> None
 def test_words_read_off_reference_photos_weigh_by_the_share_of_photos() -> None:
     p = TextProfiles.build([ProductText(sku="a", photo_reads=(("bravo", "apelsin"), ("bravo",), ("bravo", "xq"),
                                                                 ("bravo",))),
-                            ProductText(sku="b", texts=("Tropicana orange",))])
+                            ProductText(sku="b", titles=("Tropicana",), texts=("orange juice",))])
     assert p.score(["bravo"]).tolist() == [1.0, 0.0]
     assert p.score(["apelsin"]).tolist() == [0.25, 0.0]
     assert p.score(["tropicana"]).tolist() == [0.0, 1.0]
+    assert p.score(["orange"]).tolist() == [0.0, 0.5]  # a description word says less than a title word
     again = TextProfiles.from_dict(p.to_dict())
     assert np.array_equal(again.score(["apelsin", "orange"]), p.score(["apelsin", "orange"]))
 
@@ -106,7 +107,7 @@ def test_weights_fitted_on_labelled_scores_round_trip(tmp_path: Path, profiles: 
     labels = np.repeat(np.arange(4), 10)
     image = rng.normal(0.5, 0.02, (40, 4)).astype(np.float32)
     image[labels == 3, 3] += 0.3  # banana is easy for vision; the cartons are a coin toss
-    ocr = np.stack([profiles.score(CATALOG[c].texts[0].split()) if i % 2 == 0 else np.zeros(4, np.float32)
+    ocr = np.stack([profiles.score(CATALOG[c].titles[0].split()) if i % 2 == 0 else np.zeros(4, np.float32)
                     for i, c in enumerate(labels)])  # half the frames have readable text
     w = fit_weights(image, labels, ocr=ocr, fitted_on="unit-test")
     assert w.ocr > 0 and w.text == 0.0
@@ -138,13 +139,15 @@ def test_catalogue_text_of_a_gsd_product_folder(tmp_path: Path) -> None:
         "Gräddfil till dipp.\n\nhttps://www.ica.se/x\n", encoding="utf-8")
     (d / "Arla-Sour-Cream_Information.txt").write_text(
         "Title: Gräddfil 12% \nManufacturer and volume: ARLA KO , 5dl \nManufacturing country: Sverige \n"
-        "Nutrition values per 100 gram: \n   fett ca 12 gram \nURL: https://x\n", encoding="utf-8")
-    assert gsd_catalogue_texts(d, "Arla-Sour-Cream") == [
-        "Arla Sour Cream", "Sour cream for dips.", "Gräddfil till dipp.", "Gräddfil 12%", "ARLA KO , 5dl"]
+        "Description: Gräddfil till dipp.\nNutrition values per 100 gram: \n   fett ca 12 gram \nURL: https://x\n",
+        encoding="utf-8")
+    assert gsd_product_text(d, "Arla-Sour-Cream", sku="7") == ProductText(
+        sku="7", titles=("Arla Sour Cream", "Gräddfil 12%", "ARLA KO , 5dl"),
+        texts=("Sour cream for dips.", "Gräddfil till dipp."))
     assert information_texts("Title: A\nDescription:   \nURL: u") == ["A"]
     (d / "Arla-Sour-Cream_Description.txt").write_bytes(b"caf\xe9")
     with pytest.raises(CatalogError, match="not UTF-8"):
-        gsd_catalogue_texts(d, "Arla-Sour-Cream")
+        gsd_product_text(d, "Arla-Sour-Cream")
 
 
 def test_runtime_reranker_fuses_once_the_worker_has_read_the_view(profiles: TextProfiles) -> None:
