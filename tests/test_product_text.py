@@ -1,0 +1,76 @@
+"""Label text with a real catalog: OCR words of reference photos, profiles, weights fitted and stored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import CatalogError, InputError
+from edge.fusion import FusionWeights
+from edge.ocr import OcrEngine
+from edge.product_text import (
+    OCR_SOURCE,
+    calibrate_fusion,
+    catalog_profiles,
+    load_weights,
+    read_reference_photos,
+    save_weights,
+)
+from edge.store import Store
+from tests.encoders_for_tests import TinyImageEncoder
+from tests.test_ocr import label
+
+CARTON = np.full((240, 420, 3), 235, np.uint8)  # the same plain carton photo for every product: images tie
+
+
+@pytest.fixture(scope="module")
+def engine() -> OcrEngine:
+    return OcrEngine(threads=1)
+
+
+@pytest.fixture
+def store(tmp_path: Path, tiny_onnx: Path) -> Iterator[Store]:
+    s = Store(data_dir=tmp_path / "data", image_encoder=TinyImageEncoder(tiny_onnx), dtype="f32")
+    s.enroll("graddfil", name="Arla Gräddfil 12%", description="Syrad grädde", images=[CARTON])
+    s.enroll("mjolk", name="Arla Mellanmjölk", description="Svensk mjölk", images=[CARTON])
+    s.enroll("havregurt", name="Havregurt Naturell", images=[label("OATLY"), label("OATLY", "HAVRE")])
+    yield s
+    s.close()
+
+
+def test_words_read_off_reference_photos_join_the_product_profile(store: Store, engine: OcrEngine) -> None:
+    counts = read_reference_photos(store, engine, progress=False)
+    assert counts == {"products": 3, "photos": 4, "unreadable": 0, "with_text": 1}
+    key = store.catalog.get("havregurt").key  # type: ignore[union-attr]
+    assert store.catalog.texts(key) == {OCR_SOURCE: "oatly\noatly havre"}
+    profiles = catalog_profiles(store.catalog)
+    assert profiles.skus == ("graddfil", "havregurt", "mjolk")
+    assert profiles.score(["oatly"]).tolist() == [0.0, 1.0, 0.0]
+    assert profiles.score(["havre"]).tolist() == [0.0, 0.5, 0.0]  # read on one photo of two
+    assert [r.sku for r in store.search_text("oatly", k=1)] == ["havregurt"]  # FTS5 finds photo words too
+
+
+def test_calibrate_fits_the_ocr_weight_and_stores_it_with_the_catalog(store: Store, engine: OcrEngine) -> None:
+    assert load_weights(store.catalog) == FusionWeights(fitted_on="not calibrated: image only")
+    queries = [label("ARLA", "GRADDFIL"), label("MELLANMJOLK"), label("HAVREGURT")]
+    w = calibrate_fusion(store, queries, ["graddfil", "mjolk", "havregurt"], engine, source="unit test")
+    assert w.metrics["image_r1"] == pytest.approx(1 / 3, abs=1e-4)  # tied images: only the first sku wins
+    assert w.metrics["fused_r1"] == 1.0
+    assert w.ocr == 0.02  # the smallest weight that breaks the ties
+    assert load_weights(store.catalog) == w
+    assert w.fitted_on.startswith("unit test (3 queries, catalog v")
+
+
+def test_calibration_inputs_and_stored_weights_fail_clearly(store: Store, engine: OcrEngine) -> None:
+    with pytest.raises(InputError, match="not catalog skus"):
+        calibrate_fusion(store, [CARTON], ["nope"], engine)
+    with pytest.raises(InputError, match="one label per"):
+        calibrate_fusion(store, [CARTON, CARTON], ["mjolk"], engine)
+    save_weights(store.catalog, FusionWeights(ocr=0.1))
+    assert load_weights(store.catalog).ocr == 0.1
+    store.catalog.set_meta("fusion_weights", "{broken")
+    with pytest.raises(CatalogError, match="calibrate"):
+        load_weights(store.catalog)
