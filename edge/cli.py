@@ -22,6 +22,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.validate_config",
     "edge.commands.export_cmd",
     "edge.commands.recommend",
+    "edge.commands.ocr",
+    "edge.commands.catalog",
+    "edge.commands.search",
+    "edge.commands.calibrate",
 )
 
 log = logging.getLogger("storelens")

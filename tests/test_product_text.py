@@ -74,3 +74,23 @@ def test_calibration_inputs_and_stored_weights_fail_clearly(store: Store, engine
     store.catalog.set_meta("fusion_weights", "{broken")
     with pytest.raises(CatalogError, match="calibrate"):
         load_weights(store.catalog)
+
+
+def test_cli_reads_a_label_and_enrolls_photo_text(store: Store, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import cv2
+
+    from edge.cli import main
+
+    data = store.data_dir
+    assert main(["ocr", "enroll", "--data-dir", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"products": 3, "photos": 4, "unreadable": 0, "with_text": 1}
+    img = tmp_path / "query.png"
+    cv2.imwrite(str(img), label("OATLY"))
+    assert main(["ocr", "read", str(img), "--data-dir", str(data), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["tokens"] == ["oatly"] and row["products"] == [{"sku": "havregurt", "text_score": 1.0}]
+    assert main(["ocr", "enroll", "--data-dir", str(tmp_path / "none")]) == 7  # CatalogError: no catalog
+    assert "no catalog" in capsys.readouterr().err
