@@ -1,1 +1,44 @@
-"""Encoders: batch in, L2-normalised float32 vectors out, behind one interface per modality."""
+"""Encoders: batch in, L2-normalised float32 vectors out, behind one interface per modality.
+
+:func:`load_image_encoder` / :func:`load_text_encoder` are the only way the runtime gets an
+encoder: the backend is picked by name from config and imported lazily (a box without OpenVINO
+still runs onnxruntime), the bundle is verified before loading, and one warm-up call runs at load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.bundle import default_bundle_path, load_bundle
+from edge.config import ModelSettings
+from edge.encoders.base import ImageEncoder, TextEncoder
+from edge.errors import BackendError
+
+__all__ = ["ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"]
+
+
+def load_image_encoder(model: ModelSettings, *, warmup: bool = True) -> ImageEncoder:
+    """The image encoder the config asks for (``model.image_bundle=None``: the embedded default)."""
+    bundle = load_bundle(_bundle_path(model.image_bundle, "image"), modality="image")
+    if model.backend == "onnxruntime":
+        from edge.encoders.onnx import OnnxImageEncoder
+
+        return OnnxImageEncoder(bundle=bundle, precision=model.precision, threads=model.threads, warmup=warmup)
+    if model.backend == "openvino":
+        from edge.encoders.openvino import OpenVinoImageEncoder
+
+        return OpenVinoImageEncoder(bundle=bundle, precision=model.precision, threads=model.threads, warmup=warmup)
+    raise BackendError(f"unknown backend {model.backend!r}", hint="set model.backend to onnxruntime or openvino")
+
+
+def load_text_encoder(model: ModelSettings, *, warmup: bool = True) -> TextEncoder:
+    """The MiniLM text encoder (``model.text_bundle=None``: the embedded default)."""
+    from edge.encoders.text import BundleTextEncoder
+
+    bundle = load_bundle(_bundle_path(model.text_bundle, "text"), modality="text")
+    return BundleTextEncoder(bundle=bundle, backend=model.backend, precision=model.precision, threads=model.threads,
+                             warmup=warmup)
+
+
+def _bundle_path(configured: Path | None, modality: str) -> Path:
+    return Path(configured) if configured is not None else default_bundle_path(modality)
