@@ -11,14 +11,20 @@ tagged with the catalog version and encoder fingerprint it was measured on.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.errors import InputError
 from edge.types import Candidate
+
+if TYPE_CHECKING:
+    from edge.store import Store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,3 +147,70 @@ def pick_held_out(skus: Sequence[str], *, fraction: float, seed: int = 0) -> set
     n = round(fraction * len(uniq))
     rng = np.random.default_rng(seed)
     return {uniq[i] for i in rng.choice(len(uniq), size=n, replace=False)} if n else set()
+
+
+def read_labelled(source: Path, *, classes: Path | None = None) -> list[tuple[Path, str]]:
+    """Labelled query images: a split file (``path, fine_label, ...``, labels mapped to skus through
+    ``classes.csv`` beside it, as the Grocery Store importer names products) or a ``<root>/<sku>/*.jpg`` folder."""
+    if source.is_dir():
+        from edge.importers import IMAGE_SUFFIXES
+
+        return [(p, sub.name) for sub in sorted(d for d in source.iterdir() if d.is_dir())
+                for p in sorted(sub.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not source.is_file():
+        raise InputError(f"labelled images not found: {source}", hint="pass a split file or a <root>/<sku>/ folder")
+    classes = classes or source.parent / "classes.csv"
+    if not classes.is_file():
+        raise InputError(f"no classes.csv beside {source}", hint="pass --classes CSV mapping class ids to names")
+    with classes.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    names = {int(r[1]): r[0].strip() for r in rows if len(r) > 1 and r[1].strip().isdigit()}
+    out = []
+    for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = [x.strip() for x in line.split(",")]
+        if not line.strip():
+            continue
+        if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) not in names:
+            raise InputError(f"{source}:{n}: expected `path, class_id, ...` with a class id in {classes.name}",
+                             hint="fix the line")
+        out.append((source.parent / fields[0], names[int(fields[1])]))
+    return out
+
+
+def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, target: float = 0.95,
+                    holdout: float = 0.2, seed: int = 0, batch: int = 32,
+                    progress: bool = True) -> tuple[Calibration, list[str]]:
+    """Embed labelled images, simulate held-out products, choose thresholds. Returns (result, problems)."""
+    from tqdm import tqdm
+
+    from edge.errors import ImageError
+    from edge.preprocess import read_image
+
+    enrolled = {p.sku for p in store.catalog.products()}
+    held_out = pick_held_out([s for _, s in labelled if s in enrolled], fraction=holdout, seed=seed)
+    unknown = held_out | {s for _, s in labelled if s not in enrolled}
+    k = min(len(enrolled), len(held_out) + 5)
+    problems: list[str] = []
+    rankings: list[list[Candidate]] = []
+    labels: list[str] = []
+    for i in tqdm(range(0, len(labelled), batch), desc="calibrate", unit="batch", disable=not progress):
+        images, names = [], []
+        for path, sku in labelled[i : i + batch]:
+            try:
+                images.append(read_image(path))
+                names.append(sku)
+            except ImageError as e:
+                problems.append(f"skipped: {e}")
+        if images:
+            rankings.extend([r.candidate() for r in row] for row in store.search_image(images, k=k))
+            labels.extend(names)
+    if not labels:
+        raise InputError("no labelled image could be read", hint="check the paths in the labelled list")
+    q = query_scores(rankings, labels, unknown)
+    score, margin = choose_thresholds(q, target=target)
+    s = summarise(q, score=score, margin=margin)
+    enc = store.image_encoder
+    cal = Calibration(score=score, margin=margin, target=target, known_queries=int(q.known.sum()),
+                      unknown_queries=int((~q.known).sum()), held_out=tuple(sorted(unknown)),
+                      catalog_version=store.catalog_version, fingerprint=enc.fingerprint if enc else "", **s)
+    return cal, problems

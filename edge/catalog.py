@@ -182,6 +182,9 @@ class Catalog:
         db.execute("INSERT INTO vectors(key, modality, fingerprint, image_id, data) VALUES(?, ?, ?, ?, ?)",
                    (key, modality, fingerprint, image_id, blob))
 
+    def delete_vectors(self, db: sqlite3.Connection, *, modality: str, fingerprint: str) -> None:
+        db.execute("DELETE FROM vectors WHERE modality = ? AND fingerprint = ?", (modality, fingerprint))
+
     def set_text(self, db: sqlite3.Connection, key: int, source: str, text: str | None) -> None:
         """Set (or with ``None`` clear) the extra text of one source for a product; refreshes FTS."""
         if text is None or not text.strip():

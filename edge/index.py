@@ -177,9 +177,11 @@ class VectorIndex:
         counts = np.atleast_1d(np.asarray(getattr(m, "counts", keys.shape[1]), dtype=np.int64))
         return Hits(keys, 1.0 - dist, counts)
 
-    def copy_for_write(self) -> Index:
-        """A private in-memory copy a writer may modify while readers keep using this one."""
-        return _load(self.path, self.meta, view=False)
+
+def open_for_write(directory: Path, modality: str) -> tuple[IndexMeta, Index] | None:
+    """The current generation loaded into a private in-memory copy. Call under :func:`writer_lock`."""
+    meta = read_meta(directory, modality)
+    return None if meta is None else (meta, _load(directory / meta.file, meta, view=False))
 
 
 def _load(path: Path, meta: IndexMeta, *, view: bool) -> Index:

@@ -69,7 +69,8 @@ class Store:
     def __init__(self, *, data_dir: Path, image_encoder: ImageEncoder | None = None,
                  text_encoder: TextEncoder | None = None, dtype: str = "i8", view: bool = False,
                  threshold: float | None = None, margin: float | None = None, aggregate: Aggregate = "max",
-                 expansion_search: int = ix.DEFAULT_EXPANSION_SEARCH, threads: int = 1) -> None:
+                 expansion_search: int = ix.DEFAULT_EXPANSION_SEARCH, threads: int = 1,
+                 open_indexes: bool = True) -> None:
         if dtype not in ix.DTYPES:
             raise InputError(f"index dtype {dtype!r} is not one of {ix.DTYPES}", hint="set catalog.index_dtype")
         self.data_dir = Path(data_dir)
@@ -83,7 +84,8 @@ class Store:
         self.threads = threads
         self._config_thresholds = (threshold, margin)
         self._indexes: dict[str, ix.VectorIndex | None] = {IMAGE: None, TEXT: None}
-        self.reload()
+        if open_indexes:  # False: only to rebuild indexes that no longer fit the encoder or dtype
+            self.reload()
 
     @classmethod
     def from_settings(cls, settings: Any, *, image_encoder: ImageEncoder | None,
@@ -92,8 +94,7 @@ class Store:
         c, d = settings.catalog, settings.decision
         return cls(data_dir=c.data_dir, image_encoder=image_encoder, text_encoder=text_encoder,
                    dtype=c.index_dtype, view=c.view, threshold=d.threshold, margin=d.margin,
-                   aggregate=getattr(c, "aggregate", "max"),
-                   expansion_search=getattr(c, "expansion_search", ix.DEFAULT_EXPANSION_SEARCH))
+                   aggregate=c.image_aggregate, expansion_search=c.expansion_search)
 
     def close(self) -> None:
         self.catalog.close()
@@ -237,6 +238,8 @@ class Store:
         """Remove a product and its vectors; False when the sku is not in the catalog."""
         batch = _Batch()
         with ix.writer_lock(self.data_dir):
+            if self.catalog.get(sku) is None:
+                return False  # nothing changes, so the catalog version does not move either
             with self.catalog.transaction() as db:
                 key = self.catalog.delete_product(db, sku)
             if key is None:
@@ -265,34 +268,68 @@ class Store:
                 index = ix.new_usearch(meta)
                 if len(keys):
                     index.add(keys, ix.quantize(vecs, dtype=self.dtype, i8_scale=meta.i8_scale), threads=self.threads)
-                ix.publish(self.data_dir, index, meta)
+                ix.publish(self.data_dir, index, ix.IndexMeta.from_dict(
+                    {**meta.to_dict(), "products": len(np.unique(keys))}))
             self._indexes = {IMAGE: None, TEXT: None}
         self.reload()
 
+    def reembed(self, *, progress: bool = True) -> ImportReport:
+        """Re-embed every stored reference image and product text with the loaded encoders, then rebuild
+        the indexes (after an encoder bundle change). Unreadable images are reported and skipped."""
+        from tqdm import tqdm
+
+        if self.image_encoder is None or self.text_encoder is None:
+            raise InputError("re-embedding needs both encoders", hint="configure model.image_bundle and text_bundle")
+        issues: list[ImportIssue] = []
+        added = 0
+        with ix.writer_lock(self.data_dir), self.catalog.transaction() as db:
+            for modality, enc in ((IMAGE, self.image_encoder), (TEXT, self.text_encoder)):
+                self.catalog.delete_vectors(db, modality=modality, fingerprint=enc.fingerprint)
+            for key, image_id, path in tqdm(self.catalog.all_images(), desc="re-embed", unit="image",
+                                            disable=not progress):
+                try:
+                    vec = self.image_encoder.embed([read_image(path)])[0]
+                except ImageError as e:
+                    issues.append(ImportIssue(source=path, line=0, message=f"image skipped: {e}"))
+                    continue
+                self.catalog.add_vector(db, key, modality=IMAGE, fingerprint=self.image_encoder.fingerprint,
+                                        vector=vec, image_id=image_id)
+                added += 1
+            for p in self.catalog.products():
+                vec = self.text_encoder.embed([product_text(p.name, p.description)])[0]
+                self.catalog.add_vector(db, p.key, modality=TEXT, fingerprint=self.text_encoder.fingerprint,
+                                        vector=vec)
+        self.rebuild_indexes()
+        return ImportReport(rows=self.catalog.count(), images_added=added, issues=tuple(issues),
+                            catalog_version=self.catalog_version)
+
     def _publish(self, batch: _Batch) -> None:
+        """Apply a write's removals and additions to each index and swap the new generation in.
+
+        Removals need no encoder (``catalog remove`` runs without loading models); additions come
+        only from a loaded encoder, whose fingerprint, dim and dtype must match the index.
+        """
         for modality, enc in ((IMAGE, self.image_encoder), (TEXT, self.text_encoder)):
-            if enc is None:
-                continue
             adds = batch.add[modality]
-            meta = ix.read_meta(self.data_dir, modality)
-            if meta is None:
-                if not adds:
+            current = ix.open_for_write(self.data_dir, modality)
+            if current is None:
+                if not adds or enc is None:
                     continue
                 meta = self._new_meta(modality, enc, np.stack([v for _, v in adds]))
                 index: Index = ix.new_usearch(meta)
             else:
-                ix.check_compatible(meta, fingerprint=enc.fingerprint, ndim=enc.dim, dtype=self.dtype,
-                                    where=self.data_dir)
-                index = ix.VectorIndex.open(self.data_dir, modality, fingerprint=enc.fingerprint, ndim=enc.dim,
-                                            dtype=self.dtype).copy_for_write()  # type: ignore[union-attr]
+                meta, index = current
+                if enc is not None:
+                    ix.check_compatible(meta, fingerprint=enc.fingerprint, ndim=enc.dim, dtype=self.dtype,
+                                        where=self.data_dir)
             for key in batch.remove:
                 if index.contains(key):
                     index.remove(key)
             if adds:
                 keys = np.fromiter((k for k, _ in adds), dtype=np.uint64, count=len(adds))
-                vecs = ix.quantize(np.stack([v for _, v in adds]), dtype=self.dtype, i8_scale=meta.i8_scale)
+                vecs = ix.quantize(np.stack([v for _, v in adds]), dtype=meta.dtype, i8_scale=meta.i8_scale)
                 index.add(keys, vecs, threads=self.threads)
-            n_products = len({int(k) for k in index.keys}) if len(index) else 0
+            n_products = len(np.unique(np.asarray(index.keys))) if len(index) else 0
             ix.publish(self.data_dir, index, ix.IndexMeta.from_dict(
                 {**meta.to_dict(), "catalog_version": self.catalog.version, "products": n_products}))
 

@@ -1,0 +1,119 @@
+"""Unknown-product calibration: the threshold rule, and rejection of products held out of a real catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.calibrate import (
+    Calibration,
+    QueryScores,
+    Thresholds,
+    choose_thresholds,
+    pick_held_out,
+    query_scores,
+    read_labelled,
+    run_calibration,
+    summarise,
+)
+from edge.errors import InputError
+from edge.store import Store
+from edge.types import Candidate
+from tests.encoders_for_tests import TinyImageEncoder, product_image, write_jpeg
+
+
+def c(sku: str, score: float) -> Candidate:
+    return Candidate(sku=sku, name=sku, score=score)
+
+
+def test_thresholds_accept_on_score_and_margin() -> None:
+    t = Thresholds(score=0.8, margin=0.1, source="calibrated")
+    assert t.accepts([c("a", 0.9), c("b", 0.7)]) is True
+    assert t.accepts([c("a", 0.9), c("b", 0.85)]) is False  # too close to the runner-up
+    assert t.accepts([c("a", 0.7)]) is False  # too low
+    assert t.accepts([c("a", 0.81)]) is True  # a single candidate has margin against -1
+    assert t.accepts([]) is False
+    assert Thresholds().accepts([c("a", -0.5), c("b", -0.5)]) is True  # uncalibrated: everything is known
+
+
+def test_query_scores_drop_held_out_candidates() -> None:
+    q = query_scores([[c("a", 0.9), c("b", 0.6)], [c("h", 0.95), c("a", 0.5), c("b", 0.4)]], ["a", "h"], {"h"})
+    assert q.top1.tolist() == [0.9, 0.5]
+    assert q.margin.tolist() == pytest.approx([0.3, 0.1])
+    assert q.correct.tolist() == [True, False]
+    assert q.known.tolist() == [True, False]
+
+
+def test_choose_thresholds_meets_target_with_fewest_false_accepts() -> None:
+    # 10 known queries: scores 0.90..0.99, margins 0.2; 4 unknowns: high score but tiny margin
+    known_top = np.linspace(0.90, 0.99, 10)
+    q = QueryScores(top1=np.concatenate([known_top, [0.97, 0.96, 0.95, 0.5]]),
+                    margin=np.concatenate([np.full(10, 0.2), [0.01, 0.02, 0.01, 0.3]]),
+                    correct=np.array([True] * 10 + [False] * 4), known=np.array([True] * 10 + [False] * 4))
+    score, margin = choose_thresholds(q, target=0.8)
+    s = summarise(q, score=score, margin=margin)
+    assert s["known_accept_rate"] == pytest.approx(0.8)
+    assert s["false_accept_rate"] == 0.0  # the margin rule removes the confident-but-ambiguous unknowns
+    assert score == pytest.approx(0.92)
+    assert margin > 0.02
+    with pytest.raises(InputError, match="outside"):
+        choose_thresholds(q, target=1.5)
+
+
+def test_pick_held_out_is_deterministic() -> None:
+    skus = [f"s{i}" for i in range(10)] * 3
+    assert pick_held_out(skus, fraction=0.2, seed=3) == pick_held_out(skus, fraction=0.2, seed=3)
+    assert len(pick_held_out(skus, fraction=0.2)) == 2
+    assert pick_held_out(skus, fraction=0.0) == set()
+
+
+def test_calibration_rejects_products_held_out_of_a_real_catalog(tmp_path: Path, tiny_onnx: Path) -> None:
+    """12 products enrolled (2 photos each) + 4 never enrolled; labelled photos of all 16."""
+    store = Store(data_dir=tmp_path / "data", image_encoder=TinyImageEncoder(tiny_onnx), dtype="f32")
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        store.enroll(f"p{i}", name=f"product {i}", images=[product_image(i), product_image(i, noise=8, rng=rng)])
+    labelled_dir = tmp_path / "labelled"
+    for i in range(16):
+        for j in range(4):
+            write_jpeg(labelled_dir / f"p{i}" / f"{j}.jpg", product_image(i, noise=10, rng=rng))
+    labelled = read_labelled(labelled_dir)
+    assert len(labelled) == 64
+
+    cal, problems = run_calibration(store, labelled, target=0.9, holdout=0.25, seed=1, progress=False)
+    assert problems == []
+    assert (cal.known_queries, cal.unknown_queries) == (36, 28)  # 9 known, 3 simulated + 4 never enrolled
+    assert len(cal.held_out) == 7
+    assert cal.known_accept_rate >= 0.9
+    assert cal.known_top1_accuracy == 1.0
+    assert cal.false_accept_rate == 0.0
+    store.save_calibration(cal)
+    assert store.thresholds == cal.thresholds()
+    assert Calibration.from_json(cal.to_json()) == cal
+
+    # the decision rule in use: a never-enrolled product's photo is rejected more often than accepted
+    th = store.thresholds
+    never = [product_image(i, noise=10, rng=rng) for i in (12, 13, 14, 15) for _ in range(3)]
+    known = [product_image(i, noise=10, rng=rng) for i in range(12)]
+    never_acc = np.mean([th.accepts([r.candidate() for r in row]) for row in store.search_image(never, k=3)])
+    known_acc = np.mean([th.accepts([r.candidate() for r in row]) for row in store.search_image(known, k=3)])
+    assert never_acc == 0.0
+    assert known_acc > 0.5  # calibrated with 3 products fewer (tighter margins), still mostly accepted
+    store.close()
+
+
+def test_config_thresholds_override_calibration(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = Store(data_dir=tmp_path / "d", image_encoder=TinyImageEncoder(tiny_onnx), threshold=0.5)
+    assert store.thresholds == Thresholds(score=0.5, margin=None, source="config")
+    store.close()
+
+
+def test_read_labelled_split_file(tmp_path: Path) -> None:
+    (tmp_path / "classes.csv").write_text("Class Name (str),Class ID (int),c,d,e,f\nApple,0,x,0,i,d\nPear,1,y,0,i,d\n")
+    (tmp_path / "val.txt").write_text("val/a.jpg, 0, 0\nval/b.jpg, 1, 0\n")
+    assert read_labelled(tmp_path / "val.txt") == [(tmp_path / "val/a.jpg", "Apple"), (tmp_path / "val/b.jpg", "Pear")]
+    (tmp_path / "bad.txt").write_text("val/a.jpg, 7, 0\n")
+    with pytest.raises(InputError, match=r"bad\.txt:1"):
+        read_labelled(tmp_path / "bad.txt")
