@@ -56,6 +56,10 @@ class CatalogSettings(Section):
     data_dir: Path = Field(Path("var/storelens"), description="Folder for catalog.db, indexes and the outbox")
     index_dtype: Literal["f32", "f16", "i8"] = Field("i8", description="Vector storage type of the USearch indexes")
     view: bool = Field(False, description="Memory-map indexes instead of loading them (large catalogs)")
+    image_aggregate: Literal["max", "mean"] = Field(
+        "max", description="How a product's several reference-photo hits become its score (benchmarks/index.py)")
+    expansion_search: int = Field(64, ge=8, le=4096,
+                                  description="HNSW search breadth: higher = better recall, slower queries")
 
 
 class RoiSettings(Section):
