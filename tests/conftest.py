@@ -64,6 +64,9 @@ class Broker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # started as root (CI containers), mosquitto would switch to user `mosquitto`, which cannot
+            # write persistence/log under tmp_path: sessions would not survive stop()/start()
+            "user root\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"

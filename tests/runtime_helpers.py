@@ -150,3 +150,50 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+class Collector:
+    """A real subscriber (paho, MQTT 3.1.1 persistent session) that records what the broker delivers."""
+
+    def __init__(self, port: int, topic: str = "#", *, client_id: str = "test-collector") -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._topic = topic
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
+        self.client.on_connect = lambda c, *_: c.subscribe(self._topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: object, _ud: object, msg: object) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))  # type: ignore[attr-defined]
+
+    def of(self, suffix: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def json_of(self, suffix: str) -> list[dict]:
+        return [json.loads(p) for p in self.of(suffix)]
+
+    def wait(self, pred: object, timeout: float = 10.0) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():  # type: ignore[operator]
+                return True
+            time.sleep(0.02)
+        return bool(pred())  # type: ignore[operator]
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos).wait_for_publish(5)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

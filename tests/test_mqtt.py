@@ -1,0 +1,179 @@
+"""The broker link and commands against a real Mosquitto: retained presence/status, QoS 1 delivery
+through the outbox, replay after a broker restart and after a new process, commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.commands_mqtt import CommandRouter, safe_path
+from edge.config import MqttSettings
+from edge.errors import CommandError
+from edge.mqtt import MqttLink
+from edge.outbox import Outbox
+from tests.conftest import Broker
+from tests.runtime_helpers import Collector
+
+PREFIX = "storelens/s1/d1"
+
+
+def make_link(broker: Broker, tmp_path: Path, *, protocol: str = "5", client_id: str = "dev") -> MqttLink:
+    s = MqttSettings(host=broker.host, port=broker.port, protocol=protocol, keepalive_s=5)  # type: ignore[arg-type]
+    return MqttLink(settings=s, prefix=PREFIX, outbox=Outbox(path=tmp_path / "outbox.db"), client_id=client_id)
+
+
+@pytest.fixture
+def collector(broker: Broker) -> Iterator[Collector]:
+    c = Collector(broker.port, f"{PREFIX}/#")
+    time.sleep(0.2)
+    yield c
+    c.stop()
+
+
+def wait_connected(link: MqttLink, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not link.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert link.connected
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_available_status_retained_and_ordered_delivery(broker: Broker, tmp_path: Path, collector: Collector,
+                                                        protocol: str) -> None:
+    link = make_link(broker, tmp_path, protocol=protocol)
+    link.set_status({"catalog_version": "v1"})
+    link.start()
+    wait_connected(link)
+    for i in range(20):
+        link.send(f"{PREFIX}/cam/match", json.dumps({"id": f"m{i}"}).encode(), msg_id=f"m{i}")
+    assert collector.wait(lambda: len(collector.of("/match")) == 20)
+    assert [m["id"] for m in collector.json_of("/match")] == [f"m{i}" for i in range(20)]
+    assert collector.wait(lambda: link.outbox.stats().depth == 0)
+    assert link.outbox.stats().delivered == 20
+    assert link.stop() == 0
+    # a late subscriber sees the retained state: offline (clean stop) and the last status
+    late = Collector(broker.port, f"{PREFIX}/#", client_id="late")
+    assert late.wait(lambda: late.of("/available") == [b"offline"] and len(late.of("/status")) == 1)
+    assert all(r for t, _, r in late.messages)
+    assert json.loads(late.of("/status")[0]) == {"catalog_version": "v1"}
+    late.stop()
+
+
+def test_outbox_replays_in_order_after_broker_restart(broker: Broker, tmp_path: Path, collector: Collector) -> None:
+    link = make_link(broker, tmp_path)
+    link.start()
+    wait_connected(link)
+    link.send(f"{PREFIX}/cam/match", b"before", msg_id="a")
+    assert collector.wait(lambda: collector.of("/match") == [b"before"])
+    broker.stop()
+    assert collector.wait(lambda: not link.connected)
+    for i in range(10):
+        link.send(f"{PREFIX}/cam/match", f"down{i}".encode(), msg_id=f"d{i}")
+    assert link.outbox.stats().depth == 10  # kept on disk while the broker is away
+    broker.start()
+    ok = collector.wait(lambda: len(collector.of("/match")) >= 11, timeout=20)
+    assert ok, ([(t.rsplit("/", 1)[-1], p[:8]) for t, p, _ in collector.messages], link.stats)
+    got = collector.of("/match")
+    assert got[0] == b"before"
+    assert list(dict.fromkeys(got[1:])) == [f"down{i}".encode() for i in range(10)]  # in order (dupes allowed)
+    assert collector.wait(lambda: link.outbox.stats().depth == 0)
+    assert link.stats.disconnects == 1 and link.stats.connects == 2
+    link.stop()
+
+
+def test_new_process_replays_what_the_last_one_left(broker: Broker, tmp_path: Path, collector: Collector) -> None:
+    ob = Outbox(path=tmp_path / "outbox.db")
+    for i in range(5):
+        ob.put(msg_id=f"m{i}", topic=f"{PREFIX}/cam/match", payload=f"left{i}".encode())
+    ob.close()  # "the previous process" died with these undelivered
+    link = make_link(broker, tmp_path)
+    link.start()
+    assert collector.wait(lambda: len(collector.of("/match")) == 5)
+    assert collector.of("/match") == [f"left{i}".encode() for i in range(5)]
+    assert collector.wait(lambda: link.outbox.stats().depth == 0)
+    link.stop()
+
+
+def test_outbox_bound_drop_is_counted_when_broker_is_down(tmp_path: Path) -> None:
+    s = MqttSettings(host="127.0.0.1", port=1, outbox_max_messages=10)
+    link = MqttLink(settings=s, prefix=PREFIX, outbox=Outbox(path=tmp_path / "o.db", max_messages=10), client_id="x")
+    link.start()
+    for i in range(15):
+        link.send(f"{PREFIX}/cam/match", b"x", msg_id=str(i))
+    stats = link.outbox.stats()
+    assert (stats.depth, stats.dropped_full) == (10, 5)
+    assert link.stop(flush_timeout_s=0.2) == 10
+    assert not link.connected
+
+
+def test_extra_topic_handler_receives(broker: Broker, tmp_path: Path, collector: Collector) -> None:
+    link = make_link(broker, tmp_path)
+    got: list[tuple[str, bytes]] = []
+    link.add_topic_handler(f"{PREFIX}/events/basket", lambda t, p, _props: got.append((t, p)))
+    link.start()
+    wait_connected(link)
+    time.sleep(0.2)
+    collector.publish(f"{PREFIX}/events/basket", b'{"items": []}')
+    assert collector.wait(lambda: got == [(f"{PREFIX}/events/basket", b'{"items": []}')])
+    link.stop()
+
+
+def test_commands_validated_and_answered(broker: Broker, tmp_path: Path, collector: Collector) -> None:
+    link = make_link(broker, tmp_path)
+    router = CommandRouter(prefix=PREFIX, reply=lambda t, b: link.publish_now(t, b, qos=1), max_bytes=2048,
+                           token="s3cret")
+
+    def boom(args: dict) -> dict:
+        raise RuntimeError("handler bug")
+
+    router.register("echo", lambda args: {"echo": args.get("x")})
+    router.register("boom", boom)
+    link.add_topic_handler(router.topic_filter, router.on_message)
+    router.start()
+    link.start()
+    wait_connected(link)
+    time.sleep(0.2)
+    sends = [
+        ("echo", b"{not json"),
+        ("echo", b"[1, 2]"),
+        ("echo", json.dumps({"id": "1", "x": 1}).encode()),  # no token
+        ("echo", json.dumps({"id": "2", "x": 1, "token": "nope"}).encode()),
+        ("nosuch", json.dumps({"id": "3", "token": "s3cret"}).encode()),
+        ("echo", json.dumps({"id": "4", "token": "s3cret", "x": "a" * 4000}).encode()),  # oversized
+        ("boom", json.dumps({"id": "5", "token": "s3cret"}).encode()),
+        ("echo", json.dumps({"id": "6", "token": "s3cret", "x": 42}).encode()),
+    ]
+    for n, (verb, body) in enumerate(sends, 1):  # one at a time: replies then come in send order
+        collector.publish(f"{PREFIX}/cmd/{verb}", body)
+        assert collector.wait(lambda n=n: len(collector.of("/reply")) == n)
+    replies = collector.json_of("/reply")
+    assert [r["ok"] for r in replies] == [False] * 7 + [True]
+    errors = [r["error"] for r in replies[:7]]
+    assert "not valid UTF-8 JSON" in errors[0]
+    assert "must be a JSON object" in errors[1]
+    assert "unauthorised" in errors[2] and "unauthorised" in errors[3]
+    assert "unknown command 'nosuch'" in errors[4]
+    assert "exceeds mqtt.command_max_bytes=2048" in errors[5]
+    assert "boom failed: RuntimeError: handler bug" in errors[6]
+    assert replies[7] == {"id": "6", "ok": True, "result": {"echo": 42}}
+    assert [r["id"] for r in replies[2:5]] == ["1", "2", "3"]
+    assert router.counts == {"ok": 1, "error": 7, "busy": 0}
+    router.stop()
+    link.stop()
+
+
+def test_safe_path_refuses_escapes(tmp_path: Path) -> None:
+    allowed = tmp_path / "enroll"
+    (allowed / "sub").mkdir(parents=True)
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (allowed / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    assert safe_path("sub/a.jpg", allowed) == (allowed / "sub" / "a.jpg").resolve()
+    for bad in ("../secret.jpg", str(tmp_path / "secret.jpg"), "link.jpg", "sub/../../secret.jpg"):
+        with pytest.raises(CommandError, match="outside the allowed folder"):
+            safe_path(bad, allowed)
+    with pytest.raises(CommandError, match="enroll_dir is not set"):
+        safe_path("a.jpg", None)
