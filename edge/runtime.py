@@ -178,7 +178,7 @@ class Runtime:
         self.router.stop()
         left = self.link.stop(flush_timeout_s=self.settings.mqtt.flush_timeout_s) if self.link else \
             self.outbox.stats().depth
-        summary = {**self.counts, "outbox": self.outbox.stats().to_dict(), "outbox_left": left}
+        summary = {**self.stats(), "outbox_left": left}
         self.outbox.close()
         if self._jsonl:
             self._jsonl.close()

@@ -1,0 +1,219 @@
+"""The loop end to end with real parts: image-folder cameras, the tiny ONNX encoder in onnxruntime,
+a numpy matcher, a real Mosquitto; decisions, retained state, stats, commands, reload, no broker."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import Settings, load_settings
+from edge.runtime import MATCH_SCHEMA, Runtime, crop
+from tests.conftest import Broker
+from tests.runtime_helpers import Collector, NumpyMatcher, TinyOnnxEncoder, product_image, write_catalog, write_frames
+
+SKUS = ["RED", "GREEN", "BLUE", "YELLOW", "EMPTY"]
+PREFIX = "storelens/s1/d1"
+
+
+def settings(tmp_path: Path, frames: Path, *, broker: Broker | None = None, **over: Any) -> Settings:
+    base: dict[str, Any] = {
+        "device": {"store": "s1", "id": "d1"},
+        "catalog": {"data_dir": str(tmp_path / "data")},
+        "cameras": [{"name": "cam", "source": str(frames), "fps": 60}],
+        "gate": {"steady_frames": 1},
+        "decision": {"window": 3, "min_frames": 2, "heartbeat_s": 3600},
+        "mqtt": {"enabled": broker is not None, "host": "127.0.0.1", "port": broker.port if broker else 1,
+                 "stats_interval_s": 0.3, "enroll_dir": str(tmp_path / "enroll")},
+    }
+    for k, v in over.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return load_settings(None, **base)
+
+
+@pytest.fixture
+def parts(tmp_path: Path, tiny_onnx: Path) -> tuple[TinyOnnxEncoder, NumpyMatcher]:
+    enc = TinyOnnxEncoder(tiny_onnx)
+    return enc, NumpyMatcher(write_catalog(tmp_path / "catalog.json", enc, SKUS))
+
+
+@pytest.fixture
+def collector(broker: Broker) -> Iterator[Collector]:
+    c = Collector(broker.port, f"{PREFIX}/#")
+    time.sleep(0.2)
+    yield c
+    c.stop()
+
+
+def run_until(rt: Runtime, cond: Any, timeout: float = 15.0) -> threading.Thread:
+    stop = threading.Event()
+    t = threading.Thread(target=rt.run, args=(stop,), kwargs={"max_seconds": timeout})
+    t.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and t.is_alive() and not cond():
+        time.sleep(0.02)
+    stop.set()
+    t.join()
+    return t
+
+
+def test_crop_normalised_rect() -> None:
+    img = np.arange(100 * 200 * 3, dtype=np.uint8).reshape(100, 200, 3)
+    assert crop(img, (0.5, 0.0, 0.5, 0.5)).shape == (50, 100, 3)
+    assert crop(img, (0.999, 0.999, 0.001, 0.001)).shape == (1, 1, 3)
+
+
+def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, collector: Collector,
+                                             parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = write_frames(tmp_path / "frames", ["RED", "GREEN", "BLUE"], per_sku=8)
+    out = io.StringIO()
+    rt = Runtime(settings=settings(tmp_path, frames, broker=broker), encoder=parts[0], matcher=parts[1], out=out)
+    rt.start()
+    run_until(rt, lambda: len(collector.of("/cam/match")) >= 3 and collector.of("/stats"))
+    summary = rt.shutdown()
+    msgs = collector.json_of("/cam/match")
+    assert [(m["decision"], m["candidates"][0]["sku"]) for m in msgs] == [("known", "RED"), ("known", "GREEN"),
+                                                                          ("known", "BLUE")]
+    m = msgs[0]
+    assert set(m) >= {"schema", "id", "ts", "camera", "roi", "decision", "candidates", "frames", "latency_ms", "bundle",
+                      "catalog_version"}
+    assert (m["schema"], m["camera"], m["roi"], m["bundle"], m["catalog_version"]) == (
+        MATCH_SCHEMA, "cam", "full", parts[0].fingerprint, "v1")
+    assert m["frames"] >= 2 and m["candidates"][0]["score"] > 0.9 and len(m["candidates"]) == 5
+    assert len({x["id"] for x in msgs}) == 3
+    assert 0 <= m["latency_ms"] < 5000
+    assert summary["outbox"]["depth"] == 0 and summary["outbox_left"] == 0
+    status = json.loads(collector.of("/status")[-1])
+    assert status["cameras"]["cam"]["state"] in ("ok", "ended") and status["catalog_version"] == "v1"
+    stats = json.loads(collector.of("/stats")[-1])
+    assert stats["gate"]["seen"] > 0 and "outbox" in stats and "latency_ms" in stats
+    assert collector.of("/available")[-1] == b"offline"
+    assert [ln.split()[3] for ln in out.getvalue().splitlines()] == ["RED", "GREEN", "BLUE"]
+
+
+def test_gate_skips_static_frames(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = write_frames(tmp_path / "frames", ["RED"], per_sku=30)
+    rt = Runtime(settings=settings(tmp_path, frames), encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    rt.start()
+    run_until(rt, lambda: False, timeout=10)  # ends when the folder is done
+    g = rt.shutdown()["gate"]
+    assert g["embedded"] == 3  # window=3 frames of the one view, then nothing
+    assert g["seen"] == g["embedded"] + g["skipped_unchanged"] + g["skipped_unsteady"]
+    assert g["skipped_unchanged"] >= 20
+
+
+def test_no_broker_prints_writes_jsonl_and_keeps_outbox(tmp_path: Path,
+                                                         parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = write_frames(tmp_path / "frames", ["RED", "BLUE"], per_sku=8)
+    jsonl = tmp_path / "decisions.jsonl"
+    out = io.StringIO()
+    rt = Runtime(settings=settings(tmp_path, frames, jsonl_out=str(jsonl)), encoder=parts[0], matcher=parts[1],
+                 out=out)
+    rt.start()
+    run_until(rt, lambda: False, timeout=10)
+    summary = rt.shutdown()
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert [x["candidates"][0]["sku"] for x in lines] == ["RED", "BLUE"]
+    assert lines[0]["topic"] == f"{PREFIX}/cam/match"
+    assert summary["outbox"]["depth"] == 2 and summary["outbox_left"] == 2  # kept for later delivery
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_unreachable_broker_keeps_running(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = write_frames(tmp_path / "frames", ["GREEN", "YELLOW"], per_sku=8)
+    s = settings(tmp_path, frames, mqtt={"enabled": True, "port": 1, "flush_timeout_s": 0.2})
+    rt = Runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    rt.start()
+    run_until(rt, lambda: False, timeout=10)
+    summary = rt.shutdown()
+    assert summary["decisions"] == 2 and summary["outbox_left"] == 2
+
+
+def test_shelf_planogram_events(tmp_path: Path, broker: Broker, collector: Collector,
+                                parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = tmp_path / "shelf"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i, right in enumerate(["BLUE"] * 6 + ["EMPTY"] * 6):  # left slot always RED; right slot BLUE, then empty
+        img = np.concatenate([product_image("RED", rng=rng), product_image(right, rng=rng)], axis=1)
+        cv2.imwrite(str(frames / f"{i:03d}.png"), img)
+    cams = [{"name": "shelf", "source": str(frames), "fps": 60, "mode": "shelf", "rois": [
+        {"name": "left", "rect": [0, 0, 0.5, 1], "expected_sku": "RED"},
+        {"name": "right", "rect": [0.5, 0, 0.5, 1], "expected_sku": "GREEN"}]}]
+    rt = Runtime(settings=settings(tmp_path, frames, broker=broker, cameras=cams), encoder=parts[0],
+                 matcher=parts[1], out=io.StringIO())
+    rt.start()
+    run_until(rt, lambda: len(collector.of("/planogram")) >= 3)
+    rt.shutdown()
+    events = [(e["roi"], e["event"], e["observed_sku"]) for e in collector.json_of("/shelf/planogram")]
+    assert sorted(events[:2]) == [("left", "ok", "RED"), ("right", "misplaced", "BLUE")]
+    assert events[2:] == [("right", "empty", "EMPTY")]
+
+
+def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: Broker, collector: Collector,
+                                                       parts: tuple[TinyOnnxEncoder, NumpyMatcher],
+                                                       tiny_onnx: Path) -> None:
+    enc, matcher = parts
+    frames = write_frames(tmp_path / "frames", ["RED", "GREEN"], per_sku=4)
+    s = settings(tmp_path, frames, broker=broker,
+                 cameras=[{"name": "cam", "source": str(frames), "fps": 20, "loop": True}])
+    rt = Runtime(settings=s, encoder=enc, matcher=matcher, out=io.StringIO(), encoder_loader=lambda: enc)
+    rt.start()
+    stop = threading.Event()
+    loop = threading.Thread(target=rt.run, args=(stop,), kwargs={"max_seconds": 30})
+    loop.start()
+    try:
+        def cmd(verb: str, body: dict[str, Any]) -> dict[str, Any]:
+            n = len(collector.of(f"/cmd/{verb}/reply"))
+            collector.publish(f"{PREFIX}/cmd/{verb}", json.dumps(body))
+            assert collector.wait(lambda: len(collector.of(f"/cmd/{verb}/reply")) > n)
+            return json.loads(collector.of(f"/cmd/{verb}/reply")[-1])
+
+        assert collector.wait(lambda: len(collector.of("/cam/match")) >= 1)
+        # reload during the run: a new catalog version is picked up without a restart
+        write_catalog(tmp_path / "catalog.json", enc, SKUS, version="v2")
+        r = cmd("reload", {"id": "r1"})
+        assert r == {"id": "r1", "ok": True, "result": {"catalog_version": "v2", "bundle": enc.fingerprint}}
+        assert collector.wait(lambda: any(m["catalog_version"] == "v2" for m in collector.json_of("/cam/match")))
+        assert json.loads(collector.of("/status")[-1])["catalog_version"] == "v2"
+
+        purple = np.full((64, 64, 3), (200, 0, 200), np.uint8)
+        b64 = base64.b64encode(cv2.imencode(".png", purple)[1].tobytes()).decode()
+        r = cmd("enroll", {"sku": "PURPLE", "name": "Purple", "images": [{"b64": b64}]})
+        assert r["ok"] and r["result"]["sku"] == "PURPLE" and r["result"]["images"] == 1
+        (tmp_path / "enroll").mkdir()
+        cv2.imwrite(str(tmp_path / "enroll" / "p2.png"), purple)
+        assert cmd("enroll", {"sku": "PURPLE", "images": [{"path": "p2.png"}]})["ok"]
+        bad = cmd("enroll", {"sku": "PURPLE", "images": [{"path": "../catalog.json"}]})
+        assert not bad["ok"] and "outside the allowed folder" in bad["error"]
+        assert "must be a non-empty string" in cmd("enroll", {"images": [{"b64": b64}]})["error"]
+        assert "not valid base64" in cmd("enroll", {"sku": "X", "images": [{"b64": "%%%"}]})["error"]
+        assert "not a readable image" in cmd("enroll", {"sku": "X", "images": [{"b64": "aGVsbG8="}]})["error"]
+
+        r = cmd("search", {"images": [{"b64": b64}], "k": 2})
+        assert r["ok"] and r["result"]["candidates"][0]["sku"] == "PURPLE"
+        assert "does not support 'search_text'" in cmd("search", {"text": "milk"})["error"]
+        assert cmd("remove", {"sku": "PURPLE"})["result"]["removed"] == 2
+        r = cmd("search", {"images": [{"b64": b64}], "k": 2})
+        assert r["result"]["candidates"][0]["sku"] != "PURPLE"
+
+        snap = cmd("snapshot", {"camera": "cam"})["result"]
+        img = cv2.imdecode(np.frombuffer(base64.b64decode(snap["jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (64, 64, 3)
+        assert "no frame from camera 'nope'" in cmd("snapshot", {"camera": "nope"})["error"]
+        assert loop.is_alive()  # none of the bad commands stopped the loop
+        n = len(collector.of("/cam/match"))
+        assert collector.wait(lambda: len(collector.of("/cam/match")) > n)  # still deciding
+    finally:
+        stop.set()
+        loop.join()
+        rt.shutdown()
