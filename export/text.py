@@ -96,24 +96,23 @@ class _Wrapped:
         return MeanPooled().eval()
 
 
-def tokenize(tok_path: Path, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+def tokenize(tok_path: Path, texts: list[str], max_length: int) -> list[dict[str, np.ndarray]]:
+    """One (1, L) feed per text, no padding: how the edge runs them (see edge/encoders/text.py)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tok_path))
     tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    encs = tok.encode_batch(texts)
-    return {"input_ids": np.array([e.ids for e in encs], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encs], np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encs], np.int64)}
+    tok.no_padding()
+    return [{"input_ids": np.array([e.ids], np.int64), "attention_mask": np.array([e.attention_mask], np.int64),
+             "token_type_ids": np.array([e.type_ids], np.int64)} for e in tok.encode_batch(texts)]
 
 
 def export_text_onnx(model_dir: Path, out: Path) -> Path:
     import torch
 
     model = _Wrapped.build(model_dir)
-    feed = tokenize(model_dir / "tokenizer.json", ["a product", "a longer product description"], 32)
-    args = tuple(torch.from_numpy(feed[k]) for k in INPUTS)
+    feed = tokenize(model_dir / "tokenizer.json", ["a longer product description"], 32)[0]
+    args = tuple(torch.from_numpy(np.repeat(feed[k], 2, axis=0)) for k in INPUTS)
     axes = {k: {0: "batch", 1: "sequence"} for k in INPUTS} | {OUTPUT: {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -135,12 +134,10 @@ def quantize_dynamic_int8(fp32: Path, out: Path, *, per_channel: bool = True) ->
     return out
 
 
-def embed_text(model: Path, feed: dict[str, np.ndarray], threads: int = 2, batch: int = 32) -> np.ndarray:
+def embed_text(model: Path, feeds: list[dict[str, np.ndarray]], threads: int = 2) -> np.ndarray:
     sess = open_session(model, threads)
     names = {i.name for i in sess.get_inputs()}
-    n = len(feed["input_ids"])
-    outs = [sess.run([OUTPUT], {k: v[i : i + batch] for k, v in feed.items() if k in names})[0]
-            for i in range(0, n, batch)]
+    outs = [sess.run([OUTPUT], {k: v for k, v in f.items() if k in names})[0] for f in feeds]
     return l2_normalise(np.concatenate(outs).astype(np.float32))
 
 

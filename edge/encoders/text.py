@@ -30,7 +30,7 @@ def load_tokenizer(bundle: Bundle) -> Any:
     tok = Tokenizer.from_file(str(bundle.path_of(tok_files[0])))
     max_len = int(bundle.text.get("max_length", 128))
     tok.enable_truncation(max_length=max_len)
-    tok.enable_padding(pad_id=int(bundle.text.get("pad_id", 0)), pad_token=str(bundle.text.get("pad_token", "[PAD]")))
+    tok.no_padding()  # texts run one at a time (see BundleTextEncoder.embed)
     return tok
 
 
@@ -86,13 +86,17 @@ class BundleTextEncoder:
             raise InputError("embed() takes a list of strings, got one string", hint="wrap it: embed([text])")
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
+        # One text per run: dynamic int8 quantizes activations with one scale over the whole input
+        # tensor, so padding and batch neighbours would shift a text's vector (cosine ~0.99). One at a
+        # time, a text always gets the same vector, whether it is indexed in bulk or queried alone.
         encs = self.tokenizer.encode_batch([str(t) for t in texts])
         self.truncated += sum(1 for e in encs if e.overflowing)
-        feed_all = {
-            "input_ids": np.array([e.ids for e in encs], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encs], np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encs], np.int64),
-        }
-        feed = {k: v for k, v in feed_all.items() if k in self._names}
-        out = np.asarray(self._run(feed), np.float32)
-        return check_output(l2_normalise(out), self.dim, self.model_path)
+        rows = []
+        for e in encs:
+            feed_all = {
+                "input_ids": np.array([e.ids], np.int64),
+                "attention_mask": np.array([e.attention_mask], np.int64),
+                "token_type_ids": np.array([e.type_ids], np.int64),
+            }
+            rows.append(np.asarray(self._run({k: v for k, v in feed_all.items() if k in self._names}), np.float32))
+        return check_output(l2_normalise(np.concatenate(rows)), self.dim, self.model_path)
