@@ -57,7 +57,8 @@ class CatalogSettings(Section):
     index_dtype: Literal["f32", "f16", "i8"] = Field("i8", description="Vector storage type of the USearch indexes")
     view: bool = Field(False, description="Memory-map indexes instead of loading them (large catalogs)")
     image_aggregate: Literal["max", "mean"] = Field(
-        "max", description="How a product's several reference-photo hits become its score (benchmarks/index.py)")
+        "mean", description="How a product's reference-photo hits become its score: best hit, or mean of its top 3 "
+        "(mean measured better on Grocery Store val: benchmarks/aggregation.py)")
     expansion_search: int = Field(64, ge=8, le=4096,
                                   description="HNSW search breadth: higher = better recall, slower queries")
 

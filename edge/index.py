@@ -37,6 +37,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+# Import-order workaround, measured here with usearch 2.26 + onnxruntime 1.32: importing
+# onnxruntime *after* usearch's compiled module segfaults the process (in onnxruntime's
+# pybind init), while the other order works. Every process that indexes also embeds, so load
+# onnxruntime first whenever it is installed.
+with contextlib.suppress(ImportError):
+    import onnxruntime  # noqa: F401
+
 from usearch.index import Index
 
 from edge.errors import CatalogError, IndexMismatchError
@@ -158,6 +166,14 @@ class VectorIndex:
                 time.sleep(0.01 * (attempt + 1))
         raise CatalogError(f"{modality} index in {directory} keeps changing under the reader",
                            hint="retry; if it persists, another process is rewriting the index in a loop")
+
+    def vectors_per_key(self, keys: np.ndarray) -> dict[int, int]:
+        """How many vectors each product key holds (multi=True)."""
+        uniq = np.unique(np.asarray(keys, dtype=np.uint64))
+        if len(uniq) == 0:
+            return {}
+        counts = np.atleast_1d(np.asarray(self._index.count(uniq)))
+        return {int(k): int(c) for k, c in zip(uniq.tolist(), counts.tolist(), strict=True)}
 
     def search(self, vectors: np.ndarray, k: int, *, threads: int = 1, exact: bool = False) -> Hits:
         """Top-``k`` vector hits per query (k clamped to the index size); scores are cosines."""

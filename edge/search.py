@@ -5,9 +5,11 @@ Pure functions over keys and scores, so the rules are testable and measurable on
 
 - **Image aggregation**: a product has several reference vectors, so a query's top vector
   hits contain a product several times. ``max`` keeps its best hit; ``mean`` averages its
-  top ``MEAN_TOP`` hits, a missing hit counting as the lowest score retrieved (a product matched
-  by one lucky photo is not rewarded over one matched by all its photos). Measured in
-  ``benchmarks/aggregation.py`` notes / the closing report; ``max`` is the default.
+  top ``MEAN_TOP`` hits (fewer when it has fewer photos), a missing hit counting as the lowest
+  score retrieved (a product matched by one lucky photo is not rewarded over one matched by all
+  its photos). Measured with
+  ``benchmarks/aggregation.py`` on Grocery Store val (81 products, 20 photos + iconic each):
+  macro top-1 0.434 mean vs 0.424 max, top-5 0.786 vs 0.768; ``mean`` is the default.
 - **Fusion**: reciprocal rank fusion (Cormack et al., 2009): ``sum_m w_m / (RRF_K + rank_m)``
   over the modalities' rankings (BM25, text embedding, image). It needs no score calibration
   between BM25 (unbounded) and cosines, and a product found by several modalities rises.
@@ -48,18 +50,24 @@ class Ranked:
                 "scores": {k: round(float(v), 4) for k, v in self.scores.items()}}
 
 
-def aggregate_hits(hits: Hits, *, k: int, rule: Aggregate = "max") -> list[list[tuple[int, float]]]:
-    """Per query: up to ``k`` (product key, score) best first, from that query's vector hits."""
+def aggregate_hits(hits: Hits, *, k: int, rule: Aggregate = "max",
+                   vectors_per_key: Mapping[int, int] | None = None) -> list[list[tuple[int, float]]]:
+    """Per query: up to ``k`` (product key, score) best first, from that query's vector hits.
+
+    ``vectors_per_key`` (for ``mean``): how many reference vectors each product has, so a
+    product with one photo averages over one hit instead of being padded with low scores.
+    """
     out: list[list[tuple[int, float]]] = []
     for row in range(len(hits.counts)):
         n = int(hits.counts[row])
         keys = hits.keys[row, :n].tolist()
         scores = hits.scores[row, :n].tolist()
-        out.append(_aggregate_row(keys, scores, k=k, rule=rule))
+        out.append(_aggregate_row(keys, scores, k=k, rule=rule, vectors_per_key=vectors_per_key or {}))
     return out
 
 
-def _aggregate_row(keys: Sequence[int], scores: Sequence[float], *, k: int, rule: Aggregate) -> list[tuple[int, float]]:
+def _aggregate_row(keys: Sequence[int], scores: Sequence[float], *, k: int, rule: Aggregate,
+                   vectors_per_key: Mapping[int, int]) -> list[tuple[int, float]]:
     per: dict[int, list[float]] = {}
     for key, s in zip(keys, scores, strict=True):  # hits arrive best first
         per.setdefault(int(key), []).append(float(s))
@@ -67,7 +75,10 @@ def _aggregate_row(keys: Sequence[int], scores: Sequence[float], *, k: int, rule
         agg = {key: ss[0] for key, ss in per.items()}
     else:
         floor = float(scores[-1]) if len(scores) else 0.0
-        agg = {key: float(np.mean((ss + [floor] * MEAN_TOP)[:MEAN_TOP])) for key, ss in per.items()}
+        agg = {}
+        for key, ss in per.items():
+            m = max(1, min(MEAN_TOP, int(vectors_per_key.get(key, MEAN_TOP))))
+            agg[key] = float(np.mean((ss + [floor] * m)[:m]))
     return sorted(agg.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
 

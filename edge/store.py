@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from usearch.index import Index
 
 from edge import index as ix
 from edge.calibrate import Calibration, Thresholds
@@ -68,7 +67,7 @@ class Store:
 
     def __init__(self, *, data_dir: Path, image_encoder: ImageEncoder | None = None,
                  text_encoder: TextEncoder | None = None, dtype: str = "i8", view: bool = False,
-                 threshold: float | None = None, margin: float | None = None, aggregate: Aggregate = "max",
+                 threshold: float | None = None, margin: float | None = None, aggregate: Aggregate = "mean",
                  expansion_search: int = ix.DEFAULT_EXPANSION_SEARCH, threads: int = 1,
                  open_indexes: bool = True) -> None:
         if dtype not in ix.DTYPES:
@@ -316,7 +315,7 @@ class Store:
                 if not adds or enc is None:
                     continue
                 meta = self._new_meta(modality, enc, np.stack([v for _, v in adds]))
-                index: Index = ix.new_usearch(meta)
+                index: ix.Index = ix.new_usearch(meta)
             else:
                 meta, index = current
                 if enc is not None:
@@ -399,7 +398,11 @@ class Store:
             return [[] for _ in range(n)]
         per_product = max(1, math.ceil(idx.meta.vectors / max(1, idx.meta.products)))
         hits = idx.search(embs, k * max(4, 2 * per_product), threads=self.threads)
-        return aggregate_hits(hits, k=k, rule=self.aggregate)
+        per_key = None
+        if self.aggregate == "mean":  # only the valid columns of each row (the rest is padding)
+            valid = [hits.keys[i, : int(c)] for i, c in enumerate(hits.counts)]
+            per_key = idx.vectors_per_key(np.concatenate(valid) if valid else np.zeros(0, np.uint64))
+        return aggregate_hits(hits, k=k, rule=self.aggregate, vectors_per_key=per_key)
 
     def _image_ranked(self, embs: np.ndarray, k: int) -> list[list[Ranked]]:
         return [self._ranked([(key, s, {IMAGE: s}) for key, s in row]) for row in self._image_keys(embs, k)]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from usearch.index import Index
 
 from edge import index as ix
 from edge.errors import CatalogError, IndexMismatchError
@@ -93,13 +92,13 @@ def test_own_i8_rounding_beats_usearch_cast_on_exact_search(rng: np.random.Gener
     db, q = x[:2900], x[2900:]
     truth = np.argsort(-(q @ db.T), axis=1)[:, :10]
 
-    def recall(index: Index, queries: np.ndarray) -> float:
+    def recall(index: ix.Index, queries: np.ndarray) -> float:
         got = index.search(queries, 10, exact=True).keys
         return float(np.mean([len(set(got[i]) & set(truth[i])) / 10 for i in range(len(q))]))
 
-    theirs = Index(ndim=128, metric="cos", dtype="i8")
+    theirs = ix.Index(ndim=128, metric="cos", dtype="i8")
     theirs.add(np.arange(len(db)), db)
-    ours = Index(ndim=128, metric="cos", dtype="i8")
+    ours = ix.Index(ndim=128, metric="cos", dtype="i8")
     scale = ix.choose_i8_scale(db)
     ours.add(np.arange(len(db)), ix.quantize(db, dtype="i8", i8_scale=scale))
     r_theirs, r_ours = recall(theirs, q), recall(ours, ix.quantize(q, dtype="i8", i8_scale=scale))
@@ -165,3 +164,13 @@ def test_writer_lock_serialises_and_times_out(tmp_path: Path) -> None:
         order.append("second")
     t.join()
     assert order == ["first-done", "second"]
+
+
+def test_importing_index_then_onnxruntime_does_not_crash() -> None:
+    """usearch's compiled module before onnxruntime segfaults; edge.index loads them in the safe order."""
+    import subprocess
+    import sys
+
+    code = "import edge.store, edge.index, usearch.index, onnxruntime, openvino; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout.strip()) == (0, "ok")

@@ -164,6 +164,9 @@ def test_aggregate_max_vs_mean() -> None:
     mean = aggregate_hits(hits, k=2, rule="mean")[0]
     assert [k for k, _ in mean] == [2, 1]
     assert mean[1][1] == pytest.approx((0.95 + 0.40 + 0.40) / 3)
+    # a product with a single reference photo averages over that one photo, not padded with the floor
+    single = aggregate_hits(hits, k=2, rule="mean", vectors_per_key={1: 1, 2: 3, 3: 1})[0]
+    assert single == [(1, pytest.approx(0.95)), (2, pytest.approx(0.92))]
 
 
 def test_rrf_ranks_agreement_first() -> None:

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps({**json.loads(cal.to_json()), "stored": not args.dry_run, "problems": problems}, indent=2))
+        out = {**json.loads(cal.to_json()), "stored": not args.dry_run, "problems": problems}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for p in problems:
         print(p)

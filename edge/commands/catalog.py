@@ -149,8 +149,8 @@ def run_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print(json.dumps({"catalog_version": version,
-                          "products": [{**p.to_dict(), "images": counts[p.sku]} for p in products]}, indent=2))
+        rows = [{**p.to_dict(), "images": counts[p.sku]} for p in products]
+        print(json.dumps({"catalog_version": version, "products": rows}, indent=2, ensure_ascii=False))
         return 0
     print(f"{'sku':<24} {'images':>6}  name")
     for p in products:
@@ -178,7 +178,7 @@ def run_reindex(args: argparse.Namespace) -> int:
 
 def _print_report(report: ImportReport, *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
         return
     for issue in report.issues[:MAX_ISSUES_SHOWN]:
         print(f"skipped: {issue}")

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"catalog_version": version, "known": known,
                           "thresholds": {"score": thresholds.score, "margin": thresholds.margin,
                                          "source": thresholds.source},
-                          "results": [r.to_dict() for r in ranked]}, indent=2))
+                          "results": [r.to_dict() for r in ranked]}, indent=2, ensure_ascii=False))
         return 0
     if not ranked:
         print("no matching product")
