@@ -19,6 +19,8 @@ from edge.logs import setup_logging
 
 # Order is the order `storelens --help` lists them in.
 COMMAND_MODULES: tuple[str, ...] = (
+    "edge.commands.run",
+    "edge.commands.demo",
     "edge.commands.validate_config",
     "edge.commands.export_cmd",
     "edge.commands.recommend",

@@ -54,11 +54,11 @@ class Matcher(Protocol):
     """What the loop needs from search: batched nearest products, a catalog version, an atomic reload."""
 
     @property
-    def catalog_version(self) -> str: ...
+    def catalog_version(self) -> int | str: ...
 
     def match_vectors(self, embs: np.ndarray, k: int) -> list[list[Candidate]]: ...
 
-    def reload(self) -> None: ...
+    def reload(self) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +80,16 @@ def crop(image: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarr
 def vote_params(settings: Settings, matcher: Any) -> VoteParams:
     """Config thresholds win; else the matcher's calibrated ones (``matcher.thresholds``); else defaults."""
     d = settings.decision
-    calibrated = getattr(matcher, "thresholds", None)
-    cal_t, cal_m = calibrated if isinstance(calibrated, tuple) else (None, None)
+    cal = getattr(matcher, "thresholds", None)
+    cal_t, cal_m = getattr(cal, "score", None), getattr(cal, "margin", None)
     return VoteParams(window=d.window, min_frames=d.min_frames, agreement=d.agreement,
-                      threshold=d.threshold if d.threshold is not None else (cal_t or DEFAULT_THRESHOLD),
-                      margin=d.margin if d.margin is not None else (cal_m if cal_m is not None else DEFAULT_MARGIN),
+                      threshold=_first(d.threshold, cal_t, DEFAULT_THRESHOLD),
+                      margin=_first(d.margin, cal_m, DEFAULT_MARGIN),
                       top_k=d.top_k, heartbeat_s=d.heartbeat_s, aggregate=d.aggregate, empty_sku=d.empty_sku)
+
+
+def _first(*values: float | None) -> float:
+    return float(next(v for v in values if v is not None))
 
 
 class Runtime:
@@ -94,12 +98,14 @@ class Runtime:
     def __init__(self, *, settings: Settings, encoder: ImageEncoder, matcher: Matcher,
                  sources: dict[str, SourceFactory] | None = None,
                  encoder_loader: Callable[[], ImageEncoder] | None = None,
+                 matcher_loader: Callable[[ImageEncoder], Matcher] | None = None,
                  out: IO[str] | None = None, outbox_path: Path | None = None) -> None:
         self.settings = settings
         self.encoder = encoder
         self.matcher = matcher
         self.prefix = settings.topic_prefix
         self._encoder_loader = encoder_loader
+        self._matcher_loader = matcher_loader
         self._out = out if out is not None else sys.stdout
         self._wake = threading.Event()
         self._model_lock = threading.Lock()
@@ -313,11 +319,23 @@ class Runtime:
             self.link.publish_now(topic, body, qos=1)
 
     def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Catalog/index: the matcher reopens the newest generation. Bundle: when its fingerprint changed, a new
+        encoder *and* a matcher opened with it (its index must be built by that encoder) are swapped in together.
+        Everything is loaded before the swap, so frames wait at most one batch and a failure keeps the old state."""
         new_encoder = self._encoder_loader() if self._encoder_loader and args.get("bundle", True) else None
-        self.matcher.reload()  # the matcher swaps its index atomically; frames in flight finish on the old one
+        if new_encoder is not None and new_encoder.fingerprint == self.encoder.fingerprint:
+            new_encoder = None
+        if new_encoder is not None:
+            if self._matcher_loader is None:
+                raise CommandError("the bundle changed but this runtime cannot reopen the index for it",
+                                   hint="restart storelens run")
+            new_matcher = self._matcher_loader(new_encoder)
+        else:
+            self.matcher.reload()  # atomic reference swap inside; frames in flight finish on the old index
+            new_matcher = self.matcher
         with self._model_lock:
             if new_encoder is not None:
-                self.encoder = new_encoder
+                self.encoder, self.matcher = new_encoder, new_matcher
             params = vote_params(self.settings, self.matcher)
             for regions in self.regions.values():
                 for r in regions:
@@ -326,28 +344,27 @@ class Runtime:
             self.link.set_status(self.status())
         return {"catalog_version": self.matcher.catalog_version, "bundle": self.encoder.fingerprint}
 
-    def _embed_images(self, args: dict[str, Any]) -> np.ndarray:
-        images = load_images(args.get("images"), allowed_dir=self.settings.mqtt.enroll_dir)
-        with self._model_lock:
-            return self.encoder.embed(images)
+    def _images(self, args: dict[str, Any]) -> list[np.ndarray]:
+        return load_images(args.get("images"), allowed_dir=self.settings.mqtt.enroll_dir)
 
     def _cmd_enroll(self, args: dict[str, Any]) -> dict[str, Any]:
         sku = require_str(args, "sku")
         name = args.get("name", sku)
         if not isinstance(name, str) or len(name) > 256:
             raise CommandError("'name' must be a string of at most 256 characters")
-        enroll = _optional(self.matcher, "enroll")
-        vecs = self._embed_images(args)
-        with self._model_lock:
-            result = enroll(sku=sku, name=name, vectors=vecs)
-        return {"sku": sku, "images": len(vecs), "catalog_version": self.matcher.catalog_version, **(result or {})}
+        images = self._images(args)
+        # The matcher embeds, writes the next index generation beside the current one and swaps it in;
+        # the frame loop keeps matching on the old generation meanwhile (no model lock held here).
+        result = _optional(self.matcher, "enroll")(sku, name=name, images=images)
+        return {"sku": sku, "images": len(images), "catalog_version": self.matcher.catalog_version,
+                **_as_dict(result)}
 
     def _cmd_remove(self, args: dict[str, Any]) -> dict[str, Any]:
         sku = require_str(args, "sku")
-        remove = _optional(self.matcher, "remove")
-        with self._model_lock:
-            result = remove(sku=sku)
-        return {"sku": sku, "catalog_version": self.matcher.catalog_version, **(result or {})}
+        removed = _optional(self.matcher, "remove")(sku)
+        if removed is False:
+            raise CommandError(f"sku {sku!r} is not in the catalog", hint="check the sku (storelens catalog list)")
+        return {"sku": sku, "removed": True, "catalog_version": self.matcher.catalog_version}
 
     def _cmd_search(self, args: dict[str, Any]) -> dict[str, Any]:
         k = args.get("k", 5)
@@ -355,11 +372,11 @@ class Runtime:
             raise CommandError("'k' must be an integer in 1..100")
         if "text" in args:
             text = require_str(args, "text", max_len=1000)
-            cands: Sequence[Candidate] = _optional(self.matcher, "search_text")(text=text, k=k)
+            cands: Sequence[Any] = _optional(self.matcher, "search_text")(text, k)
         elif "images" in args:
-            vecs = self._embed_images(args)
+            images = self._images(args)[:1]
             with self._model_lock:
-                cands = self.matcher.match_vectors(vecs[:1], k)[0]
+                cands = self.matcher.match_vectors(self.encoder.embed(images), k)[0]
         else:
             raise CommandError("search needs 'text' or 'images'", hint='e.g. {"text": "oat milk"}')
         return {"candidates": [c.to_dict() for c in cands], "catalog_version": self.matcher.catalog_version}
@@ -385,6 +402,14 @@ def _optional(matcher: Any, name: str) -> Any:
         raise CommandError(f"this device's catalog does not support {name!r}",
                            hint="use a catalog/search backend with enroll/remove/text search")
     return fn
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if hasattr(result, "to_dict"):
+        return dict(result.to_dict())
+    return dict(result) if isinstance(result, dict) else {"result": result}
 
 
 def _pct(sorted_values: list[float], q: float) -> float | None:
