@@ -56,8 +56,9 @@ class TinyOnnxEncoder:
 class NumpyMatcher:
     """Brute-force cosine search over a JSON catalog file: ``{"version", "items": [{sku, name, vectors}]}``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, encoder: TinyOnnxEncoder | None = None) -> None:
         self.path = path
+        self.encoder = encoder  # embeds enrolled images, like the real Store
         self.reloads = 0
         self._load()
 
@@ -88,20 +89,22 @@ class NumpyMatcher:
             out.append([Candidate(s, self._names[s], sc) for s, sc in ranked])
         return out
 
-    def enroll(self, *, sku: str, name: str, vectors: np.ndarray) -> dict[str, int]:
+    def enroll(self, sku: str, *, name: str, images: Sequence[np.ndarray]) -> dict[str, int]:
+        assert self.encoder is not None
+        vectors = self.encoder.embed(images)
         self._names[sku] = name
         self._skus += [sku] * len(vectors)
         self._vecs = np.concatenate([self._vecs.reshape(-1, vectors.shape[1]), vectors.astype(np.float32)])
         self._version = f"{self._version}+{sku}"
         return {"vectors": len(vectors)}
 
-    def remove(self, *, sku: str) -> dict[str, int]:
+    def remove(self, sku: str) -> bool:
         keep = [i for i, s in enumerate(self._skus) if s != sku]
         removed = len(self._skus) - len(keep)
         self._skus = [self._skus[i] for i in keep]
         self._vecs = self._vecs[keep]
         self._version = f"{self._version}-{sku}"
-        return {"removed": removed}
+        return removed > 0
 
 
 def product_image(sku: str, *, size: int = 64, rng: np.random.Generator | None = None, shift: int = 0) -> np.ndarray:
@@ -139,7 +142,8 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    rt = Runtime(settings=settings, encoder=TinyOnnxEncoder(onnx_path), matcher=NumpyMatcher(catalog))
+    enc = TinyOnnxEncoder(onnx_path)
+    rt = Runtime(settings=settings, encoder=enc, matcher=NumpyMatcher(catalog, enc))
     rt.start()
     try:
         rt.run(stop)

@@ -43,7 +43,7 @@ def settings(tmp_path: Path, frames: Path, *, broker: Broker | None = None, **ov
 @pytest.fixture
 def parts(tmp_path: Path, tiny_onnx: Path) -> tuple[TinyOnnxEncoder, NumpyMatcher]:
     enc = TinyOnnxEncoder(tiny_onnx)
-    return enc, NumpyMatcher(write_catalog(tmp_path / "catalog.json", enc, SKUS))
+    return enc, NumpyMatcher(write_catalog(tmp_path / "catalog.json", enc, SKUS), enc)
 
 
 @pytest.fixture
@@ -202,7 +202,8 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
         r = cmd("search", {"images": [{"b64": b64}], "k": 2})
         assert r["ok"] and r["result"]["candidates"][0]["sku"] == "PURPLE"
         assert "does not support 'search_text'" in cmd("search", {"text": "milk"})["error"]
-        assert cmd("remove", {"sku": "PURPLE"})["result"]["removed"] == 2
+        assert cmd("remove", {"sku": "PURPLE"})["result"]["removed"] is True
+        assert "not in the catalog" in cmd("remove", {"sku": "PURPLE"})["error"]
         r = cmd("search", {"images": [{"b64": b64}], "k": 2})
         assert r["result"]["candidates"][0]["sku"] != "PURPLE"
 
