@@ -148,7 +148,8 @@ def main(argv: list[str]) -> int:
     try:
         rt.run(stop)
     finally:
-        rt.shutdown()
+        summary = rt.shutdown()
+        print("SUMMARY " + json.dumps(summary, default=str), flush=True)
     return 0
 
 
