@@ -106,8 +106,10 @@ def test_own_i8_rounding_beats_usearch_cast_on_exact_search(rng: np.random.Gener
     assert r_ours >= 0.95
 
 
-def test_reader_during_atomic_swaps_never_sees_a_half_written_index(tmp_path: Path, rng: np.random.Generator) -> None:
-    """A reader thread re-opens and searches while a writer publishes 30 generations."""
+@pytest.mark.parametrize("view", [False, True])
+def test_reader_during_atomic_swaps_never_sees_a_half_written_index(tmp_path: Path, rng: np.random.Generator,
+                                                                    view: bool) -> None:
+    """A reader thread re-opens (loaded or memory-mapped) and searches while a writer publishes 30 generations."""
     sizes = [50 + 10 * g for g in range(31)]
     data = unit(rng, sizes[-1])
     build(tmp_path, np.arange(sizes[0]), data[: sizes[0]])
@@ -118,7 +120,7 @@ def test_reader_during_atomic_swaps_never_sees_a_half_written_index(tmp_path: Pa
     def reader() -> None:
         while not stop.is_set():
             try:
-                opened = ix.VectorIndex.open(tmp_path, "image", fingerprint="enc-a", ndim=16, dtype="f32")
+                opened = ix.VectorIndex.open(tmp_path, "image", fingerprint="enc-a", ndim=16, dtype="f32", view=view)
                 assert opened is not None
                 n = opened.size
                 assert n in sizes and opened.meta.vectors == n  # one whole generation, sidecar and data agree

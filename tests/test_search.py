@@ -13,7 +13,7 @@ from edge.errors import ImageError, IndexMismatchError, InputError
 from edge.index import Hits
 from edge.search import aggregate_hits, rrf
 from edge.store import Store
-from tests.encoders_for_tests import TinyImageEncoder, TrigramTextEncoder, product_image
+from tests.encoders_for_tests import TinyImageEncoder, TrigramTextEncoder, product_image, write_jpeg
 
 PRODUCTS = {
     "P0": ("Oat milk", "Creamy oat drink for coffee"),
@@ -174,3 +174,41 @@ def test_rrf_ranks_agreement_first() -> None:
     assert [k for k, _, _ in fused] == [2, 1, 3]
     assert fused[0][2] == {"bm25": 5.0, "text": 0.9}
     assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_cli_with_the_embedded_default_bundles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """import -> search (image, text, both) -> calibrate -> remove -> list, through `storelens` itself."""
+    import json
+
+    from edge.cli import main
+
+    root = tmp_path / "shots"
+    rng = np.random.default_rng(3)
+    for i, sku in enumerate(["oat-milk", "ketchup", "cocoa"]):
+        for j in range(2):
+            write_jpeg(root / sku / f"{j}.jpg", product_image(i, size=96, noise=6, rng=rng))
+        (root / sku / "name.txt").write_text(PRODUCTS[f"P{i}"][0])
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main(["catalog", "import", str(root), "--json", *data]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["products_added"], report["images_added"], report["rows_skipped"]) == (3, 6, 0)
+
+    assert main(["search", "--text", "tomato ketchup", "-k", "9", "--json", *data]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"][0]["sku"] == "ketchup" and len(out["results"]) == 3  # k clamped to the catalog
+    assert main(["search", "--image", str(root / "cocoa" / "0.jpg"), "--json", *data]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["sku"] == "cocoa"
+    assert main(["search", "--image", str(root / "cocoa" / "1.jpg"), "--text", "chocolate", *data]) == 0
+    assert "cocoa" in capsys.readouterr().out
+
+    assert main(["calibrate", str(root), "--holdout", "0.34", "--json", *data]) == 0
+    cal = json.loads(capsys.readouterr().out)
+    assert (cal["known_queries"], cal["unknown_queries"], cal["stored"]) == (4, 2, True)
+
+    assert main(["catalog", "remove", "ketchup", *data]) == 0
+    assert main(["catalog", "remove", "ketchup", *data]) == 3
+    assert "sku 'ketchup' is not in the catalog" in capsys.readouterr().err
+    assert main(["catalog", "list", "--json", *data]) == 0
+    assert [p["sku"] for p in json.loads(capsys.readouterr().out)["products"]] == ["cocoa", "oat-milk"]
+    assert main(["search", *data]) == 3
+    assert "nothing to search for" in capsys.readouterr().err

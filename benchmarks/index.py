@@ -1,0 +1,249 @@
+"""Index benchmark: USearch (as edge.index uses it) vs exact search vs FAISS HNSW on clustered vectors.
+
+    python -m benchmarks.index --sizes 10000,100000 --dtypes i8,f16 [--json OUT] [--threads 2]
+
+For each size: clustered synthetic unit vectors (dim 128 = the default image bundle), exact
+float32 top-10 by numpy matmul (ground truth, and the numpy QPS everything is compared with),
+then for each dtype: build time, bytes per vector (file and RSS), recall@10 against the exact
+float32 top-10, single-query p50/p99 latency (1 thread), batch QPS (``--threads``), and USearch
+``exact=True`` on the same index. ``i8`` is edge.index's own rounding quantization; the row
+``i8-cast`` is USearch's built-in f32->i8 cast, for comparison. FAISS ``IndexHNSWFlat`` (M=16,
+efConstruction=128, efSearch=64, the USearch defaults) runs once per size.
+
+Everything of one size is measured in the same process, side by side, so ratios hold even
+when another job shares the CPU (say so in reports: the numbers move, the ratios less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge import index as ix
+
+DIM = 128
+QUERIES = 1000
+K = 10
+
+
+def clustered(n: int, *, dim: int = DIM, seed: int = 0, spread: float = 0.35) -> np.ndarray:
+    """Unit vectors around ``n // 50`` random centres (products x photos, categories), not uniform."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(64, n // 50), dim)).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for a in range(0, n, 200_000):
+        b = min(n, a + 200_000)
+        noise = spread * rng.standard_normal((b - a, dim)).astype(np.float32)
+        x = centres[rng.integers(0, len(centres), b - a)] + noise
+        out[a:b] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def exact_topk(db: np.ndarray, q: np.ndarray, k: int = K) -> np.ndarray:
+    """Exact float32 cosine top-k (unit vectors: inner product), chunked so 1M x 1000 fits in memory."""
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for a in range(0, len(db), 100_000):
+        s = q @ db[a : a + 100_000].T
+        part = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, axis=1)], axis=1)
+        cand_i = np.concatenate([best_i, part + a], axis=1)
+        order = np.argsort(-cand_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, axis=1), np.take_along_axis(cand_i, order, axis=1)
+    return best_i
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(found[i].tolist()) & set(truth[i].tolist())) / truth.shape[1]
+                          for i in range(len(truth))]))
+
+
+def timed(fn: Callable[[], Any], *, min_s: float = 0.5) -> tuple[float, Any]:
+    """Seconds per call (repeated until ``min_s`` elapsed) and the last result."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        out = fn()
+        n += 1
+        if time.perf_counter() - t0 >= min_s:
+            return (time.perf_counter() - t0) / n, out
+
+
+def rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: str, threads: int,
+                  expansion_search: int, connectivity: int, workdir: Path) -> dict[str, Any]:
+    n = len(db)
+    cast = dtype == "i8-cast"
+    store_dtype = "i8" if cast else dtype
+    scale = 1.0 if cast or dtype != "i8" else ix.choose_i8_scale(db)
+    meta = ix.IndexMeta(modality="bench", ndim=DIM, dtype=store_dtype, fingerprint="bench", catalog_version=0,
+                        vectors=n, products=n, file="", i8_scale=scale, connectivity=connectivity,
+                        expansion_search=expansion_search)
+
+    def prep(v: np.ndarray) -> np.ndarray:
+        return v if cast else ix.quantize(v, dtype=store_dtype, i8_scale=scale)
+
+    index = ix.new_usearch(meta)
+    t0 = time.perf_counter()
+    index.add(np.arange(n, dtype=np.uint64), prep(db), threads=threads)
+    build_s = time.perf_counter() - t0
+    path = workdir / f"{dtype}.usearch"
+    index.save(str(path))
+    file_bytes = path.stat().st_size
+    del index
+    gc.collect()
+    before = rss()
+    index = ix.new_usearch(meta)
+    index.load(str(path))
+    index.expansion_search = expansion_search  # type: ignore[misc]
+    rss_bytes = rss() - before
+    qq = prep(q)
+    batch_s, m = timed(lambda: index.search(qq, K, threads=threads))
+    rec = recall(np.asarray(m.keys).astype(np.int64), truth)
+    lat = []
+    for i in range(len(q)):
+        t = time.perf_counter()
+        index.search(qq[i], K, threads=1)
+        lat.append(time.perf_counter() - t)
+    exact_s, me = timed(lambda: index.search(qq, K, threads=threads, exact=True), min_s=0.2)
+    row = {
+        "engine": "usearch", "dtype": dtype, "build_s": round(build_s, 2), "build_per_s": round(n / build_s),
+        "bytes_per_vector": round(file_bytes / n, 1), "rss_bytes_per_vector": round(rss_bytes / n, 1),
+        "recall10": round(rec, 4), "qps": round(len(q) / batch_s), "p50_ms": round(1e3 * float(np.median(lat)), 3),
+        "p99_ms": round(1e3 * float(np.quantile(lat, 0.99)), 3),
+        "exact_usearch_qps": round(len(q) / exact_s),
+        "exact_usearch_recall10": round(recall(np.asarray(me.keys).astype(np.int64), truth), 4),
+        "expansion_search": expansion_search, "connectivity": connectivity,
+    }
+    path.unlink()
+    return row
+
+
+def bench_faiss(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, threads: int) -> dict[str, Any] | None:
+    try:
+        import faiss
+    except ImportError:
+        return None
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 128
+    t0 = time.perf_counter()
+    index.add(db)
+    build_s = time.perf_counter() - t0
+    index.hnsw.efSearch = 64
+    batch_s, (_, found) = timed(lambda: index.search(q, K))
+    lat = []
+    for i in range(len(q)):
+        t = time.perf_counter()
+        index.search(q[i : i + 1], K)
+        lat.append(time.perf_counter() - t)
+    with tempfile.NamedTemporaryFile() as f:
+        faiss.write_index(index, f.name)
+        size = os.path.getsize(f.name)
+    return {"engine": "faiss-hnsw", "dtype": "f32", "build_s": round(build_s, 2),
+            "build_per_s": round(len(db) / build_s),
+            "bytes_per_vector": round(size / len(db), 1), "recall10": round(recall(found, truth), 4),
+            "qps": round(len(q) / batch_s), "p50_ms": round(1e3 * float(np.median(lat)), 3),
+            "p99_ms": round(1e3 * float(np.quantile(lat, 0.99)), 3)}
+
+
+def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: int, connectivity: int,
+        faiss_on: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for n in sizes:
+        data = clustered(n + QUERIES, seed=n)
+        db, q = data[:n], data[n:]
+        exact_s, truth = timed(functools.partial(exact_topk, db, q), min_s=0.3)
+        numpy_qps = round(len(q) / exact_s)
+        print(f"\n== {n:,} vectors, dim {DIM}: numpy exact float32 {numpy_qps} QPS", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for dtype in dtypes:
+                row = bench_usearch(db, q, truth, dtype=dtype, threads=threads, expansion_search=expansion_search,
+                                    connectivity=connectivity, workdir=Path(tmp))
+                rows.append({"size": n, **row, "qps_exact_numpy": numpy_qps,
+                             "qps_vs_numpy": round(row["qps"] / numpy_qps, 1)})
+                print_row(rows[-1])
+        if faiss_on:
+            frow = bench_faiss(db, q, truth, threads=threads)
+            if frow:
+                rows.append({"size": n, **frow, "qps_exact_numpy": numpy_qps,
+                             "qps_vs_numpy": round(frow["qps"] / numpy_qps, 1)})
+                print_row(rows[-1])
+        del data, db, q
+        gc.collect()
+    return rows
+
+
+HEAD = (f"{'size':>9} {'engine':<10} {'dtype':<7} {'recall10':>8} {'qps':>7} {'x numpy':>7} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'B/vec':>6} {'RSS B/v':>7} {'build s':>8} {'exact qps':>9}")
+
+
+def print_row(r: dict[str, Any]) -> None:
+    print(f"{r['size']:>9,} {r['engine']:<10} {r['dtype']:<7} {r['recall10']:>8.4f} {r['qps']:>7} "
+          f"{r['qps_vs_numpy']:>7} {r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['bytes_per_vector']:>6} "
+          f"{r.get('rss_bytes_per_vector', ''):>7} {r['build_s']:>8} {r.get('exact_usearch_qps', ''):>9}", flush=True)
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import usearch
+
+    env = {"machine": platform.machine(), "processor": _cpu_name(), "cpus": os.cpu_count(), "threads": threads,
+           "python": platform.python_version(), "numpy": np.__version__, "usearch": usearch.__version__,
+           "load_avg_at_start": os.getloadavg()}
+    with contextlib.suppress(ImportError):
+        import faiss
+
+        env["faiss"] = faiss.__version__
+    return env
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000", help="comma-separated index sizes")
+    ap.add_argument("--dtypes", default="i8,f16", help="comma-separated: f32, f16, i8, i8-cast")
+    ap.add_argument("--threads", type=int, default=2, help="threads for build and batch search (default 2)")
+    ap.add_argument("--expansion-search", type=int, default=ix.DEFAULT_EXPANSION_SEARCH)
+    ap.add_argument("--connectivity", type=int, default=ix.DEFAULT_CONNECTIVITY)
+    ap.add_argument("--no-faiss", action="store_true", help="skip the FAISS HNSW comparison")
+    ap.add_argument("--json", type=Path, default=None, help="write {environment, rows} here")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    env = environment(args.threads)
+    print(f"{env['processor']} ({env['cpus']} cpus), {args.threads} threads; usearch {env['usearch']}, "
+          f"numpy {env['numpy']}, faiss {env.get('faiss', '-')}; load avg {env['load_avg_at_start']}")
+    print(HEAD)
+    rows = run(sizes, dtypes, threads=args.threads, expansion_search=args.expansion_search,
+               connectivity=args.connectivity, faiss_on=not args.no_faiss)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
