@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Iterable
@@ -29,10 +30,11 @@ from edge.preprocess import read_image
 
 def cache_key(path: Path, root: Path) -> str:
     """Images are keyed by their path relative to the dataset root (the split file's folder)."""
+    p, r = Path(os.path.abspath(path)), Path(os.path.abspath(root))  # not resolve(): keep symlinked roots
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
+        return p.relative_to(r).as_posix()
     except ValueError:
-        return path.resolve().as_posix()
+        return p.as_posix()
 
 
 def load_cache(path: Path) -> dict[str, OcrResult]:
