@@ -106,8 +106,18 @@ class Store:
 
     @property
     def thresholds(self) -> Thresholds:
-        """Config values when set, else the stored calibration, else none (everything known)."""
+        """Config values when set, else the stored calibration, else none (everything known).
+
+        A calibration measured with another image encoder is not used (its scores mean something
+        else); that is logged, and ``source`` says ``stale-calibration``.
+        """
         cal = self.calibration
+        if cal is not None and self.image_encoder is not None and cal.fingerprint != self.image_encoder.fingerprint:
+            log.warning("stored calibration was made with encoder %s, not %s: ignored; run `storelens calibrate`",
+                        cal.fingerprint, self.image_encoder.fingerprint)
+            t_cfg, m_cfg = self._config_thresholds
+            return Thresholds(score=t_cfg, margin=m_cfg, source="config" if (t_cfg, m_cfg) != (None, None)
+                              else "stale-calibration")
         t_cfg, m_cfg = self._config_thresholds
         if t_cfg is not None or m_cfg is not None:
             return Thresholds(score=t_cfg if t_cfg is not None else (cal.score if cal else None),

@@ -212,3 +212,24 @@ def test_cli_with_the_embedded_default_bundles(tmp_path: Path, capsys: pytest.Ca
     assert [p["sku"] for p in json.loads(capsys.readouterr().out)["products"]] == ["cocoa", "oat-milk"]
     assert main(["search", *data]) == 3
     assert "nothing to search for" in capsys.readouterr().err
+
+
+def test_reembed_after_an_encoder_change(store: Store, tmp_path: Path, tiny_onnx: Path) -> None:
+    from edge.calibrate import Calibration
+    from tests.tiny_model import build_tiny_encoder
+
+    store.save_calibration(Calibration(score=0.9, margin=0.01, target=0.95, known_queries=1, unknown_queries=1,
+                                       known_accept_rate=1.0, known_top1_accuracy=1.0, accepted_precision=1.0,
+                                       false_accept_rate=0.0, held_out=(), catalog_version=1,
+                                       fingerprint=TinyImageEncoder(tiny_onnx).fingerprint))
+    other = TinyImageEncoder(build_tiny_encoder(tmp_path / "other.onnx", seed=1))
+    with pytest.raises(IndexMismatchError, match="storelens catalog reindex"):
+        Store(data_dir=tmp_path / "data", image_encoder=other)
+    s = Store(data_dir=tmp_path / "data", image_encoder=other, text_encoder=TrigramTextEncoder(), open_indexes=False)
+    report = s.reembed(progress=False)
+    assert (report.images_added, report.issues) == (8, ())
+    meta = s.index_meta("image")
+    assert meta is not None and (meta.fingerprint, meta.vectors) == (other.fingerprint, 8)
+    assert s.search_image([product_image(3, noise=10)], k=1)[0][0].sku == "P3"
+    assert s.thresholds.source == "stale-calibration" and s.thresholds.score is None
+    s.close()
