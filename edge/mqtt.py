@@ -74,6 +74,7 @@ class MqttLink:
         self._handed_seq = 0  # highest outbox seq handed to paho in this process
         self._worker: threading.Thread | None = None
         self._idle = threading.Event()  # set while the outbox has nothing un-acknowledged
+        self._stopping = False
         self._client = self._make_client(client_id)
 
     # -- topics ------------------------------------------------------------------------------------
@@ -118,6 +119,7 @@ class MqttLink:
                 info.wait_for_publish(max(0.2, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline: %s", e)
+        self._stopping = True
         self._events.put(("stop", None))
         if self._worker:
             self._worker.join(2.0)
@@ -191,7 +193,7 @@ class MqttLink:
         self._events.put(("kick", None))
 
     def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        if self.stats.connected:
+        if self.stats.connected and not self._stopping:
             self.stats.disconnects += 1
             log.warning("disconnected from broker; reconnecting with backoff", extra={"reason": str(reason)})
         self.stats.connected = False

@@ -188,7 +188,7 @@ class Runtime:
         self.outbox.close()
         if self._jsonl:
             self._jsonl.close()
-        log.info("stopped", extra=summary)
+        log.info("stopped", extra={k: summary[k] for k in ("frames", "embedded", "decisions", "outbox_left")})
         return summary
 
     # -- the loop ----------------------------------------------------------------------------------

@@ -218,3 +218,53 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
         stop.set()
         loop.join()
         rt.shutdown()
+
+
+def test_cli_run_without_broker_on_the_real_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`storelens run` end to end: embedded bundle, a Store enrolled through its API, an image-folder camera."""
+    from edge.cli import main
+    from edge.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
+    from edge.encoders import load_image_encoder
+    from edge.store import Store
+
+    data = tmp_path / "data"
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(data)})
+    store = Store.from_settings(s, image_encoder=load_image_encoder(s.model), text_encoder=None)
+    for p in DEMO_PRODUCTS[:2]:
+        store.enroll(p.sku, name=p.name, images=reference_images(p))
+    store.close()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cam = VirtualCamera(DEMO_PRODUCTS[:2], hold=8, gap=0)
+    i = 0
+    while (f := cam.read()) is not None:
+        cv2.imwrite(str(frames / f"{i:03d}.png"), f)
+        i += 1
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[device]\nstore = "s1"\nid = "d1"\n[catalog]\ndata_dir = "{data}"\n'
+                   f'[[cameras]]\nname = "cam"\nsource = "{frames}"\nfps = 30\n'
+                   '[decision]\nthreshold = 0.93\nmargin = 0.1\n[mqtt]\nhost = "127.0.0.1"\nport = 1\n')
+    assert main(["run", "--config", str(cfg), "--no-mqtt", "--jsonl", str(tmp_path / "d.jsonl"), "--json"]) == 0
+    out = capsys.readouterr().out
+    decided = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert [d["candidates"][0]["sku"] for d in decided] == [p.sku for p in DEMO_PRODUCTS[:2]]
+    assert "DEMO-COLA" in out and json.loads(out[out.index("{"):])["outbox_left"] == 2
+
+
+def test_cli_run_missing_source_names_camera(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[device]\nstore = "s1"\nid = "d1"\n[[cameras]]\nname = "door-cam"\nsource = "/nope/x.mp4"\n')
+    assert main(["run", "--config", str(cfg)]) == 8
+    assert "camera 'door-cam'" in capsys.readouterr().err
+
+
+def test_demo_recognises_every_product(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.rindex("\n{") + 1:])
+    assert (result["products_shown"], result["recognised"], result["wrong"]) == (6, 6, [])
+    assert result["outbox_left"] == result["decisions"]  # no broker: every decision kept for later delivery

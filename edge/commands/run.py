@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         from edge.errors import ConfigError
 
         raise ConfigError(f"{args.config}: no [[cameras]] configured", hint="add a [[cameras]] table with a source")
+    from edge.capture import open_source
+
+    for cam in settings.cameras:  # fail fast, before loading models: a wrong source names its camera
+        open_source(cam).close()
     summary = serve(build_runtime(settings), duration=args.duration)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
