@@ -223,6 +223,7 @@ class BasketStore:
                               hint="delete the file to start counting afresh, or fix its permissions") from e
         self._check_half_life()
         self._accepted_since_prune = 0
+        self._version = int(self._meta("version") or 0)
 
     def _check_half_life(self) -> None:
         want = "none" if self.half_life_s is None else repr(float(self.half_life_s))
@@ -260,28 +261,32 @@ class BasketStore:
             return self._reject("stale", basket.id, f"basket {basket.id} is older than the de-duplication window")
         if basket.ts > now + FUTURE_SKEW_S:
             return self._reject("future", basket.id, f"basket {basket.id} is dated {basket.ts - now:.0f} s ahead")
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            if self._db.execute("INSERT OR IGNORE INTO seen VALUES(?, ?)", (basket.id, basket.ts)).rowcount == 0:
-                self._db.execute("ROLLBACK")
-                return self._reject("duplicate", basket.id, f"basket {basket.id} was already counted")
-            w = self._weight(basket.ts)
-            self._db.executemany("INSERT INTO items VALUES(?, ?) ON CONFLICT(sku) DO UPDATE SET w = w + excluded.w",
-                                 [(s, w) for s in basket.skus])
-            self._db.executemany("INSERT INTO pairs VALUES(?, ?, ?) ON CONFLICT(a, b) DO UPDATE SET w = w + excluded.w",
-                                 [(a, b, w) for a, b in permutations(basket.skus, 2)])
-            self._set_meta("total", (self._meta("total") or 0.0) + w)
-            self._set_meta("version", (self._meta("version") or 0.0) + 1)
-            self._bump("accepted")
-            self._accepted_since_prune += 1
-            if self._accepted_since_prune >= 1000:
-                self._prune_seen(now)
+        with self._lock:
+            with self._db:  # one transaction: the id, the counts and the version, or nothing
+                self._db.execute("BEGIN IMMEDIATE")
+                if self._db.execute("INSERT OR IGNORE INTO seen VALUES(?, ?)", (basket.id, basket.ts)).rowcount == 0:
+                    self._db.execute("ROLLBACK")
+                    return self._reject("duplicate", basket.id, f"basket {basket.id} was already counted")
+                w = self._weight(basket.ts)
+                self._db.executemany("INSERT INTO items VALUES(?, ?) ON CONFLICT(sku) DO UPDATE SET w = w + excluded.w",
+                                     [(s, w) for s in basket.skus])
+                self._db.executemany("INSERT INTO pairs VALUES(?, ?, ?) ON CONFLICT(a, b) DO UPDATE SET w = w + "
+                                     "excluded.w", [(a, b, w) for a, b in permutations(basket.skus, 2)])
+                self._set_meta("total", (self._meta("total") or 0.0) + w)
+                self._set_meta("version", self._version + 1)
+                self._bump("accepted")
+                self._accepted_since_prune += 1
+                if self._accepted_since_prune >= 1000:
+                    self._prune_seen(now)
+            self._version += 1  # after the commit, under the lock: a snapshot and the version agree
         return IngestResult(accepted=True, basket_id=basket.id, items=len(basket.skus))
 
     def _reject(self, reason: str, basket_id: str | None, message: str) -> IngestResult:
         with self._lock, self._db:
             self._bump(reason)
-        log.warning("basket rejected", extra={"reason": reason, "basket": basket_id, "detail": message})
+        # replays are routine (POS re-sends after an outage): counted, logged quietly
+        level = logging.DEBUG if reason == "duplicate" else logging.WARNING
+        log.log(level, "basket rejected", extra={"reason": reason, "basket": basket_id, "detail": message})
         return IngestResult(accepted=False, reason=reason, basket_id=basket_id, message=message)
 
     def _weight(self, ts: float) -> float:
@@ -313,9 +318,12 @@ class BasketStore:
     # -- reading ---------------------------------------------------------------------------
     @property
     def version(self) -> int:
-        """Accepted baskets so far: changes exactly when the statistics change."""
-        with self._lock:
-            return int(self._meta("version") or 0)
+        """Accepted baskets so far: changes exactly when the statistics change.
+
+        Kept in memory (a read on every recommendation must not touch SQLite), so one process
+        writes a file: the runtime. Other processes (the CLI) read a snapshot as of their start.
+        """
+        return self._version
 
     def counters(self) -> dict[str, int]:
         """Accepted and rejected (by reason) basket events since the file was created."""
@@ -323,8 +331,8 @@ class BasketStore:
             rows = dict(self._db.execute("SELECT name, n FROM counters").fetchall())
         return {name: int(rows.get(name, 0)) for name in ("accepted", *REJECT_REASONS)}
 
-    def snapshot(self) -> Cooccurrence:
-        """The decayed statistics as of now (consistent: read in one transaction)."""
+    def snapshot(self, now: float | None = None) -> Cooccurrence:
+        """The decayed statistics as of ``now`` (default: the clock), read in one transaction."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
             items = self._db.execute("SELECT sku, w FROM items").fetchall()
@@ -334,7 +342,7 @@ class BasketStore:
             t_ref = self._meta("t_ref")
         scale = 1.0
         if self.half_life_s is not None and t_ref is not None:
-            scale = 2.0 ** (-(self._clock() - t_ref) / self.half_life_s)
+            scale = 2.0 ** (-((self._clock() if now is None else now) - t_ref) / self.half_life_s)
         return Cooccurrence._from_rows(items, pairs, total, version, scale)
 
     def close(self) -> None:

@@ -171,9 +171,12 @@ class RecommendSettings(Section):
         "cooccurrence (raw counts); auto = ease up to ease_max_items products, else pmi",
     )
     ease_lambda: float = Field(
-        100.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity)"
+        50.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity; "
+        "default tuned on Groceries validation baskets, benchmarks/recommend.py)"
     )
     ease_max_items: int = Field(3000, ge=2, le=20000, description="Above this many basket products auto uses pmi")
+    popularity_prior: float = Field(0.1, ge=0, le=10, description="Bought together: weight of popularity "
+                                    "(support / max support) added to association scores (tuned like ease_lambda)")
     shrinkage: float = Field(
         20.0, ge=0, le=1e6, description="PMI shrinkage: pair weight that halves a rare pair's score"
     )

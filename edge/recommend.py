@@ -13,9 +13,11 @@
 - ``cooccurrence``: raw pair counts ``C_ij`` (the baseline the benchmark compares against).
 
 Each product keeps its top ``neighbours`` scores; a basket's scores are the sum of its products'
-rows. Only positive scores count as "together"; the rest of ``k`` is filled with popular
-products (decayed basket counts), and then, when there are no baskets at all, with similar ones
-(cold start). Each result says which of those it came from.
+rows, clipped at 0, plus a small popularity prior ``γ · support_j / max(support)`` (tuned on
+validation baskets: it lets a staple outrank a weak association, which is most of what raw
+co-occurrence gets right, while EASE keeps the long tail). Products with a positive
+association are "together", the others "popular"; when there are no baskets at all, similar
+products fill the list (cold start). Each result says which of those it came from.
 
 **Similar** is item-to-item cosine on fused product vectors (image and text, weighted), leaving
 out the product itself and its near-duplicates, optionally restricted to products in stock,
@@ -76,10 +78,11 @@ class AssociationModel:
     nbr_idx: np.ndarray  # (n, M) int64
     nbr_score: np.ndarray  # (n, M) float32
     version: int
+    prior: np.ndarray  # (n,) popularity_prior * support / max(support), added to association scores
 
     @classmethod
     def fit(cls, co: Cooccurrence, *, method: Method = "auto", ease_lambda: float = 100.0, shrinkage: float = 20.0,
-            ease_max_items: int = 3000, neighbours: int = 200) -> AssociationModel:
+            ease_max_items: int = 3000, neighbours: int = 200, popularity_prior: float = 0.0) -> AssociationModel:
         """Solve the chosen score from the counts (``auto``: ease when the catalog is small enough)."""
         n = co.n_items
         if method == "auto":
@@ -99,22 +102,53 @@ class AssociationModel:
         order = np.lexsort((np.arange(n), -co.item_weight)) if n else np.zeros(0, dtype=np.int64)
         return cls(method=method, skus=co.skus, index={s: i for i, s in enumerate(co.skus)},
                    support=co.item_weight.copy(), by_popularity=order, nbr_idx=nbr_idx, nbr_score=nbr_score,
-                   version=co.version)
+                   version=co.version,
+                   prior=popularity_prior * co.item_weight / max(float(co.item_weight.max(initial=0.0)), 1e-12))
+
+    def _association(self, context: Sequence[str], min_support: float) -> np.ndarray:
+        """Summed neighbour scores of the context's products, clipped at 0, zero on the context itself."""
+        acc = np.zeros(len(self.skus), dtype=np.float64)
+        for s in context:
+            i = self.index.get(s)
+            if i is not None and self.support[i] >= min_support:
+                m = self.nbr_idx[i] >= 0
+                acc[self.nbr_idx[i][m]] += self.nbr_score[i][m]
+        acc[[self.index[s] for s in context if s in self.index]] = 0.0
+        return np.maximum(acc, 0.0)
 
     def together(self, context: Sequence[str], k: int, *, min_support: float = 0.0,
                  allowed: Callable[[str], bool] | None = None) -> list[tuple[str, float]]:
         """Top ``k`` products with a positive association score to the basket ``context`` (not in it)."""
-        ctx = [self.index[s] for s in context if s in self.index and self.support[self.index[s]] >= min_support]
-        if not ctx:
-            return []
-        acc = np.zeros(len(self.skus), dtype=np.float64)
-        for i in ctx:
-            m = self.nbr_idx[i] >= 0
-            acc[self.nbr_idx[i][m]] += self.nbr_score[i][m]
-        acc[[self.index[s] for s in context if s in self.index]] = 0.0
+        acc = self._association(context, min_support)
         cand = np.flatnonzero(acc > 0)
         cand = cand[np.lexsort((-self.support[cand], -acc[cand]))]
         return self._take(((int(j), float(acc[j])) for j in cand), k, allowed)
+
+    def rank(self, context: Sequence[str], k: int, *, min_support: float = 0.0,
+             allowed: Callable[[str], bool] | None = None) -> list[tuple[str, float, Source]]:
+        """The served order: ``association + popularity_prior * support / max(support)``, best first.
+
+        The prior (tuned on validation baskets) lets a much-bought product outrank a weak
+        association; with prior 0 this is the association list followed by popular products.
+        ``source`` is "together" where the association is positive, else "popular".
+        """
+        if len(self.skus) == 0:
+            return []
+        acc = self._association(context, min_support)
+        # exact candidates: every associated product, and the most popular ones (best prior otherwise)
+        cand = np.union1d(np.flatnonzero(acc > 0), self.by_popularity[: k + len(context) + 64])
+        skip = [self.index[s] for s in context if s in self.index]
+        if skip:
+            cand = cand[~np.isin(cand, skip)]
+        score = acc + self.prior
+        order = cand[np.lexsort((-self.support[cand], -score[cand]))]
+        out: list[tuple[str, float, Source]] = []
+        for j in order:
+            if len(out) >= k:
+                break
+            if allowed is None or allowed(self.skus[j]):
+                out.append((self.skus[j], float(score[j]), "together" if acc[j] > 0 else "popular"))
+        return out
 
     def popular(self, k: int, *, exclude: Sequence[str] = (),
                 allowed: Callable[[str], bool] | None = None) -> list[tuple[str, float]]:
@@ -274,6 +308,14 @@ class ProductVectors:
                          categories=[p.attributes.get("category") for p in products],
                          prices=[p.price for p in products], in_stock=[stocked(p.attributes) for p in products])
 
+    @classmethod
+    def from_store(cls, store: Any, *, image_weight: float = 0.5) -> ProductVectors:
+        """Fused vectors under the encoders an :class:`edge.store.Store` has loaded (call again on reload)."""
+        img, txt = getattr(store, "image_encoder", None), getattr(store, "text_encoder", None)
+        return cls.from_catalog(store.catalog, image_fingerprint=img.fingerprint if img is not None else None,
+                                text_fingerprint=txt.fingerprint if txt is not None else None,
+                                image_weight=image_weight)
+
     def name(self, sku: str) -> str:
         i = self.index.get(sku)
         return self.names[i] if i is not None else sku
@@ -360,17 +402,19 @@ class Recommender:
                 s = self.settings
                 model = AssociationModel.fit(self.store.snapshot(), method=s.method, ease_lambda=s.ease_lambda,
                                              shrinkage=s.shrinkage, ease_max_items=s.ease_max_items,
-                                             neighbours=s.neighbours)
+                                             neighbours=s.neighbours, popularity_prior=s.popularity_prior)
                 self._model, self._built_at = model, now
                 self._cache.clear()
             return model
 
     def recommend(self, skus: str | Sequence[str], *, kind: Kind = "together", k: int | None = None,
                   filters: Filters = Filters()) -> list[Recommendation]:
-        """Suggestions for a product (or a basket of them); cached until the model or products change."""
-        context = (skus,) if isinstance(skus, str) else tuple(skus)
-        if not context:
-            raise InputError("no sku given to recommend for", hint="pass the recognised product's sku")
+        """Suggestions for a product (or a basket of them); cached until the model or products change.
+
+        Order for together/blend: association scores > 0, then popular products, then (only with
+        no baskets at all) similar ones. An empty context gives the most popular products.
+        """
+        context = (skus,) if isinstance(skus, str) else tuple(skus)  # empty: the most popular products
         if kind not in KINDS:
             raise InputError(f"unknown recommendation kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
         k = self.settings.k if k is None else k
@@ -406,18 +450,17 @@ class Recommender:
                                                   near_duplicate=self.settings.near_duplicate, filters=filters)
         if kind == "similar":
             return [Recommendation(s, name(s), v, "similar") for s, v in sim[:k]]
-        together = [Recommendation(s, name(s), v, "together")
-                    for s, v in model.together(context, k, min_support=self.settings.min_support, allowed=allowed)]
-        if kind == "blend":  # alternate complements and alternatives, complements first
-            together = _interleave(together, [Recommendation(s, name(s), v, "similar") for s, v in sim], k)
-        taken = set(context) | {r.sku for r in together}
-        if len(together) < k:
-            together += [Recommendation(s, name(s), v, "popular")
-                         for s, v in model.popular(k - len(together), exclude=tuple(taken), allowed=allowed)]
-            taken |= {r.sku for r in together}
-        if len(together) < k:
-            together += [Recommendation(s, name(s), v, "similar") for s, v in sim if s not in taken][:k - len(together)]
-        return together
+        ranked = [Recommendation(s, name(s), v, src) for s, v, src in
+                  model.rank(context, k, min_support=self.settings.min_support, allowed=allowed)]
+        out = ranked
+        if kind == "blend":  # alternate complements and alternatives, complements first; then popular
+            out = _interleave([r for r in ranked if r.source == "together"],
+                              [Recommendation(s, name(s), v, "similar") for s, v in sim], k)
+            out += [r for r in ranked if r.source == "popular" and r.sku not in {o.sku for o in out}][:k - len(out)]
+        taken = set(context) | {r.sku for r in out}
+        if len(out) < k:  # cold start: no baskets at all (or a catalog smaller than k)
+            out += [Recommendation(s, name(s), v, "similar") for s, v in sim if s not in taken][:k - len(out)]
+        return out
 
     # -- MQTT ----------------------------------------------------------------------------------------
     def handle_basket_message(self, payload: bytes | str) -> IngestResult:

@@ -242,6 +242,29 @@ def test_fused_cosine_is_the_weighted_mean_of_modalities() -> None:
                                                                    rel=1e-5)
 
 
+def test_product_vectors_from_a_real_catalog(tmp_path: Path) -> None:
+    from edge.catalog import Catalog, Product
+
+    rng = np.random.default_rng(5)
+    cat = Catalog(tmp_path / "catalog.db")
+    rows = [("a", {"category": "dairy", "in_stock": True}, 2.0), ("b", {"category": "dairy", "stock": 0}, 3.0),
+            ("c", {}, None), ("d", {"category": "bakery"}, 1.0)]
+    img = {s: v / np.linalg.norm(v) for s, v in zip("abc", rng.normal(size=(3, 4)), strict=True)}
+    with cat.transaction() as db:
+        for sku, attrs, price in rows:
+            key = cat.upsert_product(db, Product(key=0, sku=sku, name=f"N{sku}", price=price, attributes=attrs))
+            if sku in img:  # d has no vectors: left out of "similar"
+                cat.add_vector(db, key, modality="image", fingerprint="fp1", vector=img[sku])
+                cat.add_vector(db, key, modality="image", fingerprint="old", vector=-img[sku])
+    pv = ProductVectors.from_catalog(cat, image_fingerprint="fp1", text_fingerprint=None)
+    cat.close()
+    assert pv.skus == ("a", "b", "c") and pv.names == ("Na", "Nb", "Nc")
+    assert pv.categories == ("dairy", "dairy", None)
+    assert pv.in_stock.tolist() == [True, False, True]
+    assert pv.prices[:2].tolist() == [2.0, 3.0] and np.isnan(pv.prices[2])
+    np.testing.assert_allclose(pv.vectors, np.stack([img[s] for s in "abc"]), rtol=1e-6)
+
+
 # -- serving ---------------------------------------------------------------------------------------
 
 def make_recommender(tmp_path: Path, *, products: ProductVectors | None = None, refresh_s: float = 0.0,
