@@ -237,7 +237,8 @@ class Runtime:
         if d.planogram is not None and (d.planogram_changed or d.heartbeat):
             self.counts["planogram"] += 1
             self._send(f"{d.camera}/planogram", self._planogram_message(d, match_id=msg["id"]))
-        self.latencies.append(max(0.0, (time.time() - d.ts) * 1000))
+        if not d.heartbeat:  # a heartbeat re-sends an old frame's decision: not a latency sample
+            self.latencies.append(max(0.0, (time.time() - d.ts) * 1000))
         self._print(d)
 
     def _send(self, suffix: str, msg: dict[str, Any]) -> None:

@@ -268,3 +268,48 @@ def test_demo_recognises_every_product(tmp_path: Path, capsys: pytest.CaptureFix
     result = json.loads(out[out.rindex("\n{") + 1:])
     assert (result["products_shown"], result["recognised"], result["wrong"]) == (6, 6, [])
     assert result["outbox_left"] == result["decisions"]  # no broker: every decision kept for later delivery
+
+
+class _DroppingSource:
+    """Frames of one product, then a failure: a camera that drops."""
+
+    def __init__(self, sku: str, fail_after: int | None) -> None:
+        self.sku, self.fail_after, self.n = sku, fail_after, 0
+        self.rng = np.random.default_rng(0)
+
+    def read(self) -> np.ndarray | None:
+        self.n += 1
+        if self.fail_after is not None and self.n > self.fail_after:
+            from edge.errors import CaptureError
+
+            raise CaptureError("stream read failed")
+        return product_image(self.sku, rng=self.rng)
+
+    def close(self) -> None:
+        pass
+
+
+def test_camera_drop_and_return_is_reported_and_recognition_resumes(
+        tmp_path: Path, broker: Broker, collector: Collector, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    opens: list[int] = []
+
+    def factory() -> _DroppingSource:
+        opens.append(1)
+        if len(opens) == 2:
+            raise OSError("camera still away")
+        return _DroppingSource("RED", 10) if len(opens) == 1 else _DroppingSource("BLUE", None)
+
+    rt = Runtime(settings=settings(tmp_path, tmp_path, broker=broker), encoder=parts[0], matcher=parts[1],
+                 sources={"cam": factory}, out=io.StringIO())
+    rt.cameras[0]._backoff = (0.2, 0.4)  # a short outage for the test (production: 0.5 s doubling to 30 s)
+    rt.start()
+    run_until(rt, lambda: [m["candidates"][0]["sku"] for m in collector.json_of("/cam/match")] == ["RED", "BLUE"]
+              and any(json.loads(s)["cameras"]["cam"]["outages"] == 1 for s in collector.of("/stats")))
+    rt.shutdown()
+    assert [m["candidates"][0]["sku"] for m in collector.json_of("/cam/match")] == ["RED", "BLUE"]
+    cam = rt.cameras[0].stats
+    assert (cam.outages, cam.state, cam.reopen_attempts) == (1, "ok", 2)
+    assert cam.outage_s >= 0.6  # 0.2 s failed attempt + 0.4 s successful one
+    statuses = [json.loads(s)["cameras"]["cam"] for s in collector.of("/status")]
+    assert any(s["state"] == "down" for s in statuses)  # the outage was in the retained status...
+    assert (statuses[-1]["state"], statuses[-1]["outages"]) == ("ok", 1)  # ...and so was the return
