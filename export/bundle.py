@@ -208,7 +208,7 @@ def build_image_bundle(*, checkpoint: Path, samples: Sequence[Sample], out: Path
             "data": {"source": data_source, "images": len(samples), "digest": data_digest(samples)},
             "calibration": {"images": len(calib), "selection": "spread over products, from the parity gallery",
                             "int8-qdq": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                                         "activations": "int8 asymmetric", "weights": "int8 symmetric",
+                                         "activations": "uint8 asymmetric", "weights": "int8 symmetric",
                                          "method": "MinMax",
                                          "granularity": "per-channel" if "per-channel" in best.candidate
                                          else "per-tensor"},

@@ -1,0 +1,1 @@
+"""Runnable benchmarks: print a table, write JSON (not part of the test suite)."""
