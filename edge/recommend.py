@@ -552,3 +552,15 @@ def open_recommender(settings: RecommendSettings, *, data_dir: Any, products: Pr
                         dedup_window_s=settings.dedup_window_days * 86400.0, max_items=settings.max_basket_items,
                         clock=clock)
     return Recommender(store=store, settings=settings, products=products)
+
+
+def attach(recommender: Recommender, *, link: Any | None, router: Any) -> None:
+    """Wire recommendations into the runtime: ``events/basket`` on the :class:`edge.mqtt.MqttLink`
+    and ``cmd/recommend`` on the :class:`edge.commands_mqtt.CommandRouter` (call before ``link.start()``).
+
+    The basket handler runs on paho's network thread: one small SQLite transaction, never raises.
+    """
+    router.register("recommend", recommender.recommend_command)
+    if link is not None:
+        link.add_topic_handler(link.topic("events/basket"),
+                               lambda _topic, payload, _props: recommender.handle_basket_message(payload))

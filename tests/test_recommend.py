@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -247,8 +248,9 @@ def test_product_vectors_from_a_real_catalog(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(5)
     cat = Catalog(tmp_path / "catalog.db")
-    rows = [("a", {"category": "dairy", "in_stock": True}, 2.0), ("b", {"category": "dairy", "stock": 0}, 3.0),
-            ("c", {}, None), ("d", {"category": "bakery"}, 1.0)]
+    rows: list[tuple[str, dict[str, object], float | None]] = [
+        ("a", {"category": "dairy", "in_stock": True}, 2.0), ("b", {"category": "dairy", "stock": 0}, 3.0),
+        ("c", {}, None), ("d", {"category": "bakery"}, 1.0)]
     img = {s: v / np.linalg.norm(v) for s, v in zip("abc", rng.normal(size=(3, 4)), strict=True)}
     with cat.transaction() as db:
         for sku, attrs, price in rows:
@@ -430,6 +432,58 @@ def test_baskets_sent_while_the_subscriber_is_away_are_delivered_later(tmp_path:
         assert rec.store.counters()["accepted"] == 5
     finally:
         pub.loop_stop(); pub.disconnect()
+
+
+def test_attached_to_the_runtime_link_and_command_router(tmp_path: Path, broker: object) -> None:
+    from edge.commands_mqtt import CommandRouter
+    from edge.config import MqttSettings
+    from edge.mqtt import MqttLink
+    from edge.outbox import Outbox
+    from edge.recommend import attach
+
+    rec, _ = make_recommender(tmp_path)
+    port = broker.port  # type: ignore[attr-defined]
+    link = MqttLink(settings=MqttSettings(host="127.0.0.1", port=port), prefix="sl/s/d",
+                    outbox=Outbox(path=tmp_path / "outbox.db"), client_id="dev")
+    router = CommandRouter(prefix="sl/s/d", reply=lambda t, b: link.publish_now(t, b, qos=1))
+    attach(rec, link=link, router=router)
+    link.add_topic_handler(router.topic_filter, router.on_message)
+    router.start()
+    link.start()
+    pub = publisher(port)
+    replies: list[dict[str, object]] = []
+    got = threading.Event()
+
+    def on_reply(_c: object, _u: object, m: paho.MQTTMessage) -> None:
+        replies.append(json.loads(m.payload))
+        got.set()
+
+    pub.on_message = on_reply
+    pub.subscribe("sl/s/d/cmd/recommend/reply", qos=1)
+    try:
+        deadline = time.monotonic() + 10
+        while not link.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for i, b in enumerate(staple_baskets()):  # s0 re-sent until the link's subscription is in place
+            pub.publish("sl/s/d/events/basket", msg(f"s{i}", b), qos=1).wait_for_publish(5)
+            while i == 0 and rec.store.version == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                pub.publish("sl/s/d/events/basket", msg("s0", b), qos=1).wait_for_publish(5)
+        dups = rec.store.counters()["duplicate"]
+        pub.publish("sl/s/d/events/basket", msg("s1", ["x"]), qos=1).wait_for_publish(5)
+        while rec.store.counters()["duplicate"] == dups and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rec.store.counters()["accepted"] == len(staple_baskets())
+        assert rec.store.counters()["duplicate"] == dups + 1
+        pub.publish("sl/s/d/cmd/recommend", json.dumps({"id": "q", "sku": "pasta", "k": 2}), qos=1)
+        assert got.wait(10.0)
+        assert replies[0]["ok"] is True and replies[0]["id"] == "q"
+        recs = replies[0]["result"]["recommendations"]  # type: ignore[index]
+        assert len(recs) == 2 and recs[0]["sku"] == "sauce"
+    finally:
+        pub.loop_stop(); pub.disconnect()
+        router.stop()
+        link.stop(flush_timeout_s=1.0)
 
 
 def test_subscriber_says_when_the_broker_is_unreachable(tmp_path: Path) -> None:
