@@ -173,6 +173,7 @@ class MqttLink:
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
@@ -196,8 +197,15 @@ class MqttLink:
         if self.stats.connected and not self._stopping:
             self.stats.disconnects += 1
             log.warning("disconnected from broker; reconnecting with backoff", extra={"reason": str(reason)})
+        if self.stats.connected:  # keep a refused connect's reason (it is followed by a disconnect)
+            self.stats.last_error = f"disconnected: {reason}"
         self.stats.connected = False
-        self.stats.last_error = f"disconnected: {reason}"
+
+    def _on_connect_fail(self, _c: paho.Client, _ud: Any) -> None:
+        if self.stats.last_error != "broker unreachable":
+            log.warning("broker unreachable; retrying with backoff (results wait in the outbox)",
+                        extra={"host": self.settings.host, "port": self.settings.port})
+        self.stats.last_error = "broker unreachable"
 
     def _on_publish(self, _c: paho.Client, _ud: Any, mid: int, reason: Any, _props: Any) -> None:
         self._events.put(("ack", (mid, bool(getattr(reason, "is_failure", False)))))

@@ -177,3 +177,64 @@ def test_safe_path_refuses_escapes(tmp_path: Path) -> None:
             safe_path(bad, allowed)
     with pytest.raises(CommandError, match="enroll_dir is not set"):
         safe_path("a.jpg", None)
+
+
+def _tls_broker(tmp_path: Path) -> tuple[Broker, Path]:
+    """A Mosquitto with a TLS listener (own CA, cert for 127.0.0.1) and a password file."""
+    import subprocess
+
+    from tests.conftest import free_port, mosquitto_binary, wait_port
+
+    d = tmp_path / "tls"
+    d.mkdir()
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key",
+        "-out", "ca.pem")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+        "-extfile", "ext.cnf", "-out", "server.pem")
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "kiosk", "right-pass"], check=True,
+                   capture_output=True)
+    port = free_port()
+    (d / "mosquitto.conf").write_text(
+        f"user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n"
+        f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n")
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(d / "mosquitto.conf")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return Broker(port=port, workdir=d, proc=proc), d / "ca.pem"
+
+
+def test_tls_with_username_and_password(tmp_path: Path) -> None:
+    broker, ca = _tls_broker(tmp_path)
+    try:
+        def link(password: str, name: str) -> MqttLink:
+            s = MqttSettings(host="127.0.0.1", port=broker.port, username="kiosk", password=password,  # type: ignore[arg-type]
+                             tls={"enabled": True, "ca_file": ca})  # type: ignore[arg-type]
+            return MqttLink(settings=s, prefix=PREFIX, outbox=Outbox(path=tmp_path / f"{name}.db"), client_id=name)
+
+        good = link("right-pass", "good")
+        good.start()
+        wait_connected(good)
+        good.send(f"{PREFIX}/cam/match", b"over tls", msg_id="t1")
+        deadline = time.monotonic() + 10
+        while good.outbox.stats().depth and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert good.outbox.stats().delivered == 1  # PUBACK came back over TLS
+        good.stop()
+
+        bad = link("wrong-pass", "bad")
+        bad.start()
+        deadline = time.monotonic() + 5
+        while bad.stats.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not bad.connected
+        assert "connect refused" in (bad.stats.last_error or "")
+        bad.send(f"{PREFIX}/cam/match", b"kept", msg_id="t2")
+        assert bad.stop(flush_timeout_s=0.1) == 1  # not delivered, kept on disk
+    finally:
+        broker.stop()
