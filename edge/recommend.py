@@ -31,6 +31,7 @@ is rebuilt or the products change, and offers the MQTT handlers (``events/basket
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -49,6 +50,8 @@ Kind = Literal["together", "similar", "blend"]
 Method = Literal["auto", "ease", "pmi", "cooccurrence"]
 Source = Literal["together", "popular", "similar"]
 KINDS: tuple[str, ...] = ("together", "similar", "blend")
+
+log = logging.getLogger("storelens.recommend")
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,16 +371,19 @@ class Recommender:
     """Serves together / similar / blend from a :class:`BasketStore` and optional product vectors."""
 
     def __init__(self, *, store: BasketStore, settings: RecommendSettings, products: ProductVectors | None = None,
-                 cache_size: int = 4096, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 cache_size: int = 4096, background_refresh: bool = True,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.settings = settings
         self._products = products
         self._cache: OrderedDict[tuple[Any, ...], list[Recommendation]] = OrderedDict()
         self._cache_size = cache_size
+        self._background = background_refresh
         self._monotonic = monotonic
         self._model: AssociationModel | None = None
         self._built_at = -math.inf
         self._lock = threading.RLock()
+        self._rebuild: threading.Thread | None = None
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -392,20 +398,51 @@ class Recommender:
             self._cache.clear()
 
     def model(self) -> AssociationModel:
-        """The association model, rebuilt when baskets arrived and ``refresh_s`` has passed."""
+        """The association model; rebuilt when baskets arrived and ``refresh_s`` has passed.
+
+        The first model is built here; later rebuilds run on a background thread while the
+        current model keeps serving (an EASE solve on thousands of products takes seconds, which
+        must not land on a kiosk request), unless ``background_refresh`` is off.
+        """
         with self._lock:
-            now = self._monotonic()
-            stale = self._model is None or (now - self._built_at >= self.settings.refresh_s
-                                            and self.store.version != self._model.version)
             model = self._model
-            if model is None or stale:
-                s = self.settings
-                model = AssociationModel.fit(self.store.snapshot(), method=s.method, ease_lambda=s.ease_lambda,
-                                             shrinkage=s.shrinkage, ease_max_items=s.ease_max_items,
-                                             neighbours=s.neighbours, popularity_prior=s.popularity_prior)
-                self._model, self._built_at = model, now
-                self._cache.clear()
+            if model is None:
+                return self.refresh()
+            now = self._monotonic()
+            if now - self._built_at >= self.settings.refresh_s and self.store.version != model.version:
+                if not self._background:
+                    return self.refresh()
+                if self._rebuild is None or not self._rebuild.is_alive():
+                    self._built_at = now  # one rebuild per refresh period, even if it fails
+                    self._rebuild = threading.Thread(target=self._refresh_logged, name="recommend-refresh",
+                                                     daemon=True)
+                    self._rebuild.start()
             return model
+
+    def refresh(self) -> AssociationModel:
+        """Rebuild the model from the store's current counts now, and drop cached answers."""
+        s = self.settings
+        started = self._monotonic()
+        model = AssociationModel.fit(self.store.snapshot(), method=s.method, ease_lambda=s.ease_lambda,
+                                     shrinkage=s.shrinkage, ease_max_items=s.ease_max_items,
+                                     neighbours=s.neighbours, popularity_prior=s.popularity_prior)
+        with self._lock:
+            if self._model is None or model.version >= self._model.version:
+                self._model, self._built_at = model, started
+                self._cache.clear()
+            return self._model
+
+    def wait_refreshed(self, timeout_s: float = 30.0) -> None:
+        """Block until a background rebuild (if one runs) has finished."""
+        thread = self._rebuild
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def _refresh_logged(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # the old model keeps serving; the next period tries again
+            log.exception("recommendation model rebuild failed")
 
     def recommend(self, skus: str | Sequence[str], *, kind: Kind = "together", k: int | None = None,
                   filters: Filters = Filters()) -> list[Recommendation]:

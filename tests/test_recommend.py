@@ -270,11 +270,12 @@ def test_product_vectors_from_a_real_catalog(tmp_path: Path) -> None:
 # -- serving ---------------------------------------------------------------------------------------
 
 def make_recommender(tmp_path: Path, *, products: ProductVectors | None = None, refresh_s: float = 0.0,
-                     **kw: object) -> tuple[Recommender, Clock]:
+                     background_refresh: bool = False, **kw: object) -> tuple[Recommender, Clock]:
     clock = Clock()
     settings = RecommendSettings(refresh_s=refresh_s, ease_lambda=5.0, k=3, **kw)  # type: ignore[arg-type]
     store = store_at(tmp_path, clock, half_life_days=settings.half_life_days)
-    return Recommender(store=store, settings=settings, products=products, monotonic=clock), clock
+    return Recommender(store=store, settings=settings, products=products, monotonic=clock,
+                       background_refresh=background_refresh), clock
 
 
 def test_cold_start_falls_back_to_similar_then_popular_then_together(tmp_path: Path) -> None:
@@ -306,6 +307,20 @@ def test_recommendations_change_as_evidence_arrives_and_respect_refresh(tmp_path
     clock.t += 60.0
     top = rec.recommend("pasta", k=1)[0]
     assert (top.sku, top.source) == ("cheese", "together")
+    assert rec.stats()["model_version"] == len(staple_baskets()) + 30
+
+
+def test_background_refresh_keeps_serving_the_old_model_until_the_new_one_is_ready(tmp_path: Path) -> None:
+    rec, clock = make_recommender(tmp_path, refresh_s=10.0, background_refresh=True)
+    for i, b in enumerate(staple_baskets()):
+        rec.handle_basket_message(msg(f"s{i}", b))
+    assert rec.recommend("pasta", k=1)[0].sku == "sauce"  # first model: built on the request
+    for i in range(30):
+        rec.handle_basket_message(msg(f"c{i}", ["pasta", "cheese"]))
+    clock.t += 10.0
+    assert rec.recommend("pasta", k=1)[0].sku == "sauce"  # rebuild started; this answer came from the old one
+    rec.wait_refreshed()
+    assert rec.recommend("pasta", k=1)[0].sku == "cheese"
     assert rec.stats()["model_version"] == len(staple_baskets()) + 30
 
 
