@@ -104,8 +104,8 @@ def embed_items(encoder: ImageEncoder, items: Sequence[Item], *, batch: int = 32
                 skipped.append((str(it.path), e.message))
         if imgs:
             embs.append(encoder.embed(imgs))
-    e = np.concatenate(embs) if embs else np.zeros((0, encoder.dim), np.float32)
-    return e, kept, skipped
+    out = np.concatenate(embs) if embs else np.zeros((0, encoder.dim), np.float32)
+    return out, kept, skipped
 
 
 def evaluate(q: np.ndarray, q_items: Sequence[Item], g: np.ndarray, g_items: Sequence[Item]) -> dict[str, Any]:

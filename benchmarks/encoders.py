@@ -7,15 +7,15 @@ single-crop latency p50/p99 on 1 thread (the model only, input already preproces
 preprocessing cost is measured once separately) and batch throughput (batch 32) on all cores.
 Printed as absolute figures and as ratios to torch and to the same backend's fp32, with the
 machine and library versions. Timings are only comparable within one run: the rows are
-measured interleaved-free but back to back on the same machine state.
+measured taking turns (round robin) so background load hits them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,15 +31,18 @@ from edge.preprocess import prepare_batch
 BATCH = 32
 
 
-def timed(fn: Callable[[], Any], runs: int, warmup: int = 10) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(runs)
+def interleaved(fns: dict[str, Callable[[], Any]], runs: int, warmup: int = 5) -> dict[str, np.ndarray]:
+    """Milliseconds per call, the models taking turns, so background load hits them all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out = {k: np.empty(runs) for k in fns}
     for i in range(runs):
-        t = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - t
-    return out * 1000.0
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[k][i] = (time.perf_counter() - t) * 1000.0
+    return out
 
 
 def torch_runner(bundle_root: Path, checkpoint: Path | None, threads: int) -> Callable[[np.ndarray], Any]:
@@ -59,6 +62,7 @@ def torch_runner(bundle_root: Path, checkpoint: Path | None, threads: int) -> Ca
         model = ProductEncoder(EncoderArch.from_dict(arch_d) if arch_d else EncoderArch()).eval()
 
     def run(x: np.ndarray) -> Any:
+        torch.set_num_threads(threads)  # the 1-thread and all-core runners share torch's global pool
         with torch.inference_mode():
             return model(torch.from_numpy(x))
 
@@ -66,34 +70,27 @@ def torch_runner(bundle_root: Path, checkpoint: Path | None, threads: int) -> Ca
 
 
 def measure(bundle_root: Path, checkpoint: Path | None, runs: int, cores: int) -> dict[str, Any]:
-    import torch
-
     bundle = load_bundle(bundle_root)
-    if bundle.preprocess is None:
+    spec = bundle.preprocess
+    if spec is None:
         raise SystemExit(f"{bundle_root} is not an image bundle")
-    s = bundle.preprocess.input_size
-    rng = np.random.default_rng(0)
-    photo = rng.integers(0, 255, (480, 640, 3), np.uint8)
-    x1 = prepare_batch([photo], bundle.preprocess)
-    xb = prepare_batch([photo] * BATCH, bundle.preprocess)
-    rows: dict[str, Any] = {"preprocess_ms_p50": float(np.percentile(
-        timed(lambda: prepare_batch([photo], bundle.preprocess), runs), 50))}
-
-    def add(name: str, single: Callable[[np.ndarray], Any], batch: Callable[[np.ndarray], Any]) -> None:
-        lat = timed(lambda: single(x1), runs)
-        bt = timed(lambda: batch(xb), max(10, runs // 10), warmup=3)
-        rows[name] = {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                      "batch_img_per_s": float(BATCH / (np.median(bt) / 1000.0))}
-        print(f"  measured {name}", file=sys.stderr)
-
-    t1, tn = torch_runner(bundle_root, checkpoint, 1), torch_runner(bundle_root, checkpoint, cores)
-    add("torch eager fp32", lambda x: (torch.set_num_threads(1), t1(x)),
-        lambda x: (torch.set_num_threads(cores), tn(x)))
+    s = spec.input_size
+    photo = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
+    x1 = prepare_batch([photo], spec)
+    xb = prepare_batch([photo] * BATCH, spec)
+    single: dict[str, Callable[[np.ndarray], Any]] = {"torch eager fp32": torch_runner(bundle_root, checkpoint, 1)}
+    batch: dict[str, Callable[[np.ndarray], Any]] = {"torch eager fp32": torch_runner(bundle_root, checkpoint, cores)}
     for cls, backend in ((OnnxImageEncoder, "onnxruntime"), (OpenVinoImageEncoder, "openvino")):
         for precision in ("fp32", "int8"):
-            one = cls(bundle=bundle, precision=precision, threads=1)
-            many = cls(bundle=bundle, precision=precision, threads=cores)
-            add(f"{backend} {precision}", one.embed_tensor, many.embed_tensor)
+            single[f"{backend} {precision}"] = cls(bundle=bundle, precision=precision, threads=1).embed_tensor
+            batch[f"{backend} {precision}"] = cls(bundle=bundle, precision=precision, threads=cores).embed_tensor
+    lat = interleaved({k: functools.partial(f, x1) for k, f in single.items()}, runs)
+    bt = interleaved({k: functools.partial(f, xb) for k, f in batch.items()}, max(10, runs // 10), warmup=2)
+    pre = interleaved({"pre": lambda: prepare_batch([photo], spec)}, runs)["pre"]
+    rows: dict[str, Any] = {k: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)),
+                                "batch_img_per_s": float(BATCH / (np.median(bt[k]) / 1000.0))}
+                            for k, v in lat.items()}
+    rows["preprocess_ms_p50"] = float(np.percentile(pre, 50))
     rows["input"] = f"(1|{BATCH}, 3, {s}, {s})"
     return rows
 
