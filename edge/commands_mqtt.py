@@ -54,6 +54,10 @@ class CommandRouter:
     def topic_filter(self) -> str:
         return f"{self.prefix}/cmd/+"
 
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
     def register(self, verb: str, handler: CommandHandler) -> None:
         self.handlers[verb] = handler
 

@@ -291,7 +291,7 @@ class Runtime:
             "gate": gate.to_dict(), "outbox": self.outbox.stats().to_dict(),
             "mqtt": self.link.stats.to_dict() if self.link else {"enabled": False},
             "cameras": {c.name: c.stats.to_dict() for c in self.cameras},
-            "commands": dict(self.router.counts),
+            "commands": {**self.router.counts, "queued": self.router.queued},
         }
 
     def status(self) -> dict[str, Any]:
