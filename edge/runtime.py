@@ -138,7 +138,7 @@ class Runtime:
         self._last_frames: dict[str, Frame] = {}
         self.latencies: deque[float] = deque(maxlen=2000)
         self.counts = {"frames": 0, "embedded": 0, "batches": 0, "decisions": 0, "unknown": 0, "planogram": 0,
-                       "heartbeats": 0, "errors": 0}
+                       "heartbeats": 0, "errors": 0, "crops_failed": 0}
         self._started = time.monotonic()
         self._next_stats = 0.0
         self._last_states: tuple[str, ...] = ()
@@ -211,9 +211,15 @@ class Runtime:
                     batch.append((region, frame, c))
         now = time.monotonic()
         if batch:
-            with self._model_lock:
-                embs = self.encoder.embed([c for _, _, c in batch])
-                results = self.matcher.match_vectors(embs, self.settings.decision.top_k)
+            try:
+                with self._model_lock:
+                    embs = self.encoder.embed([c for _, _, c in batch])
+                    results = self.matcher.match_vectors(embs, self.settings.decision.top_k)
+            except Exception:  # a failing backend/index must not stop the cameras: counted, logged, retried
+                self.counts["errors"] += 1
+                self.counts["crops_failed"] += len(batch)
+                log.exception("embedding or search failed; these crops are skipped", extra={"crops": len(batch)})
+                return 0
             self.counts["embedded"] += len(batch)
             self.counts["batches"] += 1
             for (region, frame, _), cands in zip(batch, results, strict=True):

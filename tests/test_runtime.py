@@ -313,3 +313,26 @@ def test_camera_drop_and_return_is_reported_and_recognition_resumes(
     statuses = [json.loads(s)["cameras"]["cam"] for s in collector.of("/status")]
     assert any(s["state"] == "down" for s in statuses)  # the outage was in the retained status...
     assert (statuses[-1]["state"], statuses[-1]["outages"]) == ("ok", 1)  # ...and so was the return
+
+
+def test_failing_matcher_is_counted_and_the_loop_keeps_going(tmp_path: Path,
+                                                              parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    class FlakyMatcher(NumpyMatcher):
+        calls = 0
+
+        def match_vectors(self, embs: np.ndarray, k: int) -> list[list[Any]]:
+            self.calls += 1
+            if self.calls <= 2:
+                raise RuntimeError("index file vanished")
+            return super().match_vectors(embs, k)
+
+    frames = write_frames(tmp_path / "frames", ["RED"], per_sku=8)
+    matcher = FlakyMatcher(tmp_path / "catalog.json", parts[0])
+    out = io.StringIO()
+    rt = Runtime(settings=settings(tmp_path, frames, gate={"enabled": False}), encoder=parts[0], matcher=matcher,
+                 out=out)
+    rt.start()
+    run_until(rt, lambda: False, timeout=10)
+    summary = rt.shutdown()
+    assert (summary["errors"], summary["crops_failed"]) == (2, 2)
+    assert summary["decisions"] == 1 and "RED" in out.getvalue()
