@@ -82,6 +82,7 @@ class Store:
         self.expansion_search = expansion_search
         self.threads = threads
         self._config_thresholds = (threshold, margin)
+        self._warned_stale = False
         self._indexes: dict[str, ix.VectorIndex | None] = {IMAGE: None, TEXT: None}
         if open_indexes:  # False: only to rebuild indexes that no longer fit the encoder or dtype
             self.reload()
@@ -113,8 +114,10 @@ class Store:
         """
         cal = self.calibration
         if cal is not None and self.image_encoder is not None and cal.fingerprint != self.image_encoder.fingerprint:
-            log.warning("stored calibration was made with encoder %s, not %s: ignored; run `storelens calibrate`",
-                        cal.fingerprint, self.image_encoder.fingerprint)
+            if not self._warned_stale:  # once per store, not once per decision
+                log.warning("stored calibration was made with encoder %s, not %s: ignored; run `storelens calibrate`",
+                            cal.fingerprint, self.image_encoder.fingerprint)
+                self._warned_stale = True
             t_cfg, m_cfg = self._config_thresholds
             return Thresholds(score=t_cfg, margin=m_cfg, source="config" if (t_cfg, m_cfg) != (None, None)
                               else "stale-calibration")
