@@ -80,7 +80,8 @@ def data_digest(samples: Sequence[Sample]) -> str:
     h = hashlib.sha256()
     for s in sorted(samples, key=lambda s: str(s.path)):
         size = s.path.stat().st_size if s.path.is_file() else -1
-        h.update(f"{s.path.name}:{s.label}:{size}\n".encode())
+        rel = "/".join(s.path.parts[-3:])  # machine-independent: product folder + file name
+        h.update(f"{rel}:{s.label}:{size}\n".encode())
     return h.hexdigest()[:16]
 
 
