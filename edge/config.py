@@ -174,7 +174,8 @@ class RecommendSettings(Section):
         50.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity; "
         "default tuned on Groceries validation baskets, benchmarks/recommend.py)"
     )
-    ease_max_items: int = Field(3000, ge=2, le=20000, description="Above this many basket products auto uses pmi")
+    ease_max_items: int = Field(2000, ge=2, le=20000, description="Above this many basket products auto uses pmi "
+                                "(an EASE rebuild is an n x n inverse: seconds of CPU at 2000 on a 2-core box)")
     popularity_prior: float = Field(0.1, ge=0, le=10, description="Bought together: weight of popularity "
                                     "(support / max support) added to association scores (tuned like ease_lambda)")
     shrinkage: float = Field(
@@ -192,10 +193,11 @@ class RecommendSettings(Section):
     )
     neighbours: int = Field(200, ge=1, le=10000, description="Scored neighbours kept per product in the model")
     refresh_s: float = Field(
-        60.0,
+        300.0,
         ge=0,
         le=86400,
-        description="Rebuild the model at most this often when new baskets arrived (0 = on the next request)",
+        description="Rebuild the model at most this often when new baskets arrived, in the background while the "
+        "old one serves (0 = on the next request)",
     )
     dedup_window_days: float = Field(
         30.0,
