@@ -528,3 +528,32 @@ def test_cli_recommend_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixt
     assert table.startswith("for pasta (ease model v65, 65 baskets counted)")
     assert main(["recommend", "--sku", "pasta", "--kind", "similar", "--data-dir", str(tmp_path)]) == 3
     assert "need product vectors" in capsys.readouterr().err
+
+
+def test_cli_similar_reads_the_catalog_and_index_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.catalog import Catalog, Product
+    from edge.index import IndexMeta, sidecar_path
+
+    rng = np.random.default_rng(11)
+    vecs = rng.normal(size=(5, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    cat = Catalog(tmp_path / "catalog.db")
+    with cat.transaction() as db:
+        for i, v in enumerate(vecs):
+            key = cat.upsert_product(db, Product(key=0, sku=f"p{i}", name=f"Product {i}",
+                                                 attributes={"in_stock": i != 2}))
+            cat.add_vector(db, key, modality="image", fingerprint="enc-A", vector=v)
+    cat.close()
+    meta = IndexMeta(modality="image", ndim=8, dtype="f32", fingerprint="enc-A", catalog_version=1, vectors=5,
+                     products=5, file="image.1.usearch")
+    sidecar_path(tmp_path, "image").write_text(json.dumps(meta.to_dict()))
+    cos = vecs @ vecs[0]
+    want = [f"p{j}" for j in np.argsort(-cos) if j != 0]
+    argv = ["recommend", "--sku", "p0", "--kind", "similar", "-k", "4", "--json", "--data-dir", str(tmp_path)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["sku"] for r in out["recommendations"]] == want
+    assert {r["source"] for r in out["recommendations"]} == {"similar"}
+    assert main(["recommend", "--sku", "p0", "--kind", "similar", "--in-stock-only", "--json",
+                 "--data-dir", str(tmp_path)]) == 0
+    assert "p2" not in [r["sku"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
