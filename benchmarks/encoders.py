@@ -1,6 +1,7 @@
 """Image encoder speed per backend x precision, side by side with plain torch eager fp32.
 
-    python -m benchmarks.encoders [--bundle DIR] [--checkpoint encoder.pt] [--runs 300] [--json OUT]
+    python -m benchmarks.encoders [--bundle DIR] [--checkpoint encoder.pt] [--runs 300] [--text-bundle DIR]
+        [--json OUT]
 
 For each of torch eager fp32 (reference), onnxruntime fp32/int8 and OpenVINO fp32/int8:
 single-crop latency p50/p99 on 1 thread (the model only, input already preprocessed; the
@@ -95,18 +96,31 @@ def measure(bundle_root: Path, checkpoint: Path | None, runs: int, cores: int) -
     return rows
 
 
+def measure_text(bundle_root: Path, runs: int) -> dict[str, Any]:
+    """Per-query latency of the text bundle (one short product query, 1 thread), per backend."""
+    from edge.encoders.text import BundleTextEncoder
+
+    bundle = load_bundle(bundle_root, modality="text")
+    encs = {b: BundleTextEncoder(bundle=bundle, backend=b, threads=1) for b in ("onnxruntime", "openvino")}
+    lat = interleaved({b: functools.partial(e.embed, ["organic oat milk one litre"]) for b, e in encs.items()}, runs)
+    return {f"text {b} int8": {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+            for b, v in lat.items()}
+
+
 def report(rows: dict[str, Any]) -> str:
     ref = rows["torch eager fp32"]
     head = ("model", "p50 ms", "p99 ms", "x torch", "x fp32", "batch img/s", "x torch")
     lines = ["{:<20} {:>8} {:>8} {:>8} {:>7} {:>12} {:>8}".format(*head)]
     for name, r in rows.items():
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or name == "text":
             continue
         fp32 = rows.get(name.replace("int8", "fp32"), r)
         lines.append(f"{name:<20} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {ref['p50_ms'] / r['p50_ms']:8.2f} "
                      f"{fp32['p50_ms'] / r['p50_ms']:7.2f} {r['batch_img_per_s']:12.0f} "
                      f"{r['batch_img_per_s'] / ref['batch_img_per_s']:8.2f}")
     lines.append(f"preprocessing (decode excluded) p50 {rows['preprocess_ms_p50']:.2f} ms per 640x480 frame")
+    for name, r in rows.get("text", {}).items():
+        lines.append(f"{name}: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms per query (1 thread)")
     return "\n".join(lines)
 
 
@@ -116,12 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, default=default_bundle_path("image"), help="image bundle (default: embedded)")
     p.add_argument("--checkpoint", type=Path, default=None, help="encoder.pt for the torch reference (optional)")
     p.add_argument("--runs", type=int, default=300, help="single-image runs per model")
+    p.add_argument("--text-bundle", type=Path, default=default_bundle_path("text"),
+                   help="also time this text bundle per query (default: embedded)")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
     from benchmarks.accuracy import machine
 
     cores = os.cpu_count() or 1
     rows = measure(args.bundle, args.checkpoint, args.runs, cores)
+    if args.text_bundle is not None:
+        rows["text"] = measure_text(args.text_bundle, max(20, args.runs // 3))
     import torch
 
     info = {**machine(), "torch": torch.__version__, "bundle": str(args.bundle),

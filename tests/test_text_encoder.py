@@ -36,8 +36,9 @@ def reference() -> np.ndarray:
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_text_encoder_parity_with_fp32(backend: str, reference: np.ndarray) -> None:
-    enc = load_text_encoder(ModelSettings(backend=backend, threads=1))
+    enc = load_text_encoder(ModelSettings(backend="openvino", text_backend=backend, threads=1))
     assert isinstance(enc, TextEncoder)
+    assert enc.backend == backend  # type: ignore[attr-defined]
     out = enc.embed(TEXTS)
     assert out.shape == (len(TEXTS), 384) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
@@ -69,6 +70,11 @@ def test_long_texts_are_truncated_and_counted() -> None:
     out = enc.embed(["word " * 1000, "short"])
     assert out.shape == (2, 384)
     assert enc.truncated == 1  # type: ignore[attr-defined]
+
+
+def test_auto_text_backend_is_onnxruntime() -> None:
+    enc = load_text_encoder(ModelSettings(backend="openvino"))  # the image backend does not move text
+    assert enc.backend == "onnxruntime"  # type: ignore[attr-defined]
 
 
 def test_text_bundle_path_checked(tmp_path: Path) -> None:
