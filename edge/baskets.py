@@ -41,7 +41,8 @@ from edge.errors import ConfigError, InputError
 
 log = logging.getLogger("storelens.baskets")
 
-REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate")
+REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate", "storage")
+MAX_PAYLOAD_BYTES = 256 * 1024
 FUTURE_SKEW_S = 300.0  # clocks of store systems may be this far ahead of ours
 _REBASE_EXPONENT = 64.0  # rescale stored weights once a new basket would weigh 2**64 times t_ref
 _MAX_TEXT = 128
@@ -143,6 +144,9 @@ class Cooccurrence:
 
 def parse_basket(payload: bytes | str, *, now: float, max_items: int) -> Basket:
     """Validate one basket event; raise :class:`BasketRejected` saying what is wrong with it."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise BasketRejected("malformed", f"basket event of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
+                             hint="publish one basket per event")
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
@@ -205,7 +209,7 @@ class BasketStore:
     """Durable, incremental, time-decayed basket statistics in one SQLite file (thread-safe)."""
 
     def __init__(self, *, path: Path, half_life_s: float | None, dedup_window_s: float, max_items: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self.half_life_s = half_life_s
         self.dedup_window_s = dedup_window_s
@@ -214,7 +218,8 @@ class BasketStore:
         self._lock = threading.RLock()  # re-entered by _reject inside add()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=busy_timeout_s)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -224,6 +229,7 @@ class BasketStore:
         self._check_half_life()
         self._accepted_since_prune = 0
         self._version = int(self._meta("version") or 0)
+        self._storage_errors = 0  # in memory: the database that failed cannot count them
 
     def _check_half_life(self) -> None:
         want = "none" if self.half_life_s is None else repr(float(self.half_life_s))
@@ -252,7 +258,13 @@ class BasketStore:
             basket = parse_basket(payload, now=self._clock(), max_items=self.max_items)
         except BasketRejected as e:
             return self._reject(e.reason, None, str(e))
-        return self.add(basket)
+        try:
+            return self.add(basket)
+        except sqlite3.Error as e:  # disk full, file locked or corrupt: said and counted, the runtime goes on
+            self._storage_errors += 1
+            log.error("basket not stored: %s (check free disk space and %s)", e, self.path,
+                      extra={"basket": basket.id})
+            return IngestResult(accepted=False, reason="storage", basket_id=basket.id, message=str(e))
 
     def add(self, basket: Basket) -> IngestResult:
         """Count one basket once (by id); stale, future-dated and duplicate baskets are rejected."""
@@ -329,6 +341,7 @@ class BasketStore:
         """Accepted and rejected (by reason) basket events since the file was created."""
         with self._lock:
             rows = dict(self._db.execute("SELECT name, n FROM counters").fetchall())
+        rows["storage"] = self._storage_errors
         return {name: int(rows.get(name, 0)) for name in ("accepted", *REJECT_REASONS)}
 
     def snapshot(self, now: float | None = None) -> Cooccurrence:

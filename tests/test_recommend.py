@@ -69,6 +69,7 @@ def test_parse_basket_cleans_skus_and_reads_timestamps() -> None:
     (msg("a", []), "empty"),
     (msg("a", [" ", ""]), "empty"),
     (msg("a", ["a", "b", "c", "d", "e", "f"]), "too_many_items"),
+    (msg("a", ["x" * 100] * 3000), "malformed"),  # over MAX_PAYLOAD_BYTES
 ])
 def test_parse_basket_rejects_with_reason(payload: bytes, reason: str) -> None:
     with pytest.raises(BasketRejected) as e:
@@ -113,8 +114,26 @@ def test_duplicates_are_counted_once_and_rejections_counted_persistently(tmp_pat
     with store_at(tmp_path, clock) as store:  # the seen ids and the counters are on disk
         assert store.handle_message(msg("b1", ["milk", "bread"])).reason == "duplicate"
         assert store.counters() == {"accepted": 1, "malformed": 1, "empty": 1, "too_many_items": 1, "stale": 1,
-                                    "future": 1, "duplicate": 2}
+                                    "future": 1, "duplicate": 2, "storage": 0}
         assert store.snapshot().item_weight.tolist() == [1.0, 1.0]
+
+
+def test_a_failing_database_is_counted_not_fatal(tmp_path: Path) -> None:
+    import sqlite3
+
+    clock = Clock()
+    store = BasketStore(path=tmp_path / "baskets.db", half_life_s=None, dedup_window_s=30 * DAY, max_items=5,
+                        clock=clock, busy_timeout_s=0.0)
+    blocker = sqlite3.connect(tmp_path / "baskets.db", timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        r = store.handle_message(msg("b1", ["milk"]))
+        assert (r.accepted, r.reason) == (False, "storage")
+    finally:
+        blocker.rollback(); blocker.close()
+    assert store.handle_message(msg("b1", ["milk"])).accepted  # the same basket goes in once the file is free
+    assert store.counters()["storage"] == 1 and store.counters()["accepted"] == 1
+    store.close()
 
 
 def test_decay_halves_evidence_every_half_life_and_handles_out_of_order(tmp_path: Path) -> None:
@@ -404,7 +423,7 @@ def test_baskets_over_mqtt_duplicates_ignored_malformed_counted(tmp_path: Path, 
         assert sub.wait_for(len(payloads), 10.0)
         n = len(staple_baskets())
         assert sub.counts == {"accepted": n, "malformed": 1, "empty": 1, "too_many_items": 0, "stale": 0,
-                              "future": 0, "duplicate": 2, "commands": 0}
+                              "future": 0, "duplicate": 2, "storage": 0, "commands": 0}
         assert rec.store.counters()["accepted"] == n and rec.store.version == n
 
         replies: list[dict[str, object]] = []
