@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -48,7 +49,7 @@ from tqdm import tqdm
 
 from edge.baskets import BasketStore, BasketSubscriber, Cooccurrence
 from edge.config import RecommendSettings
-from edge.errors import InputError
+from edge.errors import InputError, StoreLensError
 from edge.recommend import AssociationModel, Recommender
 
 K = 10
@@ -61,19 +62,24 @@ PREFIX = "storelens/bench/recommend"
 Ranker = Callable[[Sequence[str]], list[str]]
 
 
-def read_baskets(path: Path) -> list[list[str]]:
-    """One basket a line; names stripped, repeats and empty names dropped; empty lines are errors."""
+def read_baskets(path: Path) -> tuple[list[list[str]], int]:
+    """One basket a line; names stripped, repeats and empty names dropped. Returns (baskets, blank lines skipped)."""
     if not path.is_file():
         raise InputError(f"basket file not found: {path}", hint="pass --baskets FILE (one basket a line)")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text: {e}", hint="convert it: iconv -t utf-8") from e
+    out, blank = [], 0
+    for line in lines:
         items = list(dict.fromkeys(s.strip() for s in line.split(",") if s.strip()))
-        if not items:
-            raise InputError(f"{path}:{n}: empty basket", hint="one comma-separated basket a line")
-        out.append(items)
-    if len(out) < 10:
-        raise InputError(f"{path}: only {len(out)} baskets", hint="need at least 10 to split and evaluate")
-    return out
+        if items:
+            out.append(items)
+        else:
+            blank += 1
+    if len(out) < 20:
+        raise InputError(f"{path}: only {len(out)} baskets", hint="need at least 20 to split, tune and evaluate")
+    return out, blank
 
 
 def synthetic_ts(n: int, *, end: float, span_s: float) -> np.ndarray:
@@ -256,7 +262,9 @@ def event(i: int, skus: list[str], ts: float) -> bytes:
 # -- the run ---------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    baskets = read_baskets(args.baskets)
+    baskets, blank = read_baskets(args.baskets)
+    if blank:
+        print(f"skipped {blank} blank line(s) in {args.baskets}")
     if not 0.1 <= args.train_fraction <= 0.95:
         raise InputError(f"--train-fraction must be in [0.1, 0.95], got {args.train_fraction}")
     cut = int(len(baskets) * args.train_fraction)
@@ -352,7 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "p99_ms_single_sku": float(np.percentile(single, 99)),
         "baskets_per_s_mqtt": len(events) / replay_s, "baskets_per_s_sqlite": len(events) / direct_s,
         "model_fit_ms": fit_ms, "replay_lossless": lossless, "ingest_counters": counters,
-        "n_baskets": len(baskets), "n_train": len(train), "n_test": len(test), "n_tail_cases": int(cases.tail.sum()),
+        "n_baskets": len(baskets), "blank_lines_skipped": blank, "n_train": len(train), "n_test": len(test),
+        "n_tail_cases": int(cases.tail.sum()),
         "catalogue": len(model.skus), "seed": args.seed,
         "chosen": {"method": "ease", "ease_lambda": lam, "popularity_prior": prior, "half_life_days": hl,
                    "objective": "max min(hr10/hr10_cooc - 1, hr10_tail/(1.5 hr10_tail_cooc) - 1)",
@@ -392,7 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the hidden-item draw")
     p.add_argument("--days", type=float, default=30.0, help="time span the basket file covers (for decay)")
     args = p.parse_args(argv)
-    result = run(args)
+    logging.getLogger("storelens.baskets").setLevel(logging.ERROR)  # the replay sends bad events on purpose
+    try:
+        result = run(args)
+    except StoreLensError as e:
+        print(f"benchmarks.recommend: error: {e}", file=sys.stderr)
+        return e.exit_code
     print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
