@@ -253,26 +253,40 @@ def macro_recall_at_1(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([hit[labels == c].mean() for c in classes])) if len(classes) else 0.0
 
 
-OCR_GRID = (0.0, 0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0)
+OCR_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0)
 TEXT_GRID = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 
 def fit_weights(image: np.ndarray, labels: np.ndarray, *, ocr: np.ndarray | None = None,
                 text: np.ndarray | None = None, fitted_on: str = "",
                 ocr_grid: Sequence[float] = OCR_GRID, text_grid: Sequence[float] = TEXT_GRID) -> FusionWeights:
-    """Grid-search the weights for macro recall@1 on labelled queries (Q, P); ties go to smaller weights."""
+    """Grid-search the weights for macro recall@1 on labelled queries (Q, P).
+
+    When no weight beats image-only, the weights are 0 (no evidence that text helps). When
+    several weights reach the best recall, the middle of that plateau is chosen (by grid index:
+    first the OCR weight, then the text weight among the best points with it), like a threshold
+    in the middle of a margin: the labelled photos are usually easier for vision than the
+    photos a store sees later, so the edge of the plateau would under-weigh the text.
+    """
     if image.ndim != 2 or len(labels) != len(image):
         raise InputError(f"image scores must be (queries, products) with one label a query, got {image.shape} and "
                          f"{len(labels)} labels", hint="score every labelled query against every product")
     base = macro_recall_at_1(image, labels)
-    best = (base, 0.0, 0.0)
-    for wo in (ocr_grid if ocr is not None else (0.0,)):
-        for wt in (text_grid if text is not None else (0.0,)):
-            r1 = macro_recall_at_1(fuse(image, ocr=ocr, text=text, weights=FusionWeights(ocr=wo, text=wt)), labels)
-            if r1 > best[0] + 1e-9:
-                best = (r1, wo, wt)
-    return FusionWeights(ocr=best[1], text=best[2], fitted_on=fitted_on,
-                         metrics={"image_r1": round(base, 4), "fused_r1": round(best[0], 4), "queries": len(labels)})
+    grid = [(wo, wt) for wo in (ocr_grid if ocr is not None else (0.0,))
+            for wt in (text_grid if text is not None else (0.0,))]
+    r1 = [macro_recall_at_1(fuse(image, ocr=ocr, text=text, weights=FusionWeights(ocr=wo, text=wt)), labels)
+          for wo, wt in grid]
+    best = max(r1, default=base)
+    wo, wt = 0.0, 0.0
+    if best > base + 1e-9:
+        top = [g for g, r in zip(grid, r1, strict=True) if r >= best - 1e-9]
+        ocr_values = sorted({g[0] for g in top})
+        wo = ocr_values[(len(ocr_values) - 1) // 2]
+        text_values = sorted({g[1] for g in top if g[0] == wo})
+        wt = text_values[(len(text_values) - 1) // 2]
+    return FusionWeights(ocr=wo, text=wt, fitted_on=fitted_on,
+                         metrics={"image_r1": round(base, 4), "fused_r1": round(max(best, base), 4),
+                                  "queries": len(labels)})
 
 
 def information_texts(info: str, keys: Sequence[str] = TITLE_KEYS + DESCRIPTION_KEYS) -> list[str]:

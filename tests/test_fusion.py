@@ -159,11 +159,11 @@ def test_runtime_reranker_fuses_once_the_worker_has_read_the_view(profiles: Text
     with OcrWorker(engine=OcrEngine(threads=1)) as worker:
         rr = LabelTextReranker(worker=worker, profiles=profiles, weights=FusionWeights(ocr=0.2), names={})
         assert rr.rerank("kiosk", crop, shortlist) == shortlist  # no reading yet: the image ranking as is
-        worker.wait("kiosk", timeout=30)
+        worker.wait("kiosk", timeout=120)
         ranked = rr.rerank("kiosk", crop, shortlist)
         blank = np.full_like(crop, 200)
         assert rr.rerank("kiosk", blank, shortlist) == shortlist  # new view, not read yet
-        worker.wait("kiosk", timeout=30)
+        worker.wait("kiosk", timeout=120)
         assert rr.rerank("kiosk", blank, shortlist) == shortlist  # read: no text, no change
     assert [c.sku for c in ranked] == ["arla-graddfil", "arla-mjolk", "banana"]
     assert ranked[0].score == pytest.approx(0.9)

@@ -57,12 +57,12 @@ def test_worker_reads_off_the_callers_thread_and_caches_per_unchanged_view(engin
     oat, milk = label("OATLY"), label("MJOLK")
     with OcrWorker(engine=engine) as worker:
         assert worker.request("left", oat) is None  # scheduled, never blocks
-        first = worker.wait("left", timeout=30)
+        first = worker.wait("left", timeout=120)
         assert first is not None and first.tokens == ("oatly",)
         noisy = np.clip(oat.astype(np.int16) + 2, 0, 255).astype(np.uint8)  # same view, sensor noise
         assert worker.request("left", noisy) is first  # cache hit: no second read
         assert worker.request("left", milk) is None  # the view changed: read again
-        second = worker.wait("left", timeout=30)
+        second = worker.wait("left", timeout=120)
         assert second is not None and second.tokens == ("mjolk",)
         worker.invalidate("left")
         assert worker.latest("left") is None
@@ -77,7 +77,7 @@ def test_worker_keeps_only_the_latest_unread_view_per_roi(engine: OcrEngine) -> 
     with OcrWorker(engine=engine) as worker:
         for v in views:
             worker.request("shelf", v)
-        result = worker.wait("shelf", timeout=60)
+        result = worker.wait("shelf", timeout=120)
         stats = worker.stats()
     assert result is not None and result.tokens == ("oatly",)
     # The first view may have started before the others arrived; at least one was superseded.
@@ -111,5 +111,5 @@ def test_worker_from_config_section() -> None:
     with start_worker(OcrSettings(det_side=320, change_threshold=0.05)) as worker:
         assert worker.engine.det_limit_side_len == 320 and worker.change_threshold == 0.05
         worker.request("r", label("ARLA"))
-        result = worker.wait("r", timeout=30)
+        result = worker.wait("r", timeout=120)
     assert result is not None and result.tokens == ("arla",)
