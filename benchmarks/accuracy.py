@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iconic", action="store_true", help="add each product's iconic image to the gallery")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="inference threads (all cores)")
     p.add_argument("--json", type=Path, help="write the figures here")
+    # Multimodal evidence (benchmarks/multimodal.py): OCR words and text fused with the image score.
+    p.add_argument("--modalities", choices=["image", "image+ocr", "image+ocr+text"], default="image",
+                   help="image+ocr / image+ocr+text: fuse label text (weights fitted on the validation carved "
+                   "from the gallery split, never on the queries); needs the OCR cache of benchmarks.ocr_cache")
+    p.add_argument("--catalogue-only", action="store_true",
+                   help="gallery = each product's iconic image + catalogue text only (no shop-floor photos)")
+    p.add_argument("--ocr-cache", type=Path, default=Path("runs/ocr-cache/det480.jsonl"),
+                   help="OCR cache written by python -m benchmarks.ocr_cache")
+    p.add_argument("--text-bundle", type=Path, default=None, help="text bundle for image+ocr+text (default: embedded)")
+    p.add_argument("--profile-photos", type=int, default=4, help="gallery photos a product OCR'd for its word profile")
     return p
 
 
@@ -169,6 +179,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.modalities != "image" or args.catalogue_only:
+        from benchmarks.multimodal import main_from_accuracy
+
+        return main_from_accuracy(args)
     try:
         res = run(args)
     except StoreLensError as e:

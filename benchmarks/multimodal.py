@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modalities", choices=MODALITIES, default="image+ocr")
     ap.add_argument("--catalogue-only", action="store_true", help="gallery = one iconic image + text a product")
     ap.add_argument("--ocr-cache", type=Path, default=Path("runs/ocr-cache/det736.jsonl"))
-    ap.add_argument("--profile-photos", type=int, default=8)
+    ap.add_argument("--profile-photos", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args(argv)
@@ -253,6 +253,32 @@ def main(argv: list[str] | None = None) -> int:
                        profile_photos=args.profile_photos)
     except StoreLensError as e:
         print(f"multimodal: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(table(res))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def main_from_accuracy(args: argparse.Namespace) -> int:
+    """``benchmarks.accuracy --modalities ... [--catalogue-only]``: its split arguments, this evaluation."""
+    from edge.config import ModelSettings
+    from edge.encoders import load_image_encoder, load_text_encoder
+
+    try:
+        if Path(args.root).resolve() != Path(args.gallery).parent.resolve():
+            raise InputError(f"--root {args.root} must be the folder of --gallery {args.gallery} here",
+                             hint="keep the split files beside classes.csv (Grocery Store layout)")
+        model = ModelSettings(image_bundle=args.bundle, text_bundle=args.text_bundle, backend=args.backend,
+                              precision=args.precision, threads=args.threads)
+        enc = load_image_encoder(model)
+        txt = load_text_encoder(model) if args.modalities.endswith("+text") else None
+        res = evaluate(train=args.gallery, val=args.queries, image_encoder=enc, text_encoder=txt,
+                       modalities=args.modalities, catalogue_only=args.catalogue_only, ocr_cache=args.ocr_cache,
+                       profile_photos=args.profile_photos)
+    except StoreLensError as e:
+        print(f"benchmarks.accuracy: error: {e}", file=sys.stderr)
         return e.exit_code
     print(table(res))
     if args.json:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=Path, required=True, help="train split file (word profiles, carved queries)")
     ap.add_argument("--val", type=Path, required=True, help="val split file (queries)")
-    ap.add_argument("--profile-photos", type=int, default=8, help="reference photos a product OCR'd for its profile")
+    ap.add_argument("--profile-photos", type=int, default=4, help="reference photos a product OCR'd for its profile")
     ap.add_argument("--det-side", type=int, default=736, help="OCR detector short side (px)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for OCR")
     ap.add_argument("--out", type=Path, default=Path("runs/ocr-cache/det736.jsonl"), help="JSONL cache file")
