@@ -182,6 +182,8 @@ class Runtime:
             cam.stop()
         self.step()
         self.router.stop()
+        if self.link:
+            self.link.set_status(self.status())  # the retained status ends with the final camera states
         left = self.link.stop(flush_timeout_s=self.settings.mqtt.flush_timeout_s) if self.link else \
             self.outbox.stats().depth
         summary = {**self.stats(), "outbox_left": left}

@@ -29,7 +29,7 @@ def settings(tmp_path: Path, frames: Path, *, broker: Broker | None = None, **ov
     base: dict[str, Any] = {
         "device": {"store": "s1", "id": "d1"},
         "catalog": {"data_dir": str(tmp_path / "data")},
-        "cameras": [{"name": "cam", "source": str(frames), "fps": 60}],
+        "cameras": [{"name": "cam", "source": str(frames), "fps": 30}],
         "gate": {"steady_frames": 1},
         "decision": {"window": 3, "min_frames": 2, "heartbeat_s": 3600},
         "mqtt": {"enabled": broker is not None, "host": "127.0.0.1", "port": broker.port if broker else 1,
@@ -102,13 +102,16 @@ def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, col
 
 def test_gate_skips_static_frames(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
     frames = write_frames(tmp_path / "frames", ["RED"], per_sku=30)
-    rt = Runtime(settings=settings(tmp_path, frames), encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    s = settings(tmp_path, frames, cameras=[{"name": "cam", "source": str(frames), "fps": 20}])
+    rt = Runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
     rt.start()
-    run_until(rt, lambda: False, timeout=10)  # ends when the folder is done
+    run_until(rt, lambda: False, timeout=15)  # ends when the folder is done
     g = rt.shutdown()["gate"]
-    assert g["embedded"] == 3  # window=3 frames of the one view, then nothing
-    assert g["seen"] == g["embedded"] + g["skipped_unchanged"] + g["skipped_unsteady"]
-    assert g["skipped_unchanged"] >= 20
+    # The first frame waits for steadiness, the next window=3 are embedded, every later one is skipped.
+    # (How many frames the loop sees depends on the machine's load: a camera keeps only its newest frame.)
+    assert (g["skipped_unsteady"], g["embedded"]) == (1, 3)
+    assert g["skipped_unchanged"] == g["seen"] - 4
+    assert g["seen"] >= 10
 
 
 def test_no_broker_prints_writes_jsonl_and_keeps_outbox(tmp_path: Path,
