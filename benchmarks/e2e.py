@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outbox-n", type=int, default=3000, help="inserts per outbox durability setting")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop our Mosquitto and remove the temp dir
 
     from edge.config import ModelSettings
     from edge.encoders import load_image_encoder
