@@ -325,6 +325,14 @@ def train(
             "threads": cfg.threads,
         },
     }
+    if held:
+        # Open-set on the carved validation (no val split needed): held-out products are enrolled
+        # from their non-carved training photos, their carved photos are the queries.
+        enrolled = [pos[str(samples[i].path)] for i in tr_idx if str(samples[i].path) in pos]
+        qh = [pos[str(samples[i].path)] for i in cv_idx if str(samples[i].path) in pos and samples[i].label in held]
+        if qh:
+            e_g, e_q = embed(ema, small.pixels[enrolled], spec), embed(ema, small.pixels[qh], spec)
+            report["carved_open_set"] = retrieval_metrics(e_q, small.labels[qh], e_g, small.labels[enrolled])
     if val_split:
         report["val"] = evaluate_split(ema, spec, big, small, tr, val_split, held, class_names, cache_dir)
     torch.save(
