@@ -94,3 +94,33 @@ def test_cli_reads_a_label_and_enrolls_photo_text(store: Store, tmp_path: Path,
     assert row["tokens"] == ["oatly"] and row["products"] == [{"sku": "havregurt", "text_score": 1.0}]
     assert main(["ocr", "enroll", "--data-dir", str(tmp_path / "none")]) == 7  # CatalogError: no catalog
     assert "no catalog" in capsys.readouterr().err
+
+
+def test_storelens_calibrate_fusion_stores_the_ocr_weight(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """End to end with the embedded image bundle: enroll plain cartons, calibrate on labelled label photos."""
+    import json
+
+    import cv2
+
+    from edge.catalog import Catalog
+    from edge.cli import main
+
+    data, photos = tmp_path / "data", tmp_path / "labelled"
+    carton = tmp_path / "carton.png"
+    cv2.imwrite(str(carton), CARTON)
+    words = {"graddfil": ("ARLA", "GRADDFIL"), "mjolk": ("MELLANMJOLK",), "havregurt": ("HAVREGURT",)}
+    names = {"graddfil": "Arla Gräddfil", "mjolk": "Arla Mellanmjölk", "havregurt": "Oatly Havregurt"}
+    for sku, name in names.items():
+        assert main(["catalog", "add", sku, "--name", name, "--image", str(carton), "--data-dir", str(data)]) == 0
+        (photos / sku).mkdir(parents=True)
+        cv2.imwrite(str(photos / sku / "1.png"), label(*words[sku]))
+    capsys.readouterr()
+    assert main(["calibrate", str(photos), "--holdout", "0", "--fusion", "--json", "--data-dir", str(data)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert any(p.startswith("fusion: ocr weight 0.12 (image R@1 0.333 -> fused 1.000 on 3 photos)")
+               for p in out["problems"])
+    cat = Catalog(data / "catalog.db")
+    try:
+        assert load_weights(cat).ocr == 0.12
+    finally:
+        cat.close()
