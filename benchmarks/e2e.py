@@ -115,22 +115,29 @@ class Subscriber:
 class IndexMatcher:
     """The demo products plus random distractors in one USearch i8 index (the Store's index type)."""
 
-    def __init__(self, product_vecs: dict[str, np.ndarray], *, distractors: int, seed: int = 0) -> None:
+    def __init__(self, product_vecs: dict[str, np.ndarray], *, distractors: int, seed: int = 0,
+                 cache: Path | None = None) -> None:
         from usearch.index import Index
 
         self.skus = list(product_vecs)
         dim = next(iter(product_vecs.values())).shape[1]
         self.index = Index(ndim=dim, metric="cos", dtype="i8", multi=True)
+        if cache is not None and cache.exists():  # distractors only; the products are added fresh below
+            self.index.load(str(cache))
+        else:
+            rng = np.random.default_rng(seed)
+            step = 50_000
+            for start in range(0, distractors, step):
+                n = min(step, distractors - start)
+                v = rng.standard_normal((n, dim)).astype(np.float32)
+                v /= np.linalg.norm(v, axis=1, keepdims=True)
+                self.index.add(np.arange(start, start + n, dtype=np.uint64) + 1_000_000, v, threads=2)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                self.index.save(str(cache))
         for i, sku in enumerate(self.skus):
             v = product_vecs[sku]
             self.index.add(np.full(len(v), i, np.uint64), v)
-        rng = np.random.default_rng(seed)
-        step = 50_000
-        for start in range(0, distractors, step):
-            n = min(step, distractors - start)
-            v = rng.standard_normal((n, dim)).astype(np.float32)
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            self.index.add(np.arange(start, start + n, dtype=np.uint64) + 1_000_000, v, threads=2)
 
     @property
     def catalog_version(self) -> int:
@@ -387,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-fps", type=float, default=15.0, help="frame rate of each camera in --sweep (default 15)")
     ap.add_argument("--drill", action="store_true", help="also run the fault drill (broker outage + SIGKILL)")
     ap.add_argument("--outage-s", type=float, default=30.0, help="drill: broker outage length")
+    ap.add_argument("--index-cache", type=Path, help="save the distractor index here / load it if present "
+                    "(building 250k vectors takes minutes on 2 busy cores)")
     ap.add_argument("--outbox-n", type=int, default=3000, help="inserts per outbox durability setting")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
@@ -405,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             encoder = load_image_encoder(ModelSettings())
             vecs = _enroll_demo(work / "enroll")
             t = time.monotonic()
-            matcher = IndexMatcher(vecs, distractors=max(0, args.index_size - sum(len(v) for v in vecs.values())))
+            n_distract = max(0, args.index_size - sum(len(v) for v in vecs.values()))
+            cache = args.index_cache.with_suffix(f".{n_distract}.usearch") if args.index_cache else None
+            matcher = IndexMatcher(vecs, distractors=n_distract, cache=cache)
             result["index"] = {"vectors": len(matcher.index), "dtype": "i8", "build_s": round(time.monotonic() - t, 1)}
             runs = [measure_pipeline(cameras=args.cameras, fps=args.fps, seconds=args.seconds, gate=g, matcher=matcher,
                                      encoder=encoder, broker=broker, work=work, hold=args.hold) for g in (True, False)]
