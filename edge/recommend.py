@@ -386,6 +386,7 @@ class Recommender:
         self._rebuild: threading.Thread | None = None
         self.cache_hits = 0
         self.cache_misses = 0
+        self.errors = 0
 
     @property
     def products(self) -> ProductVectors | None:
@@ -550,13 +551,19 @@ class Recommender:
         """The optional ``recommendations`` field of a kiosk match message (None when switched off)."""
         if not self.settings.in_match_messages:
             return None
-        return [r.to_dict() for r in self.recommend(sku, kind="blend" if self._products is not None else "together")]
+        try:
+            recs = self.recommend(sku, kind="blend" if self._products is not None else "together")
+        except Exception:  # a recommendation problem must never hold back the match message itself
+            self.errors += 1
+            log.exception("recommendations for a match failed", extra={"sku": sku})
+            return None
+        return [r.to_dict() for r in recs]
 
     def stats(self) -> dict[str, Any]:
         m = self._model
         return {"baskets": self.store.counters(), "model_version": m.version if m else None,
                 "method": m.method if m else None, "products": len(m.skus) if m else 0,
-                "cache_hits": self.cache_hits, "cache_misses": self.cache_misses}
+                "cache_hits": self.cache_hits, "cache_misses": self.cache_misses, "errors": self.errors}
 
 
 def _interleave(a: list[Recommendation], b: list[Recommendation], k: int) -> list[Recommendation]:
@@ -601,3 +608,15 @@ def attach(recommender: Recommender, *, link: Any | None, router: Any) -> None:
     if link is not None:
         link.add_topic_handler(link.topic("events/basket"),
                                lambda _topic, payload, _props: recommender.handle_basket_message(payload))
+
+
+def recommender_for(settings: Any, *, store: Any | None = None) -> Recommender:
+    """The runtime's recommender from :class:`edge.config.Settings`: ``<catalog.data_dir>/baskets.db``,
+    and product vectors from an :class:`edge.store.Store` when it has any (else "similar" is off, said once)."""
+    products = None
+    if store is not None:
+        try:
+            products = ProductVectors.from_store(store, image_weight=settings.recommend.image_weight)
+        except InputError as e:
+            log.warning("similar products are off: %s", e.message, extra={"hint": e.hint})
+    return open_recommender(settings.recommend, data_dir=settings.catalog.data_dir, products=products)

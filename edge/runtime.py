@@ -38,6 +38,7 @@ from edge.errors import CommandError
 from edge.gate import GateStats, GateVerdict, RegionGate
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
+from edge.recommend import Recommender, attach
 from edge.types import Candidate
 from edge.vote import Decision, RegionVoter, VoteParams
 
@@ -99,7 +100,8 @@ class Runtime:
                  sources: dict[str, SourceFactory] | None = None,
                  encoder_loader: Callable[[], ImageEncoder] | None = None,
                  matcher_loader: Callable[[ImageEncoder], Matcher] | None = None,
-                 out: IO[str] | None = None, outbox_path: Path | None = None) -> None:
+                 out: IO[str] | None = None, outbox_path: Path | None = None,
+                 recommender: Recommender | None = None) -> None:
         self.settings = settings
         self.encoder = encoder
         self.matcher = matcher
@@ -134,6 +136,9 @@ class Runtime:
         for verb, fn in (("reload", self._cmd_reload), ("enroll", self._cmd_enroll), ("remove", self._cmd_remove),
                          ("search", self._cmd_search), ("snapshot", self._cmd_snapshot)):
             self.router.register(verb, fn)
+        self.recommender = recommender
+        if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
+            attach(recommender, link=self.link, router=self.router)
         self._jsonl: IO[str] | None = None
         self._last_frames: dict[str, Frame] = {}
         self.latencies: deque[float] = deque(maxlen=2000)
@@ -261,6 +266,14 @@ class Runtime:
             self._jsonl.flush()
 
     def _match_message(self, d: Decision) -> dict[str, Any]:
+        msg = self._match_fields(d)
+        if self.recommender is not None and d.decision == "known" and d.candidates:
+            recs = self.recommender.for_match(d.candidates[0].sku)  # None unless recommend.in_match_messages
+            if recs is not None:
+                msg["recommendations"] = recs
+        return msg
+
+    def _match_fields(self, d: Decision) -> dict[str, Any]:
         return {"schema": MATCH_SCHEMA, "id": uuid.uuid4().hex, "ts": round(d.ts, 6),
                 "device": self.settings.device.id, "camera": d.camera, "roi": d.roi, "decision": d.decision,
                 "candidates": [c.to_dict() for c in d.candidates], "frames": d.frames, "agreement": d.agreement,

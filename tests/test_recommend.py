@@ -576,3 +576,50 @@ def test_cli_similar_reads_the_catalog_and_index_sidecar(tmp_path: Path, capsys:
     assert main(["recommend", "--sku", "p0", "--kind", "similar", "--in-stock-only", "--json",
                  "--data-dir", str(tmp_path)]) == 0
     assert "p2" not in [r["sku"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
+
+
+def test_runtime_adds_recommendations_to_match_messages_and_ingests_baskets(
+        tmp_path: Path, broker: object, tiny_onnx: Path) -> None:
+    import io
+
+    from edge.config import load_settings
+    from edge.recommend import recommender_for
+    from edge.runtime import Runtime
+    from tests.runtime_helpers import Collector, NumpyMatcher, TinyOnnxEncoder, write_catalog, write_frames
+
+    port = broker.port  # type: ignore[attr-defined]
+    enc = TinyOnnxEncoder(tiny_onnx)
+    matcher = NumpyMatcher(write_catalog(tmp_path / "catalog.json", enc, ["RED", "GREEN", "BLUE"]), enc)
+    frames = write_frames(tmp_path / "frames", ["RED"], per_sku=8)
+    settings = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "data")},
+                             cameras=[{"name": "cam", "source": str(frames), "fps": 30, "loop": True}],
+                             gate={"steady_frames": 1}, decision={"window": 3, "min_frames": 2, "heartbeat_s": 3600},
+                             mqtt={"host": "127.0.0.1", "port": port},
+                             recommend={"in_match_messages": True, "refresh_s": 0})
+    rec = recommender_for(settings)
+    rt = Runtime(settings=settings, encoder=enc, matcher=matcher, out=io.StringIO(), recommender=rec)
+    collector = Collector(port, "storelens/s1/d1/#", client_id="rec-collector")
+    pub = publisher(port)
+    try:
+        rt.start()
+        deadline = time.monotonic() + 15
+        i = 0
+        while rec.store.version < 3 and time.monotonic() < deadline:  # until the link's subscription is in place
+            pub.publish("storelens/s1/d1/events/basket", msg(f"b{i % 3}", ["RED", "GREEN"]), qos=1).wait_for_publish(5)
+            i += 1
+            time.sleep(0.05)
+        assert rec.store.version == 3  # b0, b1, b2 counted once each however often they were re-sent
+        stop = threading.Event()
+        runner = threading.Thread(target=rt.run, args=(stop,), kwargs={"max_seconds": 15})
+        runner.start()
+        while not collector.of("/cam/match") and time.monotonic() < deadline + 15:
+            time.sleep(0.02)
+        stop.set()
+        runner.join()
+    finally:
+        rt.shutdown()
+        pub.loop_stop(); pub.disconnect()
+        collector.stop()
+    m = json.loads(collector.of("/cam/match")[0])
+    assert m["candidates"][0]["sku"] == "RED"
+    assert m["recommendations"][0]["sku"] == "GREEN" and m["recommendations"][0]["source"] == "together"

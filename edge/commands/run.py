@@ -51,8 +51,12 @@ def build_runtime(settings: Settings) -> Runtime:
     def open_store(encoder: Any) -> Store:
         return Store.from_settings(settings, image_encoder=encoder, text_encoder=text)
 
-    return Runtime(settings=settings, encoder=image, matcher=open_store(image),
-                   encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store)
+    from edge.recommend import recommender_for
+
+    store = open_store(image)
+    return Runtime(settings=settings, encoder=image, matcher=store,
+                   encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store,
+                   recommender=recommender_for(settings, store=store))
 
 
 def serve(rt: Runtime, *, duration: float | None = None) -> dict[str, Any]:
