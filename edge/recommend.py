@@ -398,6 +398,16 @@ class Recommender:
             self._products = products
             self._cache.clear()
 
+    def reload_products(self, store: Any) -> None:
+        """Re-read product vectors after a catalog/index reload (a store without a catalog leaves them as they are)."""
+        if getattr(store, "catalog", None) is None:
+            return
+        try:
+            self.set_products(ProductVectors.from_store(store, image_weight=self.settings.image_weight))
+        except InputError as e:
+            log.warning("similar products are off: %s", e.message, extra={"hint": e.hint})
+            self.set_products(None)
+
     def model(self) -> AssociationModel:
         """The association model; rebuilt when baskets arrived and ``refresh_s`` has passed.
 
@@ -613,10 +623,7 @@ def attach(recommender: Recommender, *, link: Any | None, router: Any) -> None:
 def recommender_for(settings: Any, *, store: Any | None = None) -> Recommender:
     """The runtime's recommender from :class:`edge.config.Settings`: ``<catalog.data_dir>/baskets.db``,
     and product vectors from an :class:`edge.store.Store` when it has any (else "similar" is off, said once)."""
-    products = None
+    rec = open_recommender(settings.recommend, data_dir=settings.catalog.data_dir)
     if store is not None:
-        try:
-            products = ProductVectors.from_store(store, image_weight=settings.recommend.image_weight)
-        except InputError as e:
-            log.warning("similar products are off: %s", e.message, extra={"hint": e.hint})
-    return open_recommender(settings.recommend, data_dir=settings.catalog.data_dir, products=products)
+        rec.reload_products(store)
+    return rec

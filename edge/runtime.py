@@ -362,6 +362,8 @@ class Runtime:
             for regions in self.regions.values():
                 for r in regions:
                     r.voter.set_params(params)
+        if self.recommender is not None:
+            self.recommender.reload_products(self.matcher)
         if self.link:
             self.link.set_status(self.status())
         return {"catalog_version": self.matcher.catalog_version, "bundle": self.encoder.fingerprint}

@@ -623,3 +623,26 @@ def test_runtime_adds_recommendations_to_match_messages_and_ingests_baskets(
     m = json.loads(collector.of("/cam/match")[0])
     assert m["candidates"][0]["sku"] == "RED"
     assert m["recommendations"][0]["sku"] == "GREEN" and m["recommendations"][0]["source"] == "together"
+
+
+def test_recommender_reads_similar_products_from_a_real_store(tmp_path: Path, tiny_onnx: Path) -> None:
+    from edge.config import load_settings
+    from edge.recommend import recommender_for
+    from edge.store import Store
+    from tests.runtime_helpers import TinyOnnxEncoder, product_image
+
+    enc = TinyOnnxEncoder(tiny_onnx)
+    store = Store(data_dir=tmp_path / "data", image_encoder=enc, dtype="f32")
+    for sku in ("RED", "GREEN", "BLUE", "YELLOW"):
+        store.enroll(sku, name=sku.title(), images=[product_image(sku)], attributes={"in_stock": sku != "BLUE"})
+    settings = load_settings(None, device={"store": "s", "id": "d"}, catalog={"data_dir": str(tmp_path / "data")})
+    rec = recommender_for(settings, store=store)
+    assert rec.products is not None and sorted(rec.products.skus) == ["BLUE", "GREEN", "RED", "YELLOW"]
+    got = rec.recommend("RED", kind="similar", k=3)
+    vecs = {s: store.product_embeddings("image")[s] for s in rec.products.skus}
+    want = sorted((s for s in vecs if s != "RED"), key=lambda s: -float(vecs[s] @ vecs["RED"]))
+    assert [r.sku for r in got] == want and got[0].name == want[0].title()
+    assert "BLUE" not in [r.sku for r in rec.recommend("RED", kind="similar", k=3, filters=Filters(in_stock_only=True))]
+    store.remove("GREEN")
+    rec.reload_products(store)
+    assert "GREEN" not in [r.sku for r in rec.recommend("RED", kind="similar", k=3)]
