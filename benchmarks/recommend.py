@@ -27,6 +27,7 @@ in time order. Steps, all in one run so that the ratios are side by side:
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -368,7 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                    "validation": "last 20% of the training part, every item held out in turn; fit on its first 80%"},
         "validation_grid": grid,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                    "numpy": np.__version__, "paho_mqtt": paho.__version__ if hasattr(paho, "__version__") else "?",
+                    "numpy": np.__version__, "paho_mqtt": importlib.metadata.version("paho-mqtt"),
                     "sqlite": sqlite3.sqlite_version, "mosquitto": mosq_version,
                     "loadavg_1m_at_end": os.getloadavg()[0]},
     }
