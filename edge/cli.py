@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "export":
+        args.rest = extra + list(args.rest)  # `storelens export --help`: the export tools' own help
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging("DEBUG" if args.verbose else "INFO")
     try:
         return int(args.func(args) or 0)

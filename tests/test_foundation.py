@@ -104,3 +104,16 @@ def test_tiny_onnx_runs(tiny_onnx: Path) -> None:
     y = sess.run(None, {"input": np.ones((2, 3, 32, 32), np.float32)})[0]
     assert y.shape == (2, 16)
     assert np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+
+
+def test_export_help_reaches_the_export_tools(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(["export", "--help"])
+    assert ei.value.code == 0
+    assert "train | bundle | text" in capsys.readouterr().out
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as ei:
+        main(["validate-config", "--bogus", "x.toml"])
+    assert ei.value.code == 2
