@@ -18,6 +18,7 @@ per-product score. OCR costs ~0.5-1 s a crop on one core, far more than an embed
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -172,9 +173,10 @@ class OcrWorker:
     crop (inputs are never mutated or kept by reference) and returns at once.
     """
 
-    def __init__(self, *, engine: OcrEngine, change_threshold: float = 0.02) -> None:
+    def __init__(self, *, engine: OcrEngine, change_threshold: float = 0.02, nice: int = 10) -> None:
         self.engine = engine
         self.change_threshold = change_threshold
+        self.nice = nice  # the OCR thread yields the CPU to capture and embedding (Linux per-thread nice)
         self._rois: dict[str, _Roi] = {}
         self._cv = threading.Condition()
         self._closed = False
@@ -262,7 +264,18 @@ class OcrWorker:
                 self._cv.wait()
             return None
 
+    def _lower_priority(self) -> None:
+        """Nice only this thread (onnxruntime with one thread runs OCR on it), so fps does not drop."""
+        if self.nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError as e:  # not fatal: OCR still runs off the capture thread
+            log.warning("could not lower the OCR thread priority", extra={"error": str(e)})
+
     def _loop(self) -> None:
+        self._lower_priority()
         while (job := self._next_job()) is not None:
             roi, st, sig, crop = job
             try:
