@@ -118,6 +118,20 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def shared_dir() -> Path:
+    """The read-only ../shared folder beside the checkout (present in CI too).
+
+    SHARED_DATA_DIR overrides it for a checkout that lives elsewhere.
+    """
+    env = os.environ.get("SHARED_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")]
+    for c in candidates:
+        if (c / "datasets").is_dir():
+            return c
+    raise FileNotFoundError(f"no shared/datasets folder in {candidates}: set SHARED_DATA_DIR")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -14,8 +14,9 @@ from edge.encoders.onnx import OnnxImageEncoder
 from edge.encoders.openvino import OpenVinoImageEncoder
 from edge.errors import BundleError
 from edge.preprocess import read_image
+from tests.conftest import shared_dir
 
-GSD = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "grocery-store"
+GSD = shared_dir() / "datasets" / "grocery-store"
 
 
 def photos() -> list[np.ndarray]:
