@@ -117,3 +117,9 @@ def test_unknown_option_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as ei:
         main(["validate-config", "--bogus", "x.toml"])
     assert ei.value.code == 2
+
+
+def test_readme_config_reference_matches_the_code() -> None:
+    from edge.commands.validate_config import reference_markdown
+
+    assert reference_markdown() in (REPO / "README.md").read_text()
