@@ -35,9 +35,11 @@ from edge.commands_mqtt import CommandRouter, load_images, require_str
 from edge.config import CameraSettings, RoiSettings, Settings
 from edge.encoders.base import ImageEncoder
 from edge.errors import CommandError
+from edge.fusion import LabelTextReranker
 from edge.gate import GateStats, GateVerdict, RegionGate
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
+from edge.product_text import catalog_profiles
 from edge.recommend import Recommender, attach
 from edge.types import Candidate
 from edge.vote import Decision, RegionVoter, VoteParams
@@ -68,6 +70,10 @@ class _Region:
     roi: RoiSettings
     gate: RegionGate
     voter: RegionVoter
+
+
+def _key(region: _Region) -> str:
+    return f"{region.camera.name}/{region.roi.name}"
 
 
 def crop(image: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
@@ -101,8 +107,11 @@ class Runtime:
                  encoder_loader: Callable[[], ImageEncoder] | None = None,
                  matcher_loader: Callable[[ImageEncoder], Matcher] | None = None,
                  out: IO[str] | None = None, outbox_path: Path | None = None,
-                 recommender: Recommender | None = None) -> None:
+                 recommender: Recommender | None = None,
+                 reranker: LabelTextReranker | None = None) -> None:
         self.settings = settings
+        self.reranker = reranker  # label text (OCR) fused into the image candidates; None = image only
+        self._awaiting_text: dict[str, tuple[np.ndarray, list[Candidate], int]] = {}
         self.encoder = encoder
         self.matcher = matcher
         self.prefix = settings.topic_prefix
@@ -187,6 +196,8 @@ class Runtime:
             cam.stop()
         self.step()
         self.router.stop()
+        if self.reranker is not None:
+            self.reranker.worker.close()
         if self.link:
             self.link.set_status(self.status())  # the retained status ends with the final camera states
         left = self.link.stop(flush_timeout_s=self.settings.mqtt.flush_timeout_s) if self.link else \
@@ -203,6 +214,7 @@ class Runtime:
     def step(self) -> int:
         """One round over the cameras' newest frames; returns how many crops were embedded."""
         batch: list[tuple[_Region, Frame, np.ndarray]] = []
+        late: list[tuple[_Region, Frame]] = []  # unchanged views whose label text may have been read since
         for cam in self.cameras:
             frame = cam.latest()
             if frame is None:
@@ -214,9 +226,14 @@ class Runtime:
                 verdict = region.gate.check(c)
                 if verdict == GateVerdict.NEW_VIEW:
                     region.voter.reset()
+                    self._awaiting_text.pop(_key(region), None)
                 if verdict.passes:
                     batch.append((region, frame, c))
+                elif _key(region) in self._awaiting_text:
+                    late.append((region, frame))
         now = time.monotonic()
+        for region, frame in late:
+            self._vote_late_text(region, frame, now)
         if batch:
             try:
                 with self._model_lock:
@@ -229,7 +246,11 @@ class Runtime:
                 return 0
             self.counts["embedded"] += len(batch)
             self.counts["batches"] += 1
-            for (region, frame, _), cands in zip(batch, results, strict=True):
+            for (region, frame, c), cands in zip(batch, results, strict=True):
+                if self.reranker is not None:  # OCR runs on its own thread; this never waits for it
+                    image_cands, cands = cands, self.reranker.rerank(_key(region), c, cands)
+                    if self.reranker.worker.request(_key(region), c) is None:  # still reading: vote it later
+                        self._awaiting_text[_key(region)] = (c.copy(), list(image_cands), self.settings.decision.window)
                 if (d := region.voter.add(cands, ts=frame.ts, now=now)) is not None:
                     self._emit(d)
         for regions in self.regions.values():  # heartbeats of regions that saw no frame this round
@@ -240,6 +261,25 @@ class Runtime:
             self._next_stats = now + self.settings.mqtt.stats_interval_s
             self._publish_stats()
         return len(batch)
+
+    def _vote_late_text(self, region: _Region, frame: Frame, now: float) -> None:
+        """A frame the gate skipped (same view) votes again once that view's label text is read.
+
+        The gate stops embedding an unchanged view after a few frames, usually before OCR (hundreds
+        of ms) has finished; without this, label text could never change a kiosk decision.
+        """
+        if self.reranker is None:  # only queued when a reranker exists
+            return
+        key = _key(region)
+        c, image_cands, left = self._awaiting_text[key]
+        if self.reranker.worker.request(key, c) is None:
+            return
+        if left <= 1:
+            del self._awaiting_text[key]
+        else:
+            self._awaiting_text[key] = (c, image_cands, left - 1)
+        if (d := region.voter.add(self.reranker.rerank(key, c, image_cands), ts=frame.ts, now=now)) is not None:
+            self._emit(d)
 
     def _emit(self, d: Decision) -> None:
         self.counts["decisions"] += 1
@@ -313,6 +353,8 @@ class Runtime:
             "mqtt": self.link.stats.to_dict() if self.link else {"enabled": False},
             "cameras": {c.name: c.stats.to_dict() for c in self.cameras},
             "commands": {**self.router.counts, "queued": self.router.queued},
+            "ocr": ({**self.reranker.worker.stats().to_dict(), "fused": self.reranker.fused}
+                    if self.reranker is not None else {"enabled": False}),
         }
 
     def status(self) -> dict[str, Any]:
@@ -364,6 +406,8 @@ class Runtime:
                     r.voter.set_params(params)
         if self.recommender is not None:
             self.recommender.reload_products(self.matcher)
+        if self.reranker is not None and hasattr(self.matcher, "catalog"):  # new products' label words
+            self.reranker.profiles = catalog_profiles(self.matcher.catalog)
         if self.link:
             self.link.set_status(self.status())
         return {"catalog_version": self.matcher.catalog_version, "bundle": self.encoder.fingerprint}

@@ -56,7 +56,31 @@ def build_runtime(settings: Settings) -> Runtime:
     store = open_store(image)
     return Runtime(settings=settings, encoder=image, matcher=store,
                    encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store,
-                   recommender=recommender_for(settings, store=store))
+                   recommender=recommender_for(settings, store=store), reranker=label_reranker(settings, store))
+
+
+def label_reranker(settings: Settings, store: Any) -> Any:
+    """OCR + fusion for the frame loop, or None (said in the log) when it would not change a ranking.
+
+    Fusion is off unless ``storelens calibrate --fusion`` stored a non-zero OCR weight with the
+    catalog: reading labels costs CPU, and with weight 0 it cannot change a decision.
+    """
+    if not settings.ocr.enabled:
+        log.info("label text (OCR) off: ocr.enabled = false")
+        return None
+    from edge.fusion import LabelTextReranker
+    from edge.ocr import start_worker
+    from edge.product_text import catalog_profiles, load_weights
+
+    weights = load_weights(store.catalog)
+    if not weights.ocr:
+        log.info("label text (OCR) off: no fitted OCR weight; run `storelens calibrate LABELLED --fusion`",
+                 extra={"fitted_on": weights.fitted_on})
+        return None
+    names = {p.sku: p.name for p in store.catalog.products()}
+    log.info("label text (OCR) on", extra={"w_ocr": weights.ocr, "w_text": weights.text})
+    return LabelTextReranker(worker=start_worker(settings.ocr), profiles=catalog_profiles(store.catalog),
+                             weights=weights, names=names)
 
 
 def serve(rt: Runtime, *, duration: float | None = None) -> dict[str, Any]:
