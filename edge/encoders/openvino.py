@@ -7,16 +7,14 @@ images. Threads are set with ``INFERENCE_NUM_THREADS`` and a latency hint (one c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.bundle import Bundle, check_io
-from edge.encoders.onnx import check_image_contract, check_output, l2_normalise
+from edge.encoders.common import BundleImageEncoder, check_image_contract
 from edge.errors import BackendError, ModelMismatchError
-from edge.preprocess import prepare_batch
 
 
 def compile_model(path: Path, threads: int) -> Any:
@@ -51,18 +49,13 @@ def io_of(compiled: Any) -> tuple[list[tuple[str, tuple[Any, ...]]], list[tuple[
     return ins, outs
 
 
-class OpenVinoImageEncoder:
+class OpenVinoImageEncoder(BundleImageEncoder):
     """BGR uint8 images -> (N, dim) float32 unit vectors with OpenVINO on the CPU."""
 
     backend = "openvino"
 
     def __init__(self, *, bundle: Bundle, precision: str = "int8", threads: int = 1, warmup: bool = True) -> None:
-        if bundle.preprocess is None:
-            raise ModelMismatchError(f"{bundle.root} has no preprocessing section", hint="use an image bundle")
-        self.bundle = bundle
-        self.precision = precision
-        self.spec = bundle.preprocess
-        self.model_path = bundle.path_of(bundle.model_file(backend="openvino", precision=precision))
+        super().__init__(bundle=bundle, precision=precision)
         self._compiled = compile_model(self.model_path, threads)
         ins, outs = io_of(self._compiled)
         check_io(bundle, self.model_path, inputs=ins, outputs=outs)
@@ -71,22 +64,7 @@ class OpenVinoImageEncoder:
         self._output = self._compiled.output(bundle.output.name)
         self._input = bundle.inputs[0].name
         if warmup:
-            self.embed([np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)])
+            self._warmup()
 
-    @property
-    def dim(self) -> int:
-        return self.bundle.embedding_dim
-
-    @property
-    def fingerprint(self) -> str:
-        return self.bundle.fingerprint
-
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        if len(images) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        return self.embed_tensor(prepare_batch(images, self.spec))
-
-    def embed_tensor(self, x: np.ndarray) -> np.ndarray:
-        """Already-preprocessed (N, 3, S, S) float32 input -> unit vectors (benchmarks, parity)."""
-        res = self._request.infer({self._input: x})
-        return check_output(l2_normalise(np.array(res[self._output], np.float32)), self.dim, self.model_path)
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        return np.array(self._request.infer({self._input: x})[self._output])
