@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.config import CatalogSettings, OcrSettings, load_settings
+from edge.commands.catalog import settings_from_args
 
 
 def register(sub: Any) -> None:
@@ -33,12 +33,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from edge.ocr import OcrEngine
 
-    if args.config is not None:
-        settings = load_settings(args.config)
-        ocr, data_dir = settings.ocr, settings.catalog.data_dir
-    else:
-        ocr, data_dir = OcrSettings(), CatalogSettings().data_dir
-    data_dir = args.data_dir or data_dir
+    settings = settings_from_args(args)
+    ocr, data_dir = settings.ocr, settings.catalog.data_dir
     engine = OcrEngine(threads=ocr.threads, min_score=ocr.min_score, det_limit_side_len=ocr.det_side)
     return _read(args, engine, data_dir) if args.verb == "read" else _enroll(args, engine, data_dir)
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.config import CatalogSettings, RecommendSettings, load_settings
+from edge.commands.catalog import settings_from_args
 from edge.recommend import KINDS, Filters, ProductVectors, Recommendation, open_recommender
 
 
@@ -34,12 +34,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.config is not None:
-        settings = load_settings(args.config)
-        rec, data_dir = settings.recommend, settings.catalog.data_dir
-    else:
-        rec, data_dir = RecommendSettings(), CatalogSettings().data_dir
-    data_dir = args.data_dir or data_dir
+    settings = settings_from_args(args)
+    rec, data_dir = settings.recommend, settings.catalog.data_dir
     products = load_products(data_dir, rec.image_weight)
     recommender = open_recommender(rec, data_dir=data_dir, products=products)
     try:
