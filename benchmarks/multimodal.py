@@ -29,7 +29,7 @@ import hashlib
 import json
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.ocr_cache import cache_key, latency_summary, load_cache
+from edge.config import ModelSettings
+from edge.encoders import load_image_encoder, load_text_encoder
 from edge.encoders.base import ImageEncoder, TextEncoder
 from edge.errors import InputError, StoreLensError
 from edge.fusion import (
@@ -242,9 +244,6 @@ def evaluate(*, train: Path, val: Path, image_encoder: ImageEncoder, modalities:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.config import ModelSettings
-    from edge.encoders import load_image_encoder, load_text_encoder
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=Path, required=True)
     ap.add_argument("--val", type=Path, required=True)
@@ -259,16 +258,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the result here")
     args = ap.parse_args(argv)
+    model = ModelSettings(image_bundle=args.image_bundle, text_bundle=args.text_bundle, precision=args.precision,
+                          threads=args.threads)
+    return run_and_report(args, model, train=args.train, val=args.val, prog="multimodal",
+                          tune_photos=args.tune_photos)
+
+
+def run_and_report(args: argparse.Namespace, model: ModelSettings, *, train: Path, val: Path, prog: str,
+                   tune_photos: int = 1, check: Callable[[], None] | None = None) -> int:
+    """Load the encoders, evaluate, print the table and write ``--json``: both entry points end here."""
     try:
-        model = ModelSettings(image_bundle=args.image_bundle, text_bundle=args.text_bundle, precision=args.precision,
-                              threads=args.threads)
+        if check is not None:
+            check()
         enc = load_image_encoder(model)
         txt = load_text_encoder(model) if args.modalities.endswith("+text") else None
-        res = evaluate(train=args.train, val=args.val, image_encoder=enc, text_encoder=txt,
+        res = evaluate(train=train, val=val, image_encoder=enc, text_encoder=txt,
                        modalities=args.modalities, catalogue_only=args.catalogue_only, ocr_cache=args.ocr_cache,
-                       profile_photos=args.profile_photos, tune_photos=args.tune_photos)
+                       profile_photos=args.profile_photos, tune_photos=tune_photos)
     except StoreLensError as e:
-        print(f"multimodal: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     print(table(res))
     if args.json:
@@ -279,28 +287,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_from_accuracy(args: argparse.Namespace) -> int:
     """``benchmarks.accuracy --modalities ... [--catalogue-only]``: its split arguments, this evaluation."""
-    from edge.config import ModelSettings
-    from edge.encoders import load_image_encoder, load_text_encoder
 
-    try:
+    def same_folder() -> None:
         if Path(args.root).resolve() != Path(args.gallery).parent.resolve():
             raise InputError(f"--root {args.root} must be the folder of --gallery {args.gallery} here",
                              hint="keep the split files beside classes.csv (Grocery Store layout)")
-        model = ModelSettings(image_bundle=args.bundle, text_bundle=args.text_bundle, backend=args.backend,
-                              precision=args.precision, threads=args.threads)
-        enc = load_image_encoder(model)
-        txt = load_text_encoder(model) if args.modalities.endswith("+text") else None
-        res = evaluate(train=args.gallery, val=args.queries, image_encoder=enc, text_encoder=txt,
-                       modalities=args.modalities, catalogue_only=args.catalogue_only, ocr_cache=args.ocr_cache,
-                       profile_photos=args.profile_photos)
-    except StoreLensError as e:
-        print(f"benchmarks.accuracy: error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(table(res))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
-    return 0
+
+    model = ModelSettings(image_bundle=args.bundle, text_bundle=args.text_bundle, backend=args.backend,
+                          precision=args.precision, threads=args.threads)
+    return run_and_report(args, model, train=args.gallery, val=args.queries, prog="benchmarks.accuracy",
+                          check=same_folder)
 
 
 def table(res: dict[str, Any]) -> str:
