@@ -89,17 +89,22 @@ def parity_split(samples: Sequence[Sample], report: dict[str, Any], *, per_class
                  seed: int | None = None) -> tuple[list[int], list[int]]:
     """(gallery, queries) indices: the queries are the carved validation of the training run.
 
-    Reproduces export.train's carve (same seed and per-class count from the checkpoint's report),
-    so the parity queries are images the encoder never trained on.
+    Reproduces export.train's carve (same mode, seed and sizes from the checkpoint's report), so
+    the parity queries are images the encoder never trained on. ``per_class`` forces a random
+    carve of that many photos a product.
     """
-    from export.train import carve
+    from export.train import TrainConfig, carve
 
     cfg = dict(report.get("config", {}))
+    known = {k: v for k, v in cfg.items() if k in TrainConfig.__dataclass_fields__}
+    known.setdefault("carve", "random")  # runs from before the sessions carve
+    if per_class is not None:
+        known.update(carve="random", carve_per_class=per_class)
     rng = np.random.default_rng(int(seed if seed is not None else cfg.get("seed", 0)))
     n_hold = int(cfg.get("holdout_classes", 0))
     if n_hold:  # train.py draws the held-out products from the same generator first
         rng.choice(sorted({s.label for s in samples}), n_hold, replace=False)
-    return carve(list(samples), int(per_class if per_class is not None else cfg.get("carve_per_class", 3)), rng)
+    return carve(list(samples), TrainConfig(**known), rng)
 
 
 def pick_calibration(samples: Sequence[Sample], indices: Sequence[int], count: int, seed: int) -> list[int]:
@@ -144,8 +149,9 @@ def build_image_bundle(*, checkpoint: Path, samples: Sequence[Sample], out: Path
     threads = threads or os.cpu_count() or 1
     gal_idx, q_idx = parity_split(samples, ck.report, per_class=parity_per_class, seed=seed)
     if not q_idx:
-        raise InputError("no held-out parity images: every product has too few images to carve queries from",
-                         hint="use a catalog with > 3 x --parity-per-class images per product")
+        raise InputError("no held-out parity images: the training run carved none, or products have too few photos",
+                         hint="train with --carve sessions (or random), or pass --parity-per-class N to carve N "
+                         "photos a product here (then the encoder has seen them in training)")
     calib_idx = pick_calibration(samples, gal_idx, calib_images, seed=int(seed or 0))
     gallery = load_image_set([samples[i].path for i in gal_idx], [samples[i].label for i in gal_idx], spec,
                              desc="parity gallery", progress=progress)

@@ -30,7 +30,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from edge.errors import InputError
 from edge.preprocess import PreprocessSpec, normalise
+from export.augment import AugmentConfig, augment
+from export.carve import carve_random, carve_sessions, thumbnails
 from export.data import DecodedSet, Sample, decode_samples, read_classes, read_folder, read_split
 from export.model import CosineHead, EncoderArch, ProductEncoder
 
@@ -51,55 +54,45 @@ class TrainConfig:
     scale: float = 30.0
     label_smoothing: float = 0.1
     erase_p: float = 0.25
-    carve_per_class: int = 3
+    crop_min_area: float = 0.30
+    rotate_deg: float = 15.0
+    jitter: float = 0.3
+    carve: str = "random"  # sessions (hold out whole photo sessions) | random | none
+    carve_per_class: int = 3  # random carve: photos a product
+    carve_fraction: float = 0.15  # sessions carve: share of each product's photos
+    session_threshold: float = 0.6  # sessions carve: thumbnail cosine that links two photos
     holdout_classes: int = 0
     eval_every: int = 5
     seed: int = 0
     threads: int = 2
     loss: str = "cosface"  # cosface (normalised softmax) | triplet (batch-hard, P x K batches)
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(self.crop_min_area, self.rotate_deg, self.jitter, self.erase_p)
 
 
-# ---------------------------------------------------------------- augmentation (batched)
-def augment(pix: torch.Tensor, out: int, spec: PreprocessSpec, g: torch.Generator, erase_p: float) -> torch.Tensor:
-    """uint8 (N, S, S, 3) RGB -> normalised float (N, 3, out, out), random per sample.
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but torch sees no GPU", hint="use --device cpu or auto")
+    return torch.device(name)
 
-    Random-resized crop, flip and a small rotation in one affine warp; brightness, contrast and
-    saturation jitter (no hue shift: colour is what tells a green apple from a yellow one);
-    random erasing for occlusion by hands and shelf edges.
-    """
-    n = pix.shape[0]
-    x = pix.permute(0, 3, 1, 2).float().div_(255.0)
-    area = torch.empty(n).uniform_(0.30, 1.0, generator=g)
-    logr = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
-    sx = (area.sqrt() * logr.exp().sqrt()).clamp(max=1.0)
-    sy = (area.sqrt() / logr.exp().sqrt()).clamp(max=1.0)
-    tx = (torch.rand(n, generator=g) * 2 - 1) * (1 - sx)
-    ty = (torch.rand(n, generator=g) * 2 - 1) * (1 - sy)
-    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-    ang = (torch.rand(n, generator=g) * 2 - 1) * math.radians(15)
-    c, s = ang.cos(), ang.sin()
-    theta = torch.stack([torch.stack([sx * c * flip, -sy * s, tx], 1), torch.stack([sx * s * flip, sy * c, ty], 1)], 1)
-    grid = F.affine_grid(theta, [n, 3, out, out], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    bright = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=g)
-    contrast = torch.empty(n, 1, 1, 1).uniform_(0.7, 1.3, generator=g)
-    sat = torch.empty(n, 1, 1, 1).uniform_(0.75, 1.25, generator=g)
-    x = x * bright
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast + mean
-    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-    x = ((x - grey) * sat + grey).clamp_(0, 1)
-    m = torch.tensor(spec.mean).view(1, 3, 1, 1)
-    sd = torch.tensor(spec.std).view(1, 3, 1, 1)
-    x = (x - m) / sd
-    for i in torch.nonzero(torch.rand(n, generator=g) < erase_p).flatten().tolist():
-        eh, ew = (torch.randint(out // 5, out // 2, (2,), generator=g)).tolist()
-        y0, x0 = (
-            torch.randint(0, out - eh, (1,), generator=g).item(),
-            torch.randint(0, out - ew, (1,), generator=g).item(),
-        )
-        x[i, :, y0 : y0 + eh, x0 : x0 + ew] = torch.randn(3, eh, ew, generator=g) * 0.5
-    return x.contiguous(memory_format=torch.channels_last)
+
+def carve(
+    samples: list[Sample], cfg: TrainConfig, rng: np.random.Generator, cache_dir: Path | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, carved validation) indices, as ``cfg.carve`` says (the export's parity split reuses it)."""
+    labels = [s.label for s in samples]
+    if cfg.carve == "none":
+        return list(range(len(samples))), []
+    if cfg.carve == "random":
+        return carve_random(labels, cfg.carve_per_class, rng)
+    if cfg.carve == "sessions":
+        thumbs = thumbnails(samples, cache_dir)
+        return carve_sessions(labels, thumbs, fraction=cfg.carve_fraction, threshold=cfg.session_threshold, rng=rng)
+    raise InputError(f"unknown carve {cfg.carve!r}", hint="use sessions, random or none")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -107,10 +100,12 @@ def augment(pix: torch.Tensor, out: int, spec: PreprocessSpec, g: torch.Generato
 def embed(model: ProductEncoder, pixels: np.ndarray, spec: PreprocessSpec, batch: int = 128) -> np.ndarray:
     """Embed uint8 RGB (N, S, S, 3) already at the model's input size, as the edge would."""
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     for i in range(0, len(pixels), batch):
-        x = torch.from_numpy(normalise(pixels[i : i + batch], spec)).contiguous(memory_format=torch.channels_last)
-        out.append(model(x).numpy())
+        x = torch.from_numpy(normalise(pixels[i : i + batch], spec)).to(dev)
+        x = x.contiguous(memory_format=torch.channels_last)
+        out.append(model(x).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.arch.embedding_dim), np.float32)
 
 
@@ -136,19 +131,6 @@ def retrieval_metrics(q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarr
 
 
 # ---------------------------------------------------------------- training
-def carve(samples: list[Sample], per_class: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """Split indices into (train, carved-validation) with ``per_class`` images a product held out."""
-    by: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by.setdefault(s.label, []).append(i)
-    val: list[int] = []
-    for idx in by.values():
-        if len(idx) > per_class * 3:
-            val += rng.choice(idx, per_class, replace=False).tolist()
-    vs = set(val)
-    return [i for i in range(len(samples)) if i not in vs], sorted(val)
-
-
 def lr_at(step: int, total: int, warm: int, base: float) -> float:
     if step < warm:
         return base * (step + 1) / warm
@@ -194,8 +176,19 @@ def train(
 
     all_labels = sorted({s.label for s in samples})
     held = sorted(rng.choice(all_labels, cfg.holdout_classes, replace=False).tolist()) if cfg.holdout_classes else []
-    tr_idx, cv_idx = carve(samples, cfg.carve_per_class, rng)
     cache_dir = out / "cache"
+    tr_idx, cv_idx = carve(samples, cfg, rng, cache_dir)
+    if cfg.carve != "none":
+        log.info(
+            "carve=%s held out %d photos of %d products for validation",
+            cfg.carve,
+            len(cv_idx),
+            len({samples[i].label for i in cv_idx}),
+        )
+        if not cv_idx:
+            log.warning("the %s carve held out no photos: no validation figures this run", cfg.carve)
+    dev = pick_device(cfg.device)
+    aug = cfg.augment_config()
     big = decode_samples(samples, cache_px, cache_dir)
     small = decode_samples(samples, cfg.input_size, cache_dir)
     if big.skipped:
@@ -204,11 +197,11 @@ def train(
     tr = [pos[str(samples[i].path)] for i in tr_idx if str(samples[i].path) in pos and samples[i].label not in held]
     train_labels_all = big.labels[tr]
     label_map = {c: i for i, c in enumerate(sorted(set(train_labels_all.tolist())))}
-    y_train = torch.tensor([label_map[int(c)] for c in train_labels_all])
-    x_train = torch.from_numpy(big.pixels[tr])
+    y_train = torch.tensor([label_map[int(c)] for c in train_labels_all], device=dev)
+    x_train = torch.from_numpy(big.pixels[tr]).to(dev)
 
-    model = ProductEncoder(arch or EncoderArch()).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    head = CosineHead(model.arch.embedding_dim, len(label_map), cfg.scale, cfg.margin)
+    model = ProductEncoder(arch or EncoderArch()).to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    head = CosineHead(model.arch.embedding_dim, len(label_map), cfg.scale, cfg.margin).to(dev)
     ema = copy.deepcopy(model).eval()
     params = [p for p in list(model.parameters()) + list(head.parameters())]
     decay = [p for p in params if p.ndim > 1]
@@ -224,7 +217,7 @@ def train(
     history: list[dict[str, Any]] = []
     start_epoch, ckpt = 0, out / "checkpoint.pt"
     if resume and ckpt.is_file():
-        st = torch.load(ckpt, weights_only=False)
+        st = torch.load(ckpt, weights_only=False, map_location=dev)
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         head.load_state_dict(st["head"])
@@ -234,6 +227,10 @@ def train(
         torch.set_rng_state(st["torch_rng"])
         log.info("resumed from %s at epoch %d", ckpt, start_epoch)
     g = torch.Generator().manual_seed(cfg.seed + start_epoch)
+    pairs = list(zip(ema.state_dict().values(), model.state_dict().values(), strict=True))
+    ema_float = [pe for pe, _ in pairs if pe.dtype.is_floating_point]
+    model_float = [pm for pe, pm in pairs if pe.dtype.is_floating_point]
+    ema_other = [(pe, pm) for pe, pm in pairs if not pe.dtype.is_floating_point]
 
     def eval_carved(m: ProductEncoder) -> dict[str, float]:
         cv = [pos[str(samples[i].path)] for i in cv_idx if str(samples[i].path) in pos and samples[i].label not in held]
@@ -244,9 +241,9 @@ def train(
     t0 = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        perm = torch.randperm(len(tr), generator=g)
+        perm = torch.randperm(len(tr), generator=g).to(dev)
         batches = (
-            pk_batches(y_train, cfg.batch_size, 4, g)
+            [b.to(dev) for b in pk_batches(y_train.cpu(), cfg.batch_size, 4, g)]
             if cfg.loss == "triplet"
             else [perm[b * cfg.batch_size : (b + 1) * cfg.batch_size] for b in range(steps_per_epoch)]
         )
@@ -257,7 +254,7 @@ def train(
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(step, total, cfg.warmup_epochs * steps_per_epoch, cfg.lr)
             idx = batches[b]
-            x = augment(x_train[idx], cfg.input_size, spec, g, cfg.erase_p)
+            x = augment(x_train[idx], cfg.input_size, spec, g, aug)
             feats = model.features(x)
             logits = head(feats, y_train[idx])
             if cfg.loss == "triplet":
@@ -269,18 +266,18 @@ def train(
             opt.step()
             with torch.no_grad():
                 d = min(cfg.ema_decay, (1 + step) / (10 + step))
-                for pe, pm in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-                    if pe.dtype.is_floating_point:
-                        pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-                    else:
-                        pe.copy_(pm)
-            losses.append(loss.item())
-            correct += int((logits.argmax(1) == y_train[idx]).sum())
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+                torch._foreach_mul_(ema_float, d)
+                torch._foreach_add_(ema_float, model_float, alpha=1 - d)
+                for pe, pm in ema_other:
+                    pe.copy_(pm)
+            losses.append(loss.detach())
+            correct += (logits.argmax(1) == y_train[idx]).sum()
+            if b % 10 == 0:
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
         row: dict[str, Any] = {
             "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "train_acc": correct / (steps_per_epoch * cfg.batch_size),
+            "loss": float(torch.stack(losses).mean()),
+            "train_acc": int(correct) / (steps_per_epoch * cfg.batch_size),
             "lr": opt.param_groups[0]["lr"],
             "elapsed_s": time.time() - t0,
         }
@@ -323,6 +320,7 @@ def train(
             "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
             "threads": cfg.threads,
+            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         },
     }
     if held:
@@ -337,7 +335,7 @@ def train(
         report["val"] = evaluate_split(ema, spec, big, small, tr, val_split, held, class_names, cache_dir)
     torch.save(
         {
-            "ema": ema.state_dict(),
+            "ema": {k: v.cpu() for k, v in ema.state_dict().items()},
             "arch": model.arch.to_dict(),
             "preprocess": spec.to_dict(),
             "classes": {int(k): v for k, v in class_names.items()},
@@ -429,16 +427,56 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "eval_every",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "margin", "ema_decay"):
+    for name in (
+        "lr",
+        "weight_decay",
+        "margin",
+        "scale",
+        "ema_decay",
+        "label_smoothing",
+        "crop_min_area",
+        "rotate_deg",
+        "jitter",
+        "erase_p",
+        "carve_fraction",
+        "session_threshold",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument(
+        "--carve",
+        choices=("sessions", "random", "none"),
+        default=d.carve,
+        help="validation carved from the training catalog: whole photo sessions (like new stores), "
+        "random photos (same sessions as training: optimistic), or none",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: a GPU when present")
     p.add_argument(
         "--loss",
         choices=("cosface", "triplet"),
         default=d.loss,
         help="cosface: normalised softmax with margin (default); triplet: batch-hard Siamese baseline",
     )
+    p.add_argument(
+        "--widths", default=",".join(map(str, EncoderArch().widths)), help="channels a stage (32,64,128,192)"
+    )
+    p.add_argument(
+        "--blocks", default=",".join(map(str, EncoderArch().blocks)), help="residual blocks a stage (1,2,2,1)"
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     return p
+
+
+def arch_from_args(args: argparse.Namespace) -> EncoderArch:
+    try:
+        widths = tuple(int(x) for x in args.widths.split(","))
+        blocks = tuple(int(x) for x in args.blocks.split(","))
+    except ValueError as e:
+        raise InputError(f"--widths/--blocks must be comma-separated integers ({e})") from e
+    if len(widths) != len(blocks):
+        raise InputError(
+            f"--widths has {len(widths)} stages but --blocks has {len(blocks)}", hint="give both the same count"
+        )
+    return EncoderArch(widths=widths, blocks=blocks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     samples, names = load_samples(args)
     cfg = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)})
     val = read_split(Path(args.val)) if args.val else None
-    report = train(samples, names, Path(args.out), cfg, val, resume=not args.no_resume)
+    report = train(samples, names, Path(args.out), cfg, val, resume=not args.no_resume, arch=arch_from_args(args))
     print(json.dumps(report.get("val", {}), indent=2))
     return 0
 

@@ -39,6 +39,7 @@ def test_tiny_training_resumes_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "run"
     report = train(samples, dict(enumerate(skus)), out, cfg, arch=TINY)
     assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert report["history"][-1]["carved_val"]["n_queries"] == 6  # 2 photos of each of 3 products
     assert report["skipped"][0][0].endswith("broken.jpg")
     assert {"checkpoint.pt", "encoder.pt", "report.json", "curves.png"} <= {p.name for p in out.iterdir()}
     # resume: a longer schedule continues from epoch 3, it does not start over
@@ -73,3 +74,34 @@ def test_split_file_errors_name_the_line(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match=r"s.txt:2: labels must be integers"):
         read_split(f)
+
+
+def test_sessions_carve_holds_out_whole_sessions() -> None:
+    from export.carve import carve_sessions
+
+    rng = np.random.default_rng(0)
+    # two products, each with three sessions of near-identical photos (4 photos a session)
+    centres = rng.normal(size=(6, 32))
+    thumbs = np.concatenate([c + 0.01 * rng.normal(size=(4, 32)) for c in centres]).astype(np.float32)
+    thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True)
+    labels = [0] * 12 + [1] * 12
+    session = np.repeat(np.arange(6), 4)
+    tr, val = carve_sessions(labels, thumbs, fraction=0.3, threshold=0.9, rng=np.random.default_rng(1))
+    assert sorted(tr + val) == list(range(24))
+    held_sessions = set(session[val].tolist())
+    assert len(val) == 8 and len(held_sessions) == 2  # one session (4 photos) of each product
+    assert not set(np.flatnonzero(np.isin(session, list(held_sessions))).tolist()) - set(val)
+    assert {labels[i] for i in val} == {0, 1}
+
+
+def test_device_and_arch_flags_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.errors import InputError
+    from export.train import arch_from_args, build_parser, pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(InputError, match="--device cuda asked for, but torch sees no GPU"):
+        pick_device("cuda")
+    args = build_parser().parse_args(["--folder", "x", "--out", "y", "--widths", "8,16", "--blocks", "1"])
+    with pytest.raises(InputError, match="--widths has 2 stages but --blocks has 1"):
+        arch_from_args(args)
