@@ -28,7 +28,8 @@ import numpy as np
 from edge.encoders.base import ImageEncoder
 from edge.errors import StoreLensError
 from edge.fusion import FusionWeights, LabelTextReranker, ProductText, TextProfiles
-from edge.ocr import OcrEngine, OcrWorker
+from edge.ocr import OcrEngine, OcrWorker, TextReader
+from edge.ocr_process import ProcessOcrEngine
 from edge.preprocess import read_image
 from edge.types import Candidate
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", default="../shared/datasets/grocery-store/val/Packages/*/*/*_001.jpg")
     ap.add_argument("--hold", type=int, default=45, help="frames each product stays in view (3 s at 15 fps)")
     ap.add_argument("--det-side", type=int, default=480)
+    ap.add_argument("--engine", choices=("process", "thread"), default="process",
+                    help="OCR in a child process (the runtime's default) or on a thread of this process")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     paths = sorted(glob.glob(args.images))
@@ -82,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         stream = frames(images, args.hold)
         profiles = TextProfiles.build([ProductText(sku=s, texts=(s.replace("-", " "),)) for s in skus])
         off = run_loop(enc, gallery, skus, stream, None)
-        with OcrWorker(engine=OcrEngine(threads=1, det_limit_side_len=args.det_side)) as worker:
+        engine: TextReader = (ProcessOcrEngine(threads=1, det_limit_side_len=args.det_side) if args.engine == "process"
+                              else OcrEngine(threads=1, det_limit_side_len=args.det_side))
+        with OcrWorker(engine=engine) as worker:
             rr = LabelTextReranker(worker=worker, profiles=profiles, weights=FusionWeights(ocr=0.2))
             on = run_loop(enc, gallery, skus, stream, rr)
             ocr = worker.stats().to_dict()
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     fps_off = (off["fps"] + off2["fps"]) / 2
     res = {"views": len(paths), "hold": args.hold, "off": off, "on": on, "off_again": off2,
-           "ratio_on_off": round(on["fps"] / fps_off, 3), "ocr": ocr, "det_side": args.det_side,
+           "ratio_on_off": round(on["fps"] / fps_off, 3), "ocr": ocr, "det_side": args.det_side, "engine": args.engine,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
                        "encoder": enc.fingerprint, "load1": os.getloadavg()[0]}}
     print(json.dumps(res, indent=1))

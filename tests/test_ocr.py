@@ -113,3 +113,43 @@ def test_worker_from_config_section() -> None:
         worker.request("r", label("ARLA"))
         result = worker.wait("r", timeout=120)
     assert result is not None and result.tokens == ("arla",)
+
+
+def test_process_engine_reads_in_a_child_and_restarts_after_it_dies() -> None:
+    import os
+    import signal
+
+    from edge.ocr_process import ProcessOcrEngine
+
+    with ProcessOcrEngine(threads=1) as engine:
+        assert engine.read(label("ARLA", "GRADDFIL")).tokens == ("arla", "graddfil")
+        child = engine._proc
+        assert child is not None and child.pid != os.getpid()
+        with pytest.raises(ImageError, match="OCR needs a non-empty BGR uint8 image array"):
+            engine.read(np.zeros((0, 0, 3), np.uint8))  # checked here, the child is not bothered
+        assert engine._proc is child
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(5)
+        # the dead child is noticed and replaced: this read runs in a fresh one
+        assert engine.read(label("BRAVO")).tokens == ("bravo",)
+        assert engine._proc is not child
+    assert engine._proc is None  # closed with the context
+
+
+def test_process_engine_names_a_child_that_dies_mid_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from edge.ocr_process import ProcessOcrEngine
+
+    with ProcessOcrEngine(threads=1) as engine:
+        engine.read(label("ARLA"))
+        child = engine._proc
+        assert child is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(5)
+        monkeypatch.setattr(child, "is_alive", lambda: True)  # it dies after the liveness check
+        with pytest.raises(BackendError, match=r"OCR process exited \(exit code -9\) while reading"):
+            engine.read(label("ARLA"))
+        assert engine._proc is None  # forgotten: the next read starts a fresh child
+        assert engine.read(label("ARLA")).tokens == ("arla",)
