@@ -57,7 +57,7 @@ from export.data import ClassInfo, Sample, read_classes, read_split
 
 MODALITIES = ("image", "image+ocr", "image+ocr+text")
 GROUPS = ("Fruit", "Vegetables", "Packages")
-CARVE_PER_CLASS, SEED = 3, 0  # export/train.py defaults: the trained encoder never saw these photos
+SEED = 0  # profile photo draw
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,21 @@ class Layout:
     profile: dict[int, list[Sample]]
 
 
-def layout(train: Path, val: Path, *, profile_photos: int) -> Layout:
-    from export.train import carve  # the exact carve the encoder was trained with
+def training_of(encoder: ImageEncoder) -> dict[str, Any]:
+    """The training report in the encoder's bundle manifest ({} if the bundle has none)."""
+    bundle = getattr(encoder, "bundle", None)
+    if bundle is None:
+        return {}
+    manifest = json.loads((Path(bundle.root) / "manifest.json").read_text(encoding="utf-8"))
+    return dict(manifest.get("provenance", {}).get("training", {}))
+
+
+def layout(train: Path, val: Path, *, profile_photos: int, training: dict[str, Any] | None = None) -> Layout:
+    """Carved queries = the carve the encoder was trained with (from its training report), so it never saw them."""
+    from export.bundle import parity_split
 
     samples = read_split(train)
-    tr_idx, cv_idx = carve(samples, CARVE_PER_CLASS, np.random.default_rng(SEED))
+    tr_idx, cv_idx = parity_split(samples, training or {})
     gallery = [samples[i] for i in tr_idx]
     by: dict[int, list[Sample]] = {}
     for s in gallery:
@@ -90,9 +100,9 @@ def layout(train: Path, val: Path, *, profile_photos: int) -> Layout:
                   profile=profile)
 
 
-def needed_images(train: Path, val: Path, *, profile_photos: int) -> list[Path]:
+def needed_images(train: Path, val: Path, *, profile_photos: int, training: dict[str, Any] | None = None) -> list[Path]:
     """Every image the evaluation OCRs: val + carved queries, profile photos, iconic images."""
-    lay = layout(train, val, profile_photos=profile_photos)
+    lay = layout(train, val, profile_photos=profile_photos, training=training)
     paths = [s.path for s in lay.val + lay.carved]
     paths += [s.path for ss in lay.profile.values() for s in ss]
     paths += [c.iconic for c in lay.classes.values() if c.iconic is not None]
@@ -154,7 +164,7 @@ def evaluate(*, train: Path, val: Path, image_encoder: ImageEncoder, modalities:
         raise InputError(f"unknown modalities {modalities!r}", hint=f"use one of {', '.join(MODALITIES)}")
     if modalities.endswith("+text") and text_encoder is None:
         raise InputError("image+ocr+text needs a text encoder", hint="pass --text-bundle (the MiniLM bundle)")
-    lay = layout(train, val, profile_photos=profile_photos)
+    lay = layout(train, val, profile_photos=profile_photos, training=training_of(image_encoder))
     root = train.parent
     labels_all = sorted(lay.classes)
     n = max(labels_all) + 1
