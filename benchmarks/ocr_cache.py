@@ -88,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--det-side", type=int, default=736, help="OCR detector short side (px)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for OCR")
     ap.add_argument("--out", type=Path, default=Path("runs/ocr-cache/det736.jsonl"), help="JSONL cache file")
+    ap.add_argument("--image-bundle", type=Path, default=None,
+                    help="image bundle whose training carve gives the carved queries (default: the embedded one)")
     args = ap.parse_args(argv)
     try:
-        images = needed_images(args.train, args.val, profile_photos=args.profile_photos)
+        from edge.bundle import default_bundle_path
+
+        manifest = json.loads(((args.image_bundle or default_bundle_path("image")) / "manifest.json").read_text())
+        training = manifest.get("provenance", {}).get("training", {})
+        images = needed_images(args.train, args.val, profile_photos=args.profile_photos, training=training)
         engine = OcrEngine(threads=args.threads, det_limit_side_len=args.det_side)
         counts = fill_cache(args.out, images, root=args.train.parent, engine=engine)
     except StoreLensError as e:
