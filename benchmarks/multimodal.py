@@ -71,13 +71,16 @@ class Layout:
     profile: dict[int, list[Sample]]
 
 
-def training_of(encoder: ImageEncoder) -> dict[str, Any]:
-    """The training report in the encoder's bundle manifest ({} if the bundle has none)."""
-    bundle = getattr(encoder, "bundle", None)
-    if bundle is None:
-        return {}
-    manifest = json.loads((Path(bundle.root) / "manifest.json").read_text(encoding="utf-8"))
+def bundle_training(root: Path) -> dict[str, Any]:
+    """The training report recorded in an image bundle's manifest ({} if it has none)."""
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     return dict(manifest.get("provenance", {}).get("training", {}))
+
+
+def training_of(encoder: ImageEncoder) -> dict[str, Any]:
+    """The training report of the encoder's bundle ({} for an encoder without one)."""
+    bundle = getattr(encoder, "bundle", None)
+    return bundle_training(Path(bundle.root)) if bundle is not None else {}
 
 
 def layout(train: Path, val: Path, *, profile_photos: int, training: dict[str, Any] | None = None) -> Layout:

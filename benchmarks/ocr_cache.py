@@ -79,7 +79,7 @@ def latency_summary(results: Iterable[OcrResult]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.multimodal import needed_images
+    from benchmarks.multimodal import bundle_training, needed_images
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=Path, required=True, help="train split file (word profiles, carved queries)")
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from edge.bundle import default_bundle_path
 
-        manifest = json.loads(((args.image_bundle or default_bundle_path("image")) / "manifest.json").read_text())
-        training = manifest.get("provenance", {}).get("training", {})
+        training = bundle_training(args.image_bundle or default_bundle_path("image"))
         images = needed_images(args.train, args.val, profile_photos=args.profile_photos, training=training)
         engine = OcrEngine(threads=args.threads, det_limit_side_len=args.det_side)
         counts = fill_cache(args.out, images, root=args.train.parent, engine=engine)

@@ -82,7 +82,7 @@ class ProcessOcrEngine:
                     raise BackendError(f"OCR process gave no answer in {self.timeout_s:.0f} s",
                                        hint="the crop may be huge; lower ocr.det_side or check the box's load")
                 status, payload = conn.recv()
-            except (EOFError, OSError, BrokenPipeError, BackendError) as e:
+            except (EOFError, OSError, BackendError) as e:
                 code = self._proc.exitcode if self._proc is not None else None
                 self._stop(kill=True)
                 if isinstance(e, BackendError):
@@ -99,7 +99,7 @@ class ProcessOcrEngine:
             if not kill:
                 try:
                     self._conn.send(None)
-                except (OSError, BrokenPipeError):
+                except OSError:
                     pass
             self._conn.close()
         if self._proc is not None:
