@@ -1,7 +1,7 @@
 """OpenVINO int8 IR: ``openvino.convert_model`` of the fp32 ONNX + ``nncf.quantize``.
 
 Same calibration images as the onnxruntime int8 model. The tail after the last convolution
-(residual add, GeM pooling, BatchNorm neck, projection, L2 normalisation) is kept out of the
+(the last activation, pooling, any projection, L2 normalisation) is kept out of the
 quantization with an ignored scope: measured on an earlier model, NNCF's defaults there kept
 embedding cosine at 0.99 yet lost 7 points of recall@1, because int8 on the projection of a
 pooled vector flattens the small differences that separate similar products.

@@ -1,6 +1,6 @@
 """Train the product image encoder with metric learning (``storelens export train``).
 
-Recipe (chosen for ~30 photos a product and no pretraining): a compact ResNet-style CNN,
+Recipe (chosen for ~30 photos a product and no pretraining): a compact VGG-style CNN,
 normalised-softmax (CosFace) loss with label smoothing, strong geometric augmentation and
 colour jitter that keeps hue (colour tells products apart), random erasing, SGD with a
 cosine schedule and an EMA of the weights, which is what gets exported. Retrieval quality
@@ -456,11 +456,22 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         default=d.loss,
         help="cosface: normalised softmax with margin (default); triplet: batch-hard Siamese baseline",
     )
+    a = EncoderArch()
     p.add_argument(
-        "--widths", default=",".join(map(str, EncoderArch().widths)), help="channels a stage (32,64,128,192)"
+        "--kind",
+        choices=("plain", "resnet"),
+        default=a.kind,
+        help="plain: VGG-style convs + max-pooling (default, best measured); resnet: the first model",
     )
+    p.add_argument("--widths", default=",".join(map(str, a.widths)), help="channels a stage (default: %(default)s)")
     p.add_argument(
-        "--blocks", default=",".join(map(str, EncoderArch().blocks)), help="residual blocks a stage (1,2,2,1)"
+        "--blocks",
+        default=",".join(map(str, a.blocks)),
+        help="3x3 convs (plain) or residual blocks (resnet) a stage (default: %(default)s)",
+    )
+    p.add_argument("--stem", type=int, default=a.stem, help="channels of the strided stem conv (default: %(default)s)")
+    p.add_argument(
+        "--embedding-dim", type=int, default=a.embedding_dim, help="embedding length (default: %(default)s)"
     )
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     return p
@@ -476,7 +487,9 @@ def arch_from_args(args: argparse.Namespace) -> EncoderArch:
         raise InputError(
             f"--widths has {len(widths)} stages but --blocks has {len(blocks)}", hint="give both the same count"
         )
-    return EncoderArch(widths=widths, blocks=blocks)
+    if min(widths + blocks) < 1 or args.stem < 1 or args.embedding_dim < 1:
+        raise InputError("--widths, --blocks, --stem and --embedding-dim must be positive")
+    return EncoderArch(widths=widths, blocks=blocks, stem=args.stem, embedding_dim=args.embedding_dim, kind=args.kind)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,3 +105,42 @@ def test_device_and_arch_flags_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> 
     args = build_parser().parse_args(["--folder", "x", "--out", "y", "--widths", "8,16", "--blocks", "1"])
     with pytest.raises(InputError, match="--widths has 2 stages but --blocks has 1"):
         arch_from_args(args)
+    args = build_parser().parse_args(["--folder", "x", "--out", "y", "--widths", "8,0", "--blocks", "1,1"])
+    with pytest.raises(InputError, match="must be positive"):
+        arch_from_args(args)
+    args = build_parser().parse_args(["--folder", "x", "--out", "y", "--kind", "resnet", "--embedding-dim", "64"])
+    assert arch_from_args(args) == EncoderArch(kind="resnet", embedding_dim=64)
+
+
+@pytest.mark.parametrize("kind", ["plain", "resnet"])
+def test_both_encoder_kinds_embed_and_round_trip(kind: str) -> None:
+    """Unit-length output of the declared size; weights and arch reload into an equal model."""
+    from export.model import ProductEncoder
+
+    arch = EncoderArch(widths=(8, 16), blocks=(1, 2), stem=8, embedding_dim=12, kind=kind)
+    model = ProductEncoder(arch).eval()
+    x = torch.randn(3, 3, 40, 40)
+    y = model(x)
+    assert y.shape == (3, 12)
+    assert torch.allclose(y.norm(dim=1), torch.ones(3), atol=1e-5)
+    again = ProductEncoder(EncoderArch.from_dict(arch.to_dict())).eval()
+    again.load_state_dict(model.state_dict())
+    assert torch.equal(again(x), y)
+
+
+def test_checkpoint_from_before_kinds_loads_as_resnet() -> None:
+    """Old encoder.pt files: no `kind` in the arch, resnet weights at the top level of the state dict."""
+    from export.model import ProductEncoder
+
+    arch = EncoderArch(widths=(8, 16), blocks=(1, 1), stem=8, embedding_dim=16, kind="resnet")
+    model = ProductEncoder(arch).eval()
+    old_arch = {k: v for k, v in arch.to_dict().items() if k != "kind"}
+    old_state = {k.removeprefix("net."): v for k, v in model.state_dict().items()}
+    keys = list(old_state)
+    loaded = ProductEncoder(EncoderArch.from_dict(old_arch)).eval()
+    loaded.load_state_dict(old_state)
+    assert list(old_state) == keys  # the caller's mapping is not rewritten
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="unknown encoder kind 'vit'"):
+        ProductEncoder(EncoderArch(kind="vit"))
