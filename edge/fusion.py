@@ -13,6 +13,11 @@ with ``idf(t) = log(1 + P / df(t))`` over the P products and ``sim`` 1 for an ex
 the difflib ratio (>= 0.8) for an OCR misread of a word of 4+ letters. So ``ocr(p)`` lies in
 [0, 1]: 1 when the product explains all recognisable text, 0 for all products when nothing
 readable matched. Words that match nothing carry no information and are left out.
+Compounds: a profile word of 8+ letters also lists its parts when one side is a known word
+("apelsinjuice" -> "apelsin", "juice", as a Swedish carton prints them on two lines), and two
+query words are rejoined when only their join is known (OCR's "mor" "gon" -> "morgon").
+Measured on the sessions-carved Packages photos (OCR alone, top-1 right): 0.602 -> 0.627 with
+four photos' reads a product; val 0.39 -> 0.41.
 
 **Text score (semantic, optional).** The cosine between the MiniLM embedding of the query
 text and of each product's catalog text, clipped at 0; zero when there is no query text.
@@ -43,6 +48,7 @@ from edge.types import Candidate
 
 FUZZY_CUTOFF = 0.8
 FUZZY_MIN_LEN = 5
+COMPOUND_MIN_PART = 4
 # Lines of a GSD *_Information.txt that are product text (nutrition tables and URLs are not):
 # title-like lines name the product (full weight), the others describe it (DESCRIPTION_WEIGHT).
 TITLE_KEYS = ("title", "manufacturer and volume")
@@ -97,7 +103,8 @@ class TextProfiles:
                     prof[w] = max(prof.get(w, 0.0), weight)
             skus.append(p.sku)
             profiles.append(prof)
-        return cls(skus=skus, weights=profiles)
+        vocab = {w for prof in profiles for w in prof}
+        return cls(skus=skus, weights=[_with_compound_parts(prof, vocab) for prof in profiles])
 
     def _match(self, word: str) -> tuple[str, float] | None:
         if word in self._postings:
@@ -114,7 +121,7 @@ class TextProfiles:
         """(P,) scores in [0, 1] aligned with :attr:`skus`; all zeros when no query word matches."""
         out = np.zeros(len(self.skus), np.float32)
         total = 0.0
-        for word in dict.fromkeys(query_tokens):  # unique, in order
+        for word in dict.fromkeys(self._join_split_words(list(query_tokens))):  # unique, in order
             m = self._match(word)
             if m is None:
                 continue
@@ -124,6 +131,21 @@ class TextProfiles:
             for i, weight in self._postings[vocab_word]:
                 out[i] += idf * sim * weight
         return out / total if total > 0 else out
+
+    def _join_split_words(self, words: list[str]) -> list[str]:
+        """Rejoin a word OCR read in two pieces ("mor" "gon" -> "morgon") when only the join is known."""
+        out: list[str] = []
+        i = 0
+        while i < len(words):
+            if i + 1 < len(words):
+                a, b = words[i], words[i + 1]
+                if a + b in self._postings and not (a in self._postings and b in self._postings):
+                    out.append(a + b)
+                    i += 2
+                    continue
+            out.append(words[i])
+            i += 1
+        return out
 
     def score_text(self, text: str) -> np.ndarray:
         return self.score(tokens(text))
@@ -141,6 +163,24 @@ class TextProfiles:
     @classmethod
     def load(cls, path: Path) -> TextProfiles:
         return cls.from_dict(_read_json(path, what="text profiles"))
+
+
+def _with_compound_parts(profile: Mapping[str, float], vocab: set[str]) -> dict[str, float]:
+    """Add the parts of compound words ("apelsinjuice" -> "apelsin", "juice") at the compound's weight.
+
+    Swedish (and German, Dutch...) labels print a compound's parts on separate lines, so OCR reads
+    "APELSIN" / "JUICE" while the catalogue says "apelsinjuice". A word of 8+ letters is split
+    where one side is a catalogue word of 4+ letters and the other has 4+ letters too.
+    """
+    out = dict(profile)
+    for word, weight in profile.items():
+        for k in range(COMPOUND_MIN_PART, len(word) - COMPOUND_MIN_PART + 1):
+            head, tail = word[:k], word[k:]
+            if head in vocab or tail in vocab:
+                for part in (head, tail):
+                    out[part] = max(out.get(part, 0.0), weight)
+                break
+    return out
 
 
 def semantic_scores(query_vec: np.ndarray | None, product_vecs: np.ndarray) -> np.ndarray:

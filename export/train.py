@@ -47,7 +47,7 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 5e-4
     warmup_epochs: int = 3
-    input_size: int = 128
+    input_size: int = 144
     cache_scale: float = 1.25
     ema_decay: float = 0.998
     margin: float = 0.2
@@ -57,7 +57,7 @@ class TrainConfig:
     crop_min_area: float = 0.30
     rotate_deg: float = 15.0
     jitter: float = 0.3
-    carve: str = "random"  # sessions (hold out whole photo sessions) | random | none
+    carve: str = "sessions"  # sessions (hold out whole photo sessions) | random | none
     carve_per_class: int = 3  # random carve: photos a product
     carve_fraction: float = 0.15  # sessions carve: share of each product's photos
     session_threshold: float = 0.6  # sessions carve: thumbnail cosine that links two photos

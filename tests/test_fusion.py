@@ -102,6 +102,18 @@ def test_words_read_off_reference_photos_weigh_by_the_share_of_photos() -> None:
     assert np.array_equal(again.score(["apelsin", "orange"]), p.score(["apelsin", "orange"]))
 
 
+def test_compound_label_words_split_across_lines_still_match() -> None:
+    """Labels print "APELSIN" over "JUICE"; the catalogue says "Apelsinjuice"; OCR splits "MOR GON"."""
+    p = TextProfiles.build([ProductText(sku="orange", titles=("Bravo Apelsinjuice",)),
+                            ProductText(sku="apple", titles=("Bravo Äpple Juice",)),
+                            ProductText(sku="morgon", titles=("God Morgon Juice",))])
+    s = p.score(["apelsin", "juice", "bravo"])
+    assert s.argmax() == 0 and s[0] == pytest.approx(1.0) and s[1] < s[0]  # "apelsin" is a part of the compound
+    assert p.score(["god", "mor", "gon"]).tolist() == [0.0, 0.0, 1.0]  # rejoined: "morgon"
+    assert p.score(["apple"]).tolist() == [0.0, 1.0, 0.0]  # "apple" is no part of "apelsinjuice"
+    assert "sinj" not in p.to_dict()["weights"][0]  # parts need a known side; others are not invented
+
+
 def test_weights_fitted_on_labelled_scores_round_trip(tmp_path: Path, profiles: TextProfiles) -> None:
     rng = np.random.default_rng(7)
     labels = np.repeat(np.arange(4), 10)

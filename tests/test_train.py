@@ -35,7 +35,9 @@ def make_catalog(root: Path, n_classes: int = 3, per_class: int = 12) -> None:
 def test_tiny_training_resumes_and_reports(tmp_path: Path) -> None:
     make_catalog(tmp_path / "cat")
     samples, skus = read_folder(tmp_path / "cat")
-    cfg = TrainConfig(epochs=2, batch_size=8, input_size=32, carve_per_class=2, eval_every=1, threads=1)
+    cfg = TrainConfig(
+        epochs=2, batch_size=8, input_size=32, carve="random", carve_per_class=2, eval_every=1, threads=1
+    )
     out = tmp_path / "run"
     report = train(samples, dict(enumerate(skus)), out, cfg, arch=TINY)
     assert [h["epoch"] for h in report["history"]] == [1, 2]
@@ -52,7 +54,9 @@ def test_tiny_training_resumes_and_reports(tmp_path: Path) -> None:
 def test_triplet_baseline_runs(tmp_path: Path) -> None:
     make_catalog(tmp_path / "cat")
     samples, skus = read_folder(tmp_path / "cat")
-    cfg = TrainConfig(epochs=1, batch_size=8, input_size=32, carve_per_class=2, threads=1, loss="triplet")
+    cfg = TrainConfig(
+        epochs=1, batch_size=8, input_size=32, carve="random", carve_per_class=2, threads=1, loss="triplet"
+    )
     report = train(samples, dict(enumerate(skus)), tmp_path / "run", cfg, arch=TINY)
     assert np.isfinite(report["history"][0]["loss"])
 
