@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ocr-cache", type=Path, default=Path("runs/ocr-cache/det480.jsonl"),
                    help="OCR cache written by python -m benchmarks.ocr_cache")
     p.add_argument("--text-bundle", type=Path, default=None, help="text bundle for image+ocr+text (default: embedded)")
-    p.add_argument("--profile-photos", type=int, default=4, help="gallery photos a product OCR'd for its word profile")
+    p.add_argument("--profile-photos", type=int, default=8,
+                   help="gallery photos a product OCR'd for its word profile (as `storelens ocr enroll`)")
     return p
 
 

@@ -161,7 +161,7 @@ def ocr_of(cache: dict[str, OcrResult], paths: Sequence[Path], root: Path) -> li
 
 
 def evaluate(*, train: Path, val: Path, image_encoder: ImageEncoder, modalities: str, catalogue_only: bool,
-             ocr_cache: Path, text_encoder: TextEncoder | None = None, profile_photos: int = 4, tune_photos: int = 1,
+             ocr_cache: Path, text_encoder: TextEncoder | None = None, profile_photos: int = 8, tune_photos: int = 1,
              cache_dir: Path = Path("runs/mm-cache")) -> dict[str, Any]:
     if modalities not in MODALITIES:
         raise InputError(f"unknown modalities {modalities!r}", hint=f"use one of {', '.join(MODALITIES)}")
@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", choices=("fp32", "int8"), default="int8")
     ap.add_argument("--modalities", choices=MODALITIES, default="image+ocr")
     ap.add_argument("--catalogue-only", action="store_true", help="gallery = one iconic image + text a product")
-    ap.add_argument("--ocr-cache", type=Path, default=Path("runs/ocr-cache/det736.jsonl"))
-    ap.add_argument("--profile-photos", type=int, default=4)
+    ap.add_argument("--ocr-cache", type=Path, default=Path("runs/ocr-cache/det480.jsonl"))
+    ap.add_argument("--profile-photos", type=int, default=8,
+                    help="gallery photos a product OCR'd (as `storelens ocr enroll`)")
     ap.add_argument("--tune-photos", type=int, default=1, help="gallery photos a product when fitting weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None, help="write the result here")

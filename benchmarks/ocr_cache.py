@@ -8,7 +8,7 @@ JSON line per image. Re-running it only reads what is missing. Unreadable images
 recorded with their error, counted and reported, never dropped silently.
 
     python -m benchmarks.ocr_cache --train ../shared/datasets/grocery-store/train.txt \
-        --val ../shared/datasets/grocery-store/val.txt --det-side 736 --out runs/ocr-cache/det736.jsonl
+        --val ../shared/datasets/grocery-store/val.txt [--det-side 480] [--out runs/ocr-cache/det480.jsonl]
 """
 
 from __future__ import annotations
@@ -84,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=Path, required=True, help="train split file (word profiles, carved queries)")
     ap.add_argument("--val", type=Path, required=True, help="val split file (queries)")
-    ap.add_argument("--profile-photos", type=int, default=4, help="reference photos a product OCR'd for its profile")
-    ap.add_argument("--det-side", type=int, default=736, help="OCR detector short side (px)")
+    ap.add_argument("--profile-photos", type=int, default=8,
+                    help="reference photos a product OCR'd for its profile (as `storelens ocr enroll`)")
+    ap.add_argument("--det-side", type=int, default=480,
+                    help="OCR detector short side (px; 480 as the edge's OcrEngine)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for OCR")
-    ap.add_argument("--out", type=Path, default=Path("runs/ocr-cache/det736.jsonl"), help="JSONL cache file")
+    ap.add_argument("--out", type=Path, default=Path("runs/ocr-cache/det480.jsonl"), help="JSONL cache file")
     ap.add_argument("--image-bundle", type=Path, default=None,
                     help="image bundle whose training carve gives the carved queries (default: the embedded one)")
     args = ap.parse_args(argv)
