@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"parity: largest macro recall@1 drop, as a fraction ({MAX_R1_DROP})")
     b.add_argument("--openvino-preset", choices=["performance", "mixed"], default="performance",
                    help="NNCF preset: performance = symmetric activations, mixed = asymmetric")
+    b.add_argument("--whitening", choices=["auto", "always", "never"], default="auto",
+                   help="learned whitening of the embedding, fitted on the training photos (export/whiten.py); "
+                        "auto keeps it when it raises the held-out recall (default)")
+    b.add_argument("--whitening-shrinkage", type=float, default=0.1, help="whitening regularisation (0.1)")
     b.add_argument("--force", action="store_true", help="install even if parity fails (recorded in the manifest)")
     b.add_argument("--threads", type=int, default=None, help="threads for parity inference (default: all cores)")
     b.add_argument("--json", type=Path, help="also write the parity figures here")
@@ -89,7 +93,8 @@ def run_bundle(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint, samples=samples, out=args.out, calib_images=args.calib_images,
         parity_per_class=args.parity_per_class, seed=args.seed, input_size=args.input_size,
         min_cosine=args.min_cosine, max_r1_drop=args.max_r1_drop, force=args.force, threads=args.threads,
-        openvino_preset=args.openvino_preset, data_source=str(args.split or args.folder))
+        openvino_preset=args.openvino_preset, data_source=str(args.split or args.folder),
+        whitening=args.whitening, whitening_shrinkage=args.whitening_shrinkage)
     for r in (*res.candidates, *res.reports[1:]):
         print(r.summary())
     _finish(res.bundle.root, res.bundle.fingerprint, res.bundle.parity, len(res.skipped), args.json)
