@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import CaptureError
+from edge.encoders.base import ImageEncoder
+from edge.errors import CaptureError, ModelMismatchError
 
 SHAPES = ("circle", "square", "triangle", "stripes", "diamond", "ring", "cross", "dots")
 
@@ -153,3 +154,28 @@ def save_renders(folder: Path, products: tuple[DemoProduct, ...] = DEMO_PRODUCTS
         cv2.imwrite(str(path), render_product(p))
         out.append(path)
     return out
+
+
+def calibrate_demo(encoder: ImageEncoder, products: tuple[DemoProduct, ...] = DEMO_PRODUCTS) -> tuple[float, float]:
+    """(threshold, margin) for the demo's catalog, measured with the encoder it runs (as ``storelens calibrate`` does).
+
+    Fresh shots of each product (another seed than the enrolled ones) must clear the threshold and the
+    empty tray must not: the threshold sits midway between the worst fresh shot's score for its own
+    product and the empty tray's best score; the margin is half the smallest lead of a fresh shot's
+    own product over the next. Measuring beats a fixed number: each encoder has its own cosine scale.
+    """
+    enrolled = [encoder.embed(reference_images(p)) for p in products]
+    own, lead = [], []
+    for i, p in enumerate(products):
+        for v in encoder.embed(reference_images(p, seed=1)):
+            scores = [float((e @ v).max()) for e in enrolled]
+            own.append(scores[i])
+            lead.append(scores[i] - max(s for j, s in enumerate(scores) if j != i))
+    empty = encoder.embed([tray_background()])[0]
+    empty_best = max(float((e @ empty).max()) for e in enrolled)
+    if min(own) <= empty_best or min(lead) <= 0:
+        raise ModelMismatchError(
+            f"this image encoder cannot tell the demo's products apart (worst own score {min(own):.2f}, "
+            f"empty tray {empty_best:.2f}, smallest lead {min(lead):.2f})",
+            hint="use the embedded default bundle (unset model.image_bundle)")
+    return round((min(own) + empty_best) / 2, 3), round(min(0.1, min(lead) / 2), 3)

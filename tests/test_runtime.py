@@ -269,7 +269,8 @@ def test_demo_recognises_every_product(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--json"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out[out.rindex("\n{") + 1:])
-    assert (result["products_shown"], result["recognised"], result["wrong"]) == (6, 6, [])
+    assert (result["products_shown"], result["recognised"], result["wrong"], result["extra_known"]) == (6, 6, [], 0)
+    assert 0 < result["threshold"] < 1 and 0 < result["margin"] <= 0.1
     assert result["outbox_left"] == result["decisions"]  # no broker: every decision kept for later delivery
 
 
