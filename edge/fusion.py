@@ -172,7 +172,8 @@ def _with_compound_parts(profile: Mapping[str, float], vocab: set[str]) -> dict[
 
     Swedish (and German, Dutch...) labels print a compound's parts on separate lines, so OCR reads
     "APELSIN" / "JUICE" while the catalogue says "apelsinjuice". A word of 8+ letters is split
-    where one side is a catalogue word of 4+ letters and the other has 4+ letters too.
+    where one side is a word of some product's profile (catalogue text or photo reads) and both
+    sides have 4+ letters.
     """
     out = dict(profile)
     for word, weight in profile.items():

@@ -15,8 +15,10 @@ finds products, including products enrolled after training:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -152,6 +154,19 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.neck(self.pool(self.body(self.stem(x)))))
+
+
+@torch.no_grad()
+def embed_batches(model: nn.Module, batches: Iterable[np.ndarray], *, dim: int = 0) -> np.ndarray:
+    """Unit embeddings of preprocessed float32 (n, 3, S, S) batches, in eval mode on the model's device.
+
+    Callers pass a generator so a whole catalog is never held as float32 at once.
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model(torch.from_numpy(x).to(dev).contiguous(memory_format=torch.channels_last)).cpu().numpy()
+           for x in batches]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
 class CosineHead(nn.Module):

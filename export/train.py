@@ -35,7 +35,7 @@ from edge.preprocess import PreprocessSpec, normalise
 from export.augment import AugmentConfig, augment
 from export.carve import carve_random, carve_sessions, thumbnails
 from export.data import DecodedSet, Sample, decode_samples, read_classes, read_folder, read_split
-from export.model import CosineHead, EncoderArch, ProductEncoder
+from export.model import CosineHead, EncoderArch, ProductEncoder, embed_batches
 
 log = logging.getLogger("storelens.train")
 
@@ -53,10 +53,10 @@ class TrainConfig:
     margin: float = 0.2
     scale: float = 30.0
     label_smoothing: float = 0.1
-    erase_p: float = 0.25
-    crop_min_area: float = 0.30
-    rotate_deg: float = 15.0
-    jitter: float = 0.3
+    erase_p: float = AugmentConfig.erase_p  # augmentation: defaults live in export/augment.py
+    crop_min_area: float = AugmentConfig.crop_min_area
+    rotate_deg: float = AugmentConfig.rotate_deg
+    jitter: float = AugmentConfig.jitter
     carve: str = "sessions"  # sessions (hold out whole photo sessions) | random | none
     carve_per_class: int = 3  # random carve: photos a product
     carve_fraction: float = 0.15  # sessions carve: share of each product's photos
@@ -99,14 +99,8 @@ def carve(
 @torch.no_grad()
 def embed(model: ProductEncoder, pixels: np.ndarray, spec: PreprocessSpec, batch: int = 128) -> np.ndarray:
     """Embed uint8 RGB (N, S, S, 3) already at the model's input size, as the edge would."""
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, len(pixels), batch):
-        x = torch.from_numpy(normalise(pixels[i : i + batch], spec)).to(dev)
-        x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.arch.embedding_dim), np.float32)
+    batches = (normalise(pixels[i : i + batch], spec) for i in range(0, len(pixels), batch))
+    return embed_batches(model, batches, dim=model.arch.embedding_dim)
 
 
 def retrieval_metrics(q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray) -> dict[str, float]:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import InputError
+from export.model import embed_batches
 
 DEFAULT_SHRINKAGE = 0.1
 
@@ -97,14 +98,6 @@ class WhitenedEncoder(nn.Module):
 WHITENING_MODES = ("auto", "always", "never")
 
 
-@torch.no_grad()
-def torch_embed(model: nn.Module, x: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Unit embeddings of preprocessed (N, 3, S, S) float32 input with the torch model (eval mode)."""
-    model.eval()
-    out = [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
-
-
 def choose_whitening(model: nn.Module, gallery_x: np.ndarray, gallery_labels: np.ndarray, queries_x: np.ndarray,
                      queries_labels: np.ndarray, *, mode: str = "auto", shrinkage: float = DEFAULT_SHRINKAGE
                      ) -> tuple[nn.Module, dict[str, object]]:
@@ -119,7 +112,7 @@ def choose_whitening(model: nn.Module, gallery_x: np.ndarray, gallery_labels: np
         raise InputError(f"unknown whitening mode {mode!r}", hint="use auto, always or never")
     if mode == "never":
         return model, {"mode": mode, "applied": False}
-    g, q = torch_embed(model, gallery_x), torch_embed(model, queries_x)
+    g, q = (embed_batches(model, (x[i : i + 128] for i in range(0, len(x), 128))) for x in (gallery_x, queries_x))
     w = fit_whitening(g, gallery_labels, shrinkage=shrinkage)
     before = retrieval_metrics(q, queries_labels, g, gallery_labels)["macro_r1"]
     after = retrieval_metrics(w.apply(q), queries_labels, w.apply(g), gallery_labels)["macro_r1"]
