@@ -148,3 +148,40 @@ def test_checkpoint_from_before_kinds_loads_as_resnet() -> None:
     assert torch.equal(loaded(x), model(x))
     with pytest.raises(ValueError, match="unknown encoder kind 'vit'"):
         ProductEncoder(EncoderArch(kind="vit"))
+
+
+def test_distilled_student_trains_from_a_teacher_checkpoint_and_resumes(tmp_path: Path) -> None:
+    """A teacher encoder.pt gives the targets; they are cached in the run folder; resume restores the head."""
+    make_catalog(tmp_path / "cat")
+    samples, skus = read_folder(tmp_path / "cat")
+    base = TrainConfig(epochs=1, batch_size=8, input_size=32, carve="none", threads=1)
+    train(samples, dict(enumerate(skus)), tmp_path / "teacher", base, arch=TINY)
+    teacher = str(tmp_path / "teacher" / "encoder.pt")
+    cfg = TrainConfig(**{**base.__dict__, "distill_from": (teacher, teacher), "distill_weight": 2.0})
+    report = train(samples, dict(enumerate(skus)), tmp_path / "student", cfg, arch=TINY)
+    assert report["config"]["distill_from"] == (teacher, teacher)
+    cached = list((tmp_path / "student" / "cache").glob("teachers-*.npy"))
+    assert len(cached) == 1
+    targets = np.load(cached[0])
+    assert targets.shape == (36, 32)  # 36 readable photos, two 16-d teachers side by side
+    assert np.allclose(np.linalg.norm(targets, axis=1), 1.0, atol=1e-5)  # each teacher scaled by 1/sqrt(2)
+    st = torch.load(tmp_path / "student" / "checkpoint.pt", weights_only=False)
+    assert st["distill"]["proj.weight"].shape == (32, 16)
+    again = train(samples, dict(enumerate(skus)), tmp_path / "student",
+                  TrainConfig(**{**cfg.__dict__, "epochs": 2}), arch=TINY)
+    assert [h["epoch"] for h in again["history"]] == [1, 2]
+
+
+def test_distill_loss_is_zero_on_the_target_and_a_bad_teacher_is_named(tmp_path: Path) -> None:
+    from edge.errors import InputError
+    from export.distill import DistillHead, teacher_embeddings
+
+    head = DistillHead(4, 4)
+    with torch.no_grad():
+        head.proj.weight.copy_(torch.eye(4))
+    feats = torch.tensor([[2.0, 0, 0, 0], [0, 0.5, 0, 0]])
+    with torch.no_grad():
+        assert float(head(feats, torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))) == pytest.approx(0.0, abs=1e-6)
+        assert float(head(feats, torch.tensor([[0, 1.0, 0, 0], [1.0, 0, 0, 0]]))) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(InputError, match=r"is neither an image bundle folder nor an encoder\.pt"):
+        teacher_embeddings([tmp_path / "nothing"], np.zeros((1, 8, 8, 3), np.uint8), cache_dir=tmp_path)
