@@ -59,7 +59,8 @@ def test_calibrate_fits_the_ocr_weight_and_stores_it_with_the_catalog(store: Sto
     w = calibrate_fusion(store, queries, ["graddfil", "mjolk", "havregurt"], engine, source="unit test")
     assert w.metrics["image_r1"] == pytest.approx(1 / 3, abs=1e-4)  # tied images: only the first sku wins
     assert w.metrics["fused_r1"] == 1.0
-    assert w.ocr == 0.12  # the middle of the plateau: every weight 0.01..1.0 breaks the ties
+    # every weight 0.01..1.0 breaks the ties; 0.5 (with its softmax scale) makes the labelled cartons most probable
+    assert w.ocr == 0.5
     assert load_weights(store.catalog) == w
     assert w.fitted_on.startswith("unit test (3 queries, catalog v")
 
@@ -117,10 +118,10 @@ def test_storelens_calibrate_fusion_stores_the_ocr_weight(tmp_path: Path, capsys
     capsys.readouterr()
     assert main(["calibrate", str(photos), "--holdout", "0", "--fusion", "--json", "--data-dir", str(data)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert any(p.startswith("fusion: ocr weight 0.12 (image R@1 0.333 -> fused 1.000 on 3 photos)")
+    assert any(p.startswith("fusion: ocr weight 0.5 (image R@1 0.333 -> fused 1.000 on 3 photos)")
                for p in out["problems"])
     cat = Catalog(data / "catalog.db")
     try:
-        assert load_weights(cat).ocr == 0.12
+        assert load_weights(cat).ocr == 0.5
     finally:
         cat.close()
