@@ -14,8 +14,9 @@ it) while the student sees the augmented one::
 student alone. Teacher embeddings are computed once per run and cached in the run folder.
 
 A teacher is an image bundle folder (run through edge's fp32 onnxruntime encoder) or a
-training run's ``encoder.pt`` (run through torch); each teacher's unit embedding is scaled by
-``1/sqrt(k)``, so the concatenation of k teachers is a unit vector too.
+training run's ``encoder.pt`` (run through torch). Each teacher's embeddings are centred over
+the catalog (the plain net's ReLU features all share one direction, which would dominate the
+cosine) and scaled to length ``1/sqrt(k)``, so the concatenation of k teachers is a unit vector.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def teacher_embeddings(teachers: Sequence[str | Path], pixels_rgb: np.ndarray, *
     parts = []
     for p in paths:
         e = _embed_bundle(p, images, threads) if p.is_dir() else _embed_checkpoint(p, images)
+        e = e - e.mean(axis=0)  # centred: a raw ReLU net's embeddings share one big common direction
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         parts.append(e.astype(np.float32) / np.sqrt(len(paths)))
         log.info("teacher %s embedded %d photos (dim %d)", p, len(e), e.shape[1])
