@@ -36,6 +36,11 @@ from edge.errors import InputError
 log = logging.getLogger("storelens.distill")
 
 
+def teacher_ids(teachers: Sequence[str | Path]) -> list[dict[str, str]]:
+    """What each teacher was (path and bundle fingerprint or checkpoint hash), for the training report."""
+    return [{"path": str(t), "id": _teacher_key(Path(t))} for t in teachers]
+
+
 def _teacher_key(path: Path) -> str:
     """Identity of a teacher for the cache: a bundle's fingerprint or a checkpoint's bytes."""
     if path.is_dir():

@@ -35,7 +35,7 @@ from edge.preprocess import PreprocessSpec, normalise
 from export.augment import AugmentConfig, augment
 from export.carve import carve_random, carve_sessions, thumbnails
 from export.data import DecodedSet, Sample, decode_samples, read_classes, read_folder, read_split
-from export.distill import DistillHead, teacher_embeddings
+from export.distill import DistillHead, teacher_embeddings, teacher_ids
 from export.model import CosineHead, EncoderArch, ProductEncoder, embed_batches
 
 log = logging.getLogger("storelens.train")
@@ -201,6 +201,7 @@ def train(
     head = CosineHead(model.arch.embedding_dim, len(label_map), cfg.scale, cfg.margin).to(dev)
     ema = copy.deepcopy(model).eval()
     distill, t_train = None, None
+    teachers = teacher_ids(cfg.distill_from)  # at the start: a teacher bundle may be replaced while training
     if cfg.distill_from:
         targets = teacher_embeddings(cfg.distill_from, big.pixels[tr], cache_dir=cache_dir, threads=cfg.threads)
         t_train = torch.from_numpy(targets).to(dev)
@@ -323,6 +324,7 @@ def train(
         "n_train_images": len(tr),
         "n_train_classes": len(label_map),
         "heldout_classes": held,
+        "distill_teachers": teachers,
         "skipped": big.skipped,
         "history": history,
         "machine": {
