@@ -5,8 +5,10 @@
 
 The gallery split's images (plus each product's iconic catalogue image with ``--iconic``) are
 embedded as the references a store would enroll; the query split's images are the shoppers'
-photos. A product ranks by its best reference image (max cosine), as the runtime does. Paths in
-split files are relative to DIR, which also holds classes.csv.
+photos. A product ranks by its best reference image (max cosine), as the runtime does with
+``catalog.image_aggregate = "max"`` (its default, the mean of a product's top 3 hits, scored 0.654
+against 0.673 on the val split with the shipped bundle, and 0.845 against 0.843 on the sessions
+carve). Paths in split files are relative to DIR, which also holds classes.csv.
 
 The image-only core is a set of functions (:func:`load_split`, :func:`embed_items`,
 :func:`iconic_items`, :func:`evaluate`) so other modality benchmarks (OCR, text fusion) can reuse

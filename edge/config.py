@@ -61,7 +61,7 @@ class CatalogSettings(Section):
     view: bool = Field(False, description="Memory-map indexes instead of loading them (large catalogs)")
     image_aggregate: Literal["max", "mean"] = Field(
         "mean", description="How a product's reference-photo hits become its score: best hit, or mean of its top 3 "
-        "(mean measured better on Grocery Store val: benchmarks/aggregation.py)")
+        "(shipped bundle, sessions carve R@1: mean 0.845, max 0.843; val split: 0.654, 0.673)")
     expansion_search: int = Field(64, ge=8, le=4096,
                                   description="HNSW search breadth: higher = better recall, slower queries")
 
