@@ -201,6 +201,8 @@ def train(
     head = CosineHead(model.arch.embedding_dim, len(label_map), cfg.scale, cfg.margin).to(dev)
     ema = copy.deepcopy(model).eval()
     distill, t_train = None, None
+    if cfg.distill_weight < 0:
+        raise InputError(f"--distill-weight must be >= 0, got {cfg.distill_weight}", hint="use e.g. 1 or 3")
     teachers = teacher_ids(cfg.distill_from)  # at the start: a teacher bundle may be replaced while training
     if cfg.distill_from:
         targets = teacher_embeddings(cfg.distill_from, big.pixels[tr], cache_dir=cache_dir, threads=cfg.threads)
@@ -228,6 +230,9 @@ def train(
         ema.load_state_dict(st["ema"])
         head.load_state_dict(st["head"])
         if distill is not None:
+            if st.get("distill") is None:
+                raise InputError(f"{ckpt} was trained without distillation, so it cannot resume with --distill-from",
+                                 hint="pass --no-resume to start over, or drop --distill-from")
             distill.load_state_dict(st["distill"])
         opt.load_state_dict(st["opt"])
         history = st["history"]

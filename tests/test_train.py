@@ -170,6 +170,11 @@ def test_distilled_student_trains_from_a_teacher_checkpoint_and_resumes(tmp_path
     again = train(samples, dict(enumerate(skus)), tmp_path / "student",
                   TrainConfig(**{**cfg.__dict__, "epochs": 2}), arch=TINY)
     assert [h["epoch"] for h in again["history"]] == [1, 2]
+    from edge.errors import InputError
+
+    with pytest.raises(InputError, match="was trained without distillation"):  # the teacher's run had none
+        train(samples, dict(enumerate(skus)), tmp_path / "teacher", TrainConfig(**{**cfg.__dict__, "epochs": 2}),
+              arch=TINY)
 
 
 def test_distill_loss_is_zero_on_the_target_and_a_bad_teacher_is_named(tmp_path: Path) -> None:
