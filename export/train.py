@@ -35,7 +35,6 @@ from edge.preprocess import PreprocessSpec, normalise
 from export.augment import AugmentConfig, augment
 from export.carve import carve_random, carve_sessions, thumbnails
 from export.data import DecodedSet, Sample, decode_samples, read_classes, read_folder, read_split
-from export.distill import DistillHead, teacher_embeddings, teacher_ids
 from export.model import CosineHead, EncoderArch, ProductEncoder, embed_batches
 
 log = logging.getLogger("storelens.train")
@@ -68,8 +67,6 @@ class TrainConfig:
     threads: int = 2
     loss: str = "cosface"  # cosface (normalised softmax) | triplet (batch-hard, P x K batches)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda
-    distill_from: tuple[str, ...] = ()  # teacher bundles / encoder.pt files (export/distill.py); empty = none
-    distill_weight: float = 1.0  # weight of the distillation loss beside CosFace
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(self.crop_min_area, self.rotate_deg, self.jitter, self.erase_p)
@@ -200,18 +197,7 @@ def train(
     model = ProductEncoder(arch or EncoderArch()).to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
     head = CosineHead(model.arch.embedding_dim, len(label_map), cfg.scale, cfg.margin).to(dev)
     ema = copy.deepcopy(model).eval()
-    distill, t_train = None, None
-    if cfg.distill_weight < 0:
-        raise InputError(f"--distill-weight must be >= 0, got {cfg.distill_weight}", hint="use e.g. 1 or 3")
-    teachers = teacher_ids(cfg.distill_from)  # at the start: a teacher bundle may be replaced while training
-    if cfg.distill_from:
-        targets = teacher_embeddings(cfg.distill_from, big.pixels[tr], cache_dir=cache_dir, threads=cfg.threads)
-        t_train = torch.from_numpy(targets).to(dev)
-        distill = DistillHead(model.arch.embedding_dim, targets.shape[1]).to(dev)
-        log.info("distilling from %d teacher(s) into dim %d (weight %.2f)", len(cfg.distill_from), targets.shape[1],
-                 cfg.distill_weight)
     params = [p for p in list(model.parameters()) + list(head.parameters())]
-    params += list(distill.parameters()) if distill is not None else []
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     opt = torch.optim.SGD(
@@ -229,11 +215,6 @@ def train(
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         head.load_state_dict(st["head"])
-        if distill is not None:
-            if st.get("distill") is None:
-                raise InputError(f"{ckpt} was trained without distillation, so it cannot resume with --distill-from",
-                                 hint="pass --no-resume to start over, or drop --distill-from")
-            distill.load_state_dict(st["distill"])
         opt.load_state_dict(st["opt"])
         history = st["history"]
         start_epoch = st["epoch"] + 1
@@ -274,8 +255,6 @@ def train(
                 loss = batch_hard_triplet(feats, y_train[idx], cfg.margin)
             else:
                 loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.label_smoothing)
-            if distill is not None and t_train is not None:
-                loss = loss + cfg.distill_weight * distill(feats, t_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -312,7 +291,6 @@ def train(
                 "model": model.state_dict(),
                 "ema": ema.state_dict(),
                 "head": head.state_dict(),
-                "distill": distill.state_dict() if distill is not None else None,
                 "opt": opt.state_dict(),
                 "history": history,
                 "epoch": epoch,
@@ -329,7 +307,6 @@ def train(
         "n_train_images": len(tr),
         "n_train_classes": len(label_map),
         "heldout_classes": held,
-        "distill_teachers": teachers,
         "skipped": big.skipped,
         "history": history,
         "machine": {
@@ -467,11 +444,6 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "random photos (same sessions as training: optimistic), or none",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="auto: a GPU when present")
-    p.add_argument("--distill-from", action="append", default=[], metavar="TEACHER",
-                   help="teacher image bundle folder or encoder.pt (repeat for an ensemble): the student also learns "
-                   "to reproduce their embeddings of the clean photos (export/distill.py)")
-    p.add_argument("--distill-weight", type=float, default=d.distill_weight,
-                   help="weight of the distillation loss beside CosFace (default: %(default)s)")
     p.add_argument(
         "--loss",
         choices=("cosface", "triplet"),
@@ -518,8 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
     samples, names = load_samples(args)
-    fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
-    cfg = TrainConfig(**{**fields, "distill_from": tuple(args.distill_from)})
+    cfg = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)})
     val = read_split(Path(args.val)) if args.val else None
     report = train(samples, names, Path(args.out), cfg, val, resume=not args.no_resume, arch=arch_from_args(args))
     print(json.dumps(report.get("val", {}), indent=2))
