@@ -130,6 +130,20 @@ def test_weights_fitted_on_labelled_scores_round_trip(tmp_path: Path, profiles: 
     assert fit_weights(image, labels).ocr == 0.0  # no text evidence: nothing to weigh
 
 
+def test_likelihood_fit_keeps_misleading_text_out_and_weighs_helpful_text_in() -> None:
+    """Vision right on every query: recall cannot tell weights apart, likelihood can."""
+    labels = np.repeat(np.arange(4), 5)
+    image = np.full((20, 4), 0.5, np.float32)
+    image[np.arange(20), labels] = 0.6  # vision picks the right product every time, by a thin margin
+    wrong = np.eye(4, dtype=np.float32)[(labels + 1) % 4]  # the text names the next product
+    right = np.eye(4, dtype=np.float32)[labels]
+    assert fit_weights(image, labels, ocr=wrong).ocr == 0.0
+    w = fit_weights(image, labels, ocr=right)
+    assert w.ocr > 0  # it only widens the right product's lead (the smallest weight at which the likelihood saturates)
+    assert w.metrics["image_r1"] == w.metrics["fused_r1"] == 1.0
+    assert w.metrics["fused_log_likelihood"] > w.metrics["image_log_likelihood"]
+
+
 def test_fit_and_load_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="one label a query"):
         fit_weights(np.zeros((3, 2), np.float32), np.zeros(2, int))
