@@ -330,15 +330,16 @@ def fit_weights(image: np.ndarray, labels: np.ndarray, *, ocr: np.ndarray | None
     grid = [(wo, wt) for wo in (ocr_grid if ocr is not None else (0.0,))
             for wt in (text_grid if text is not None else (0.0,))]
     best: tuple[float, float, float, float] | None = None  # (log-likelihood, scale, w_ocr, w_text)
+    best_fused = image
     for wo, wt in sorted(grid, key=lambda g: (g[0] + g[1], g)):
         fused = fuse(image, ocr=ocr, text=text, weights=FusionWeights(ocr=wo, text=wt))
         for scale in SCALE_GRID:
             ll = class_balanced_log_likelihood(fused, labels, scale)
             if best is None or ll > best[0] + 1e-9:
-                best = (ll, scale, wo, wt)
+                best, best_fused = (ll, scale, wo, wt), fused
     ll, scale, wo, wt = best if best is not None else (0.0, SCALE_GRID[0], 0.0, 0.0)
     image_ll = max(class_balanced_log_likelihood(image, labels, s) for s in SCALE_GRID) if len(labels) else 0.0
-    fused_r1 = macro_recall_at_1(fuse(image, ocr=ocr, text=text, weights=FusionWeights(ocr=wo, text=wt)), labels)
+    fused_r1 = macro_recall_at_1(best_fused, labels)
     return FusionWeights(ocr=wo, text=wt, fitted_on=fitted_on,
                          metrics={"image_r1": round(macro_recall_at_1(image, labels), 4),
                                   "fused_r1": round(fused_r1, 4),
