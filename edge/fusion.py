@@ -2,7 +2,8 @@
 
 **Text score (lexical).** Each product has a *word profile*: every normalised word of its
 catalog text (name, brand, English and Swedish descriptions, the title and manufacturer
-lines of the GSD ``*_Information.txt``) with weight 1, and every word OCR read off its own
+lines of the GSD ``*_Information.txt`` and the Swedish name in its product-page URL) with
+weight 1 (descriptions 0.5), and every word OCR read off its own
 reference photos with weight = the share of those photos it was read on (a word read on 6
 of 8 photos weighs 0.75; a one-off misread weighs little). A query (the words OCR read off
 the live crop, or typed text) scores each product by idf-weighted coverage::
@@ -10,12 +11,13 @@ the live crop, or typed text) scores each product by idf-weighted coverage::
     ocr(p) = sum_t idf(t) * sim(t) * w_p(t) / sum_t idf(t)     over query words t matching the vocabulary
 
 with ``idf(t) = log(1 + P / df(t))`` over the P products and ``sim`` 1 for an exact word or
-the difflib ratio (>= 0.8) for an OCR misread of a word of 4+ letters. So ``ocr(p)`` lies in
+the difflib ratio (>= 0.8) for an OCR misread of a word of 5+ letters. So ``ocr(p)`` lies in
 [0, 1]: 1 when the product explains all recognisable text, 0 for all products when nothing
 readable matched. Words that match nothing carry no information and are left out.
 Compounds: a profile word of 8+ letters also lists its parts when one side is a known word
 ("apelsinjuice" -> "apelsin", "juice", as a Swedish carton prints them on two lines), and two
-query words are rejoined when their join is a known word (OCR's "mor" "gon" -> "morgon").
+query words are rejoined when their join is a known word and one of them is a fragment (OCR's
+"mor" "gon" -> "morgon"; "mild" "yoghurt" stays two words).
 Measured on the sessions-carved Packages photos (OCR alone, top-1 right, eight photos' reads a
 product): 0.671 with compound parts, 0.677 with rejoining too (catalogue-only profiles: 0.584,
 0.602). Leaving short photo reads ("mor", "gon") out of profiles lost on the carve (0.596) and
@@ -38,10 +40,12 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -54,7 +58,8 @@ FUZZY_MIN_LEN = 5
 COMPOUND_MIN_PART = 4
 # Lines of a GSD *_Information.txt that are product text (nutrition tables and URLs are not):
 # title-like lines name the product (full weight), the others describe it (DESCRIPTION_WEIGHT).
-TITLE_KEYS = ("title", "manufacturer and volume")
+# A URL line counts for the product name its page slug carries (see :func:`url_product_name`).
+TITLE_KEYS = ("title", "manufacturer and volume", "url")
 DESCRIPTION_KEYS = ("description", "ingredients")
 DESCRIPTION_WEIGHT = 0.5
 
@@ -136,13 +141,20 @@ class TextProfiles:
         return out / total if total > 0 else out
 
     def _join_split_words(self, words: list[str]) -> list[str]:
-        """Rejoin a word OCR read in two pieces ("mor" "gon" -> "morgon") when the join is a known word."""
+        """Rejoin a word OCR read in two pieces ("mor" "gon" -> "morgon") when the join is a known word.
+
+        Two whole words stay apart ("mild" "yoghurt" is not "mildyoghurt"): a join needs a piece
+        that is no known word or is shorter than a compound part, the mirror of
+        :func:`_with_compound_parts`, which already lets the parts match the compound.
+        """
         out: list[str] = []
         i = 0
         while i < len(words):
             if i + 1 < len(words):
                 a, b = words[i], words[i + 1]
-                if a + b in self._postings:
+                fragment = min(len(a), len(b)) < COMPOUND_MIN_PART or a not in self._postings \
+                    or b not in self._postings
+                if fragment and a + b in self._postings:
                     out.append(a + b)
                     i += 2
                     continue
@@ -348,13 +360,45 @@ def fit_weights(image: np.ndarray, labels: np.ndarray, *, ocr: np.ndarray | None
 
 
 def information_texts(info: str, keys: Sequence[str] = TITLE_KEYS + DESCRIPTION_KEYS) -> list[str]:
-    """The product-text lines with one of ``keys`` of a GSD ``*_Information.txt`` (not nutrition, URL)."""
+    """The product-text lines with one of ``keys`` of a GSD ``*_Information.txt`` (not nutrition).
+
+    A ``URL`` line gives the product name of its page slug (:func:`url_product_name`), not the URL.
+    """
     out = []
     for line in info.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in keys and value.strip():
-            out.append(value.strip())
+        key, value = key.strip().lower(), value.strip()
+        if not sep or key not in keys or not value:
+            continue
+        if key == "url":
+            name = url_product_name(value)
+            if name:
+                out.append(name)
+        else:
+            out.append(value)
     return out
+
+
+_SLUG_ID = re.compile(r"[-_](?:id[-_]p[-_])?\d{5,}(?:_[A-Za-z]+)?$")  # article number (+unit): -100145594_ST
+
+
+def url_product_name(url: str) -> str | None:
+    """The product name in a shop page's slug, in the shop's language; None if the URL has none.
+
+    Why: the GSD catalogue's titles are partly English, but the store's shelf signs and labels
+    are Swedish, and the page slug keeps the Swedish name ("Ananas-Klass-1-100145594_ST" ->
+    "Ananas Klass 1", "Purjolok-Klass-1-..." -> "Purjolok Klass 1"). Loose fruit has no
+    Swedish description, so its sign words ("ananas", "apelsiner") matched nothing before.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    segments = [seg for seg in parts.path.split("/") if seg]
+    if not segments:
+        return None
+    slug = _SLUG_ID.sub("", unquote(segments[-1]))
+    name = " ".join(w for w in re.split(r"[-_+]+", slug) if w)
+    return name if any(ch.isalpha() for ch in name) else None
 
 
 def gsd_product_text(product_dir: Path, name: str, *, sku: str | None = None) -> ProductText:

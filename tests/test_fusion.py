@@ -19,6 +19,7 @@ from edge.fusion import (
     information_texts,
     macro_recall_at_1,
     semantic_scores,
+    url_product_name,
 )
 from edge.ocr import OcrEngine
 from edge.types import Candidate
@@ -114,6 +115,16 @@ def test_compound_label_words_split_across_lines_still_match() -> None:
     assert "sinj" not in p.to_dict()["weights"][0]  # parts need a known side; others are not invented
 
 
+def test_two_whole_words_are_not_rejoined_into_a_compound() -> None:
+    """OCR's "MILD" / "YOGHURT" are two words: joining them lost both on a val photo."""
+    p = TextProfiles.build([ProductText(sku="mild", titles=("Arla Mild Vanilla Yoghurt",)),
+                            ProductText(sku="other", titles=("Valio Vanilla Yoghurt",),
+                                        photo_reads=(("mildyoghurt",),) * 8)])
+    s = p.score(["mild", "yoghurt"])
+    assert s.argmax() == 0 and s[0] == pytest.approx(1.0)
+    assert p.score(["mildyog", "hurt"]).argmax() == 1  # a piece that is no known word still rejoins
+
+
 def test_weights_fitted_on_labelled_scores_round_trip(tmp_path: Path, profiles: TextProfiles) -> None:
     rng = np.random.default_rng(7)
     labels = np.repeat(np.arange(4), 10)
@@ -171,9 +182,25 @@ def test_catalogue_text_of_a_gsd_product_folder(tmp_path: Path) -> None:
         sku="7", titles=("Arla Sour Cream", "Gräddfil 12%", "ARLA KO , 5dl"),
         texts=("Sour cream for dips.", "Gräddfil till dipp."))
     assert information_texts("Title: A\nDescription:   \nURL: u") == ["A"]
+    (d / "Arla-Sour-Cream_Information.txt").write_text(
+        "Title: Sour Cream 12% \nURL: https://www.hemkop.se/produkt/Graddfil-12procent-100480800_ST\n",
+        encoding="utf-8")
+    assert gsd_product_text(d, "Arla-Sour-Cream").titles == ("Arla Sour Cream", "Sour Cream 12%", "Graddfil 12procent")
     (d / "Arla-Sour-Cream_Description.txt").write_bytes(b"caf\xe9")
     with pytest.raises(CatalogError, match="not UTF-8"):
         gsd_product_text(d, "Arla-Sour-Cream")
+
+
+@pytest.mark.parametrize(("url", "name"), [
+    ("https://www.hemkop.se/produkt/Ananas-Klass-1-100145594_ST", "Ananas Klass 1"),
+    ("https://www.hemkop.se/produkt/Mellanmjolk-Ekologisk-1-5procent-101123632_ST", "Mellanmjolk Ekologisk 1 5procent"),
+    ("https://www.ica.se/handla/produkt/Gr%C3%A4ddfil-12-id_p_7310865001818/", "Gräddfil 12"),
+    ("https://www.hemkop.se/", None),  # no slug
+    ("https://shop.example/p/100145594", None),  # an article number only
+    ("Ananas-Klass-1", None),  # not a URL
+])
+def test_product_page_urls_give_the_name_in_the_shops_language(url: str, name: str | None) -> None:
+    assert url_product_name(url) == name
 
 
 def test_runtime_reranker_fuses_once_the_worker_has_read_the_view(profiles: TextProfiles) -> None:
