@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,7 @@ def measure_pipeline(*, cameras: int, fps: float, seconds: float, gate: bool, ma
                      broker: Mosquitto, work: Path, hold: int) -> dict[str, Any]:
     import psutil
 
+    from edge.capture import FrameSource
     from edge.config import load_settings
     from edge.runtime import Runtime
 
@@ -217,7 +219,11 @@ def measure_pipeline(*, cameras: int, fps: float, seconds: float, gate: bool, ma
     sub = Subscriber(broker.port, f"storelens/bench/{tag}/+/match", f"bench-sub-{tag}")
     time.sleep(0.3)
     clips = {i: clip(hold, i) for i in range(cameras)}
-    sources = {f"cam{i}": (lambda i=i: LoopingCamera(clips[i])) for i in range(cameras)}
+
+    def looping(i: int) -> Callable[[], FrameSource]:
+        return lambda: LoopingCamera(clips[i])
+
+    sources = {f"cam{i}": looping(i) for i in range(cameras)}
     rt = Runtime(settings=settings, encoder=encoder, matcher=matcher, sources=sources, out=open(os.devnull, "w"))
     proc = psutil.Process()
     rt.start()
