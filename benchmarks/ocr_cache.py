@@ -8,7 +8,8 @@ JSON line per image. Re-running it only reads what is missing. Unreadable images
 recorded with their error, counted and reported, never dropped silently.
 
     python -m benchmarks.ocr_cache --train ../shared/datasets/grocery-store/train.txt \
-        --val ../shared/datasets/grocery-store/val.txt [--det-side 480] [--out runs/ocr-cache/det480.jsonl]
+        --val ../shared/datasets/grocery-store/val.txt [--det-side 480] [--min-score 0.5] \
+        [--out runs/ocr-cache/det480.jsonl]
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="reference photos a product OCR'd for its profile (as `storelens ocr enroll`)")
     ap.add_argument("--det-side", type=int, default=480,
                     help="OCR detector short side (px; 480 as the edge's OcrEngine)")
+    ap.add_argument("--min-score", type=float, default=0.5,
+                    help="drop lines the recogniser is less sure of (0.5 as the edge's OcrEngine)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for OCR")
     ap.add_argument("--out", type=Path, default=Path("runs/ocr-cache/det480.jsonl"), help="JSONL cache file")
     ap.add_argument("--image-bundle", type=Path, default=None,
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
         training = bundle_training(args.image_bundle or default_bundle_path("image"))
         images = needed_images(args.train, args.val, profile_photos=args.profile_photos, training=training)
-        engine = OcrEngine(threads=args.threads, det_limit_side_len=args.det_side)
+        engine = OcrEngine(threads=args.threads, det_limit_side_len=args.det_side, min_score=args.min_score)
         counts = fill_cache(args.out, images, root=args.train.parent, engine=engine)
     except StoreLensError as e:
         print(f"ocr_cache: error: {e}", file=sys.stderr)
