@@ -56,7 +56,7 @@ from edge.types import Candidate
 FUZZY_CUTOFF = 0.8
 FUZZY_MIN_LEN = 5
 COMPOUND_MIN_PART = 4
-# Lines of a GSD *_Information.txt that are product text (nutrition tables and URLs are not):
+# Lines of a GSD *_Information.txt that are product text (nutrition tables are not):
 # title-like lines name the product (full weight), the others describe it (DESCRIPTION_WEIGHT).
 # A URL line counts for the product name its page slug carries (see :func:`url_product_name`).
 TITLE_KEYS = ("title", "manufacturer and volume", "url")
