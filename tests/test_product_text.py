@@ -53,6 +53,17 @@ def test_words_read_off_reference_photos_join_the_product_profile(store: Store, 
     assert [r.sku for r in store.search_text("oatly", k=1)] == ["havregurt"]  # FTS5 finds photo words too
 
 
+def test_the_swedish_name_in_a_product_page_url_matches_a_shelf_sign(store: Store) -> None:
+    """Loose fruit has an English title only; its page URL (kept in the information text) says "Ananas"."""
+    store.enroll("pineapple", name="Pineapple", images=[CARTON])
+    store.set_product_text("pineapple", "information",
+                           "Title: Pineapple Klass 1\nURL: https://www.hemkop.se/produkt/Ananas-Klass-1-100145594_ST")
+    profiles = catalog_profiles(store.catalog)
+    scores = profiles.score(["ananas", "varje", "dag"])  # what OCR reads off the price sign above the fruit
+    assert profiles.skus[int(scores.argmax())] == "pineapple" and scores.max() == pytest.approx(1.0)
+    assert profiles.score(["100145594"]).max() == 0.0  # the article number is not a product word
+
+
 def test_calibrate_fits_the_ocr_weight_and_stores_it_with_the_catalog(store: Store, engine: OcrEngine) -> None:
     assert load_weights(store.catalog) == FusionWeights(fitted_on="not calibrated: image only")
     queries = [label("ARLA", "GRADDFIL"), label("MELLANMJOLK"), label("HAVREGURT")]
