@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.ocr_cache import cache_key, latency_summary, load_cache
+from edge.catalogue_text import gsd_product_text
 from edge.config import ModelSettings
 from edge.encoders import load_image_encoder, load_text_encoder
 from edge.encoders.base import ImageEncoder, TextEncoder
@@ -48,7 +49,6 @@ from edge.fusion import (
     TextProfiles,
     fit_weights,
     fuse,
-    gsd_product_text,
     semantic_scores,
 )
 from edge.ocr import OcrResult

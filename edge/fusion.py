@@ -2,9 +2,9 @@
 
 **Text score (lexical).** Each product has a *word profile*: every normalised word of its
 catalog text (name, brand, English and Swedish descriptions, the title and manufacturer
-lines of the GSD ``*_Information.txt`` and the Swedish name in its product-page URL) with
-weight 1 (descriptions 0.5), and every word OCR read off its own
-reference photos with weight = the share of those photos it was read on (a word read on 6
+lines of the GSD ``*_Information.txt`` and the Swedish name in its product-page URL, read by
+:mod:`edge.catalogue_text`) with weight 1 (descriptions 0.5), and every word OCR read off its
+own reference photos with weight = the share of those photos it was read on (a word read on 6
 of 8 photos weighs 0.75; a one-off misread weighs little). A query (the words OCR read off
 the live crop, or typed text) scores each product by idf-weighted coverage::
 
@@ -40,12 +40,10 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -56,11 +54,6 @@ from edge.types import Candidate
 FUZZY_CUTOFF = 0.8
 FUZZY_MIN_LEN = 5
 COMPOUND_MIN_PART = 4
-# Lines of a GSD *_Information.txt that are product text (nutrition tables are not):
-# title-like lines name the product (full weight), the others describe it (DESCRIPTION_WEIGHT).
-# A URL line counts for the product name its page slug carries (see :func:`url_product_name`).
-TITLE_KEYS = ("title", "manufacturer and volume", "url")
-DESCRIPTION_KEYS = ("description", "ingredients")
 DESCRIPTION_WEIGHT = 0.5
 
 
@@ -152,9 +145,9 @@ class TextProfiles:
         while i < len(words):
             if i + 1 < len(words):
                 a, b = words[i], words[i + 1]
-                fragment = min(len(a), len(b)) < COMPOUND_MIN_PART or a not in self._postings \
-                    or b not in self._postings
-                if fragment and a + b in self._postings:
+                whole_words = min(len(a), len(b)) >= COMPOUND_MIN_PART and a in self._postings \
+                    and b in self._postings
+                if a + b in self._postings and not whole_words:
                     out.append(a + b)
                     i += 2
                     continue
@@ -357,73 +350,6 @@ def fit_weights(image: np.ndarray, labels: np.ndarray, *, ocr: np.ndarray | None
                                   "fused_r1": round(fused_r1, 4),
                                   "image_log_likelihood": round(image_ll, 4), "fused_log_likelihood": round(ll, 4),
                                   "scale": scale, "queries": len(labels)})
-
-
-def information_texts(info: str, keys: Sequence[str] = TITLE_KEYS + DESCRIPTION_KEYS) -> list[str]:
-    """The product-text lines with one of ``keys`` of a GSD ``*_Information.txt`` (not nutrition).
-
-    A ``URL`` line gives the product name of its page slug (:func:`url_product_name`), not the URL.
-    """
-    out = []
-    for line in info.splitlines():
-        key, sep, value = line.partition(":")
-        key, value = key.strip().lower(), value.strip()
-        if not sep or key not in keys or not value:
-            continue
-        if key == "url":
-            name = url_product_name(value)
-            if name:
-                out.append(name)
-        else:
-            out.append(value)
-    return out
-
-
-_SLUG_ID = re.compile(r"[-_](?:id[-_]p[-_])?\d{5,}(?:_[A-Za-z]+)?$")  # article number (+unit): -100145594_ST
-
-
-def url_product_name(url: str) -> str | None:
-    """The product name in a shop page's slug, in the shop's language; None if the URL has none.
-
-    Why: the GSD catalogue's titles are partly English, but the store's shelf signs and labels
-    are Swedish, and the page slug keeps the Swedish name ("Ananas-Klass-1-100145594_ST" ->
-    "Ananas Klass 1", "Purjolok-Klass-1-..." -> "Purjolok Klass 1"). Loose fruit has no
-    Swedish description, so its sign words ("ananas", "apelsiner") matched nothing before.
-    """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
-    segments = [seg for seg in parts.path.split("/") if seg]
-    if not segments:
-        return None
-    slug = _SLUG_ID.sub("", unquote(segments[-1]))
-    name = " ".join(w for w in re.split(r"[-_+]+", slug) if w)
-    return name if any(ch.isalpha() for ch in name) else None
-
-
-def gsd_product_text(product_dir: Path, name: str, *, sku: str | None = None) -> ProductText:
-    """The catalogue text of one GSD product folder (catalogue-only enrollment needs nothing else).
-
-    Titles: the folder name and the Information file's title and manufacturer lines;
-    texts: the English and Swedish descriptions and the Information description and
-    ingredients. Missing files are absent (fruit has no Swedish description); a file that is
-    not UTF-8 is a :class:`CatalogError` naming it.
-    """
-    titles, texts = [name.replace("-", " ")], []
-    for suffix in ("_Description.txt", "_Description_Swedish.txt", "_Information.txt"):
-        path = product_dir / f"{name}{suffix}"
-        if not path.is_file():
-            continue
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise CatalogError(f"{path}: not UTF-8 text", hint="re-save the file as UTF-8") from e
-        if suffix == "_Information.txt":
-            titles.extend(information_texts(raw, TITLE_KEYS))
-            texts.extend(information_texts(raw, DESCRIPTION_KEYS))
-        else:
-            texts.extend(ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.startswith("http"))
-    return ProductText(sku=sku or name, titles=tuple(titles), texts=tuple(dict.fromkeys(texts)))
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.catalogue_text import information_texts
 from edge.errors import CatalogError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -201,7 +202,7 @@ def read_grocery_store(root: Path, *, split: str | None = "train.txt", max_image
             name_cls, cid, coarse = row[0].strip(), int(row[1]), row[2].strip()
             iconic_path = root / row[4].strip().lstrip("/")
             info = _read_text(iconic_path.parent / f"{name_cls}_Information.txt")
-            title = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Title:")), "")
+            title = next(iter(information_texts(info, ("title",))), "")
             images = ([iconic_path] if iconic else []) + photos.get(cid, [])[: max_images or None]
             yield ProductRecord(
                 sku=name_cls, name=title or name_cls.replace("-", " "),

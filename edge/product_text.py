@@ -19,16 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge.catalogue_text import DESCRIPTION_KEYS, TITLE_KEYS, information_texts
 from edge.errors import CatalogError, InputError
-from edge.fusion import (
-    DESCRIPTION_KEYS,
-    TITLE_KEYS,
-    FusionWeights,
-    ProductText,
-    TextProfiles,
-    fit_weights,
-    information_texts,
-)
+from edge.fusion import FusionWeights, ProductText, TextProfiles, fit_weights
 from edge.ocr import OcrEngine, OcrResult, tokens
 from edge.preprocess import read_image
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.catalogue_text import gsd_product_text, information_texts, url_product_name
 from edge.errors import CatalogError, InputError
 from edge.fusion import (
     FusionWeights,
@@ -15,11 +16,8 @@ from edge.fusion import (
     fit_weights,
     fuse,
     fuse_candidates,
-    gsd_product_text,
-    information_texts,
     macro_recall_at_1,
     semantic_scores,
-    url_product_name,
 )
 from edge.ocr import OcrEngine
 from edge.types import Candidate
