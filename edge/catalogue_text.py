@@ -68,6 +68,11 @@ def url_product_name(url: str) -> str | None:
     return name if any(ch.isalpha() for ch in name) else None
 
 
+def description_lines(raw: str) -> list[str]:
+    """The text lines of a description file; the source-page URL lines some of them end with are left out."""
+    return [ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.strip().startswith("http")]
+
+
 def gsd_product_text(product_dir: Path, name: str, *, sku: str | None = None) -> ProductText:
     """The catalogue text of one GSD product folder (catalogue-only enrollment needs nothing else).
 
@@ -91,5 +96,5 @@ def gsd_product_text(product_dir: Path, name: str, *, sku: str | None = None) ->
             titles.extend(information_texts(raw, TITLE_KEYS))
             texts.extend(information_texts(raw, DESCRIPTION_KEYS))
         else:
-            texts.extend(ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.startswith("http"))
+            texts.extend(description_lines(raw))
     return ProductText(sku=sku or name, titles=tuple(titles), texts=tuple(dict.fromkeys(texts)))

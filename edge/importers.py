@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.catalogue_text import information_texts
+from edge.catalogue_text import description_lines, information_texts
 from edge.errors import CatalogError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SWEDISH_DESCRIPTION = "description_sv"  # extra-text source of a GSD product's *_Description_Swedish.txt
 _CORE = ("sku", "name", "description", "price", "location", "barcode")
 _IMAGE_COLUMNS = ("images", "image", "image_paths", "image_path")
 
@@ -177,9 +178,11 @@ def read_grocery_store(root: Path, *, split: str | None = "train.txt", max_image
     """The Grocery Store dataset: one product per fine class (sku = class name).
 
     Name: the ``Title:`` of ``*_Information.txt`` (else the class name); description from
-    ``*_Description.txt``; the whole information text is kept as extra text (``information``)
-    for lexical search. Images: the iconic image and up to ``max_images`` photos of the class
-    from ``split`` (paths relative to ``root``; ``None`` = iconic only).
+    ``*_Description.txt``; the whole information text and the Swedish description (the store's
+    language, what labels and OCR read) are kept as extra text (``information``,
+    ``description_sv``) for lexical search and the word profiles, as the benchmarks build them.
+    Images: the iconic image and up to ``max_images`` photos of the class from ``split`` (paths
+    relative to ``root``; ``None`` = iconic only).
     """
     classes = root / "classes.csv"
     if not classes.is_file():
@@ -204,11 +207,14 @@ def read_grocery_store(root: Path, *, split: str | None = "train.txt", max_image
             info = _read_text(iconic_path.parent / f"{name_cls}_Information.txt")
             title = next(iter(information_texts(info, ("title",))), "")
             images = ([iconic_path] if iconic else []) + photos.get(cid, [])[: max_images or None]
+            swedish = "\n".join(description_lines(
+                _read_text(iconic_path.parent / f"{name_cls}_Description_Swedish.txt")))
+            extra = {k: v for k, v in (("information", info), (SWEDISH_DESCRIPTION, swedish)) if v}
             yield ProductRecord(
                 sku=name_cls, name=title or name_cls.replace("-", " "),
                 description=_read_text(root / row[5].strip().lstrip("/")),
                 attributes={"class_id": cid, "coarse": coarse}, images=tuple(images),
-                extra_text={"information": info} if info else {}, source=str(classes), line=line)
+                extra_text=extra, source=str(classes), line=line)
 
 
 def _split_lines(path: Path) -> Iterator[tuple[int, list[str] | ImportIssue]]:

@@ -11,7 +11,15 @@ import pytest
 
 from edge.catalog import Catalog, Product, fts_query
 from edge.errors import CatalogError
-from edge.importers import ImportIssue, ProductRecord, detect_format, read_folder, read_grocery_store, read_table
+from edge.importers import (
+    SWEDISH_DESCRIPTION,
+    ImportIssue,
+    ProductRecord,
+    detect_format,
+    read_folder,
+    read_grocery_store,
+    read_table,
+)
 from edge.store import Store
 from tests.encoders_for_tests import TinyImageEncoder, TrigramTextEncoder, product_image, write_jpeg
 
@@ -130,6 +138,7 @@ def test_grocery_store_layout(tmp_path: Path) -> None:
     write_jpeg(ic / "Pink-Lady_Iconic.jpg", product_image(1))
     (ic / "Pink-Lady_Description.txt").write_text("Crisp and sweet.")
     (ic / "Pink-Lady_Information.txt").write_text("Title: Äpple Pink Lady Klass 1\nCountry: Chile\n")
+    (ic / "Pink-Lady_Description_Swedish.txt").write_text("Krispigt och sött.\n\nhttps://www.ica.se/x\n")
     for j in range(3):
         write_jpeg(root / "train" / "Fruit" / "Apple" / "Pink-Lady" / f"p{j}.jpg", product_image(1, noise=5))
     (root / "classes.csv").write_text(
@@ -147,6 +156,7 @@ def test_grocery_store_layout(tmp_path: Path) -> None:
     assert (rec.sku, rec.name, rec.description) == ("Pink-Lady", "Äpple Pink Lady Klass 1", "Crisp and sweet.")
     assert [p.name for p in rec.images] == ["Pink-Lady_Iconic.jpg", "p0.jpg", "p1.jpg"]
     assert "Chile" in rec.extra_text["information"]
+    assert rec.extra_text[SWEDISH_DESCRIPTION] == "Krispigt och sött."  # the source URL line left out
 
 
 def test_missing_table_and_header_are_errors(tmp_path: Path) -> None:
