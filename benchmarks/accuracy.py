@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.config import ModelSettings
-from edge.encoders import ImageEncoder, load_image_encoder
-from edge.errors import ImageError, InputError, StoreLensError
-from edge.preprocess import read_image
+from edge.core.config import ModelSettings
+from edge.core.errors import ImageError, InputError, StoreLensError
+from edge.models.encoders import ImageEncoder, load_image_encoder
+from edge.models.preprocess import read_image
 from export.parity import retrieval_metrics
 
 KEYS = ("macro_r1", "micro_r1", "macro_r5", "map", "coarse_r1", "n_queries", "n_classes")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.calibrate import read_labelled
-from edge.config import DeviceSettings, load_settings
-from edge.preprocess import read_image
-from edge.search import aggregate_hits
-from edge.store import Store
+from edge.catalog.calibration import read_labelled
+from edge.catalog.ranking import aggregate_hits
+from edge.catalog.store import Store
+from edge.core.config import DeviceSettings, load_settings
+from edge.models.preprocess import read_image
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from edge.encoders import load_image_encoder
+    from edge.models.encoders import load_image_encoder
 
     settings = load_settings(None, device=DeviceSettings(store="local", id="bench").model_dump(),
                              catalog={"data_dir": str(args.data_dir)})

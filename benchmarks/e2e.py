@@ -148,7 +148,7 @@ class IndexMatcher:
         return False
 
     def match_vectors(self, embs: np.ndarray, k: int) -> list[list[Any]]:
-        from edge.types import Candidate
+        from edge.core.types import Candidate
 
         res = self.index.search(embs, 2 * k)
         keys, dists = np.atleast_2d(res.keys), np.atleast_2d(res.distances)
@@ -184,7 +184,7 @@ class LoopingCamera:
 
 
 def clip(hold: int, seed: int) -> list[np.ndarray]:
-    from edge.demo import DEMO_PRODUCTS, light_and_noise, place, render_product, tray_background
+    from edge.pipeline.demo import DEMO_PRODUCTS, light_and_noise, place, render_product, tray_background
 
     rng = np.random.default_rng(seed)
     bg = tray_background()
@@ -205,9 +205,9 @@ def measure_pipeline(*, cameras: int, fps: float, seconds: float, gate: bool, ma
                      broker: Mosquitto, work: Path, hold: int) -> dict[str, Any]:
     import psutil
 
-    from edge.capture import FrameSource
-    from edge.config import load_settings
-    from edge.runtime import Runtime
+    from edge.core.config import load_settings
+    from edge.pipeline.capture import FrameSource
+    from edge.pipeline.loop import Runtime
 
     tag = "gate" if gate else "nogate"
     settings = load_settings(
@@ -261,7 +261,7 @@ def measure_pipeline(*, cameras: int, fps: float, seconds: float, gate: bool, ma
 
 
 def measure_outbox(n: int, work: Path) -> dict[str, Any]:
-    from edge.outbox import Outbox
+    from edge.comms.outbox import Outbox
 
     out: dict[str, Any] = {}
     payload = json.dumps({"candidates": [{"sku": "X" * 12, "name": "Y" * 24, "score": 0.9}] * 5}).encode()
@@ -285,7 +285,7 @@ def drill(work: Path, broker: Mosquitto, *, outage_s: float, settle_s: float) ->
     """The real CLI in a subprocess: broker outage, broker back, SIGKILL, restart, SIGTERM."""
     import cv2
 
-    from edge.demo import DEMO_PRODUCTS, VirtualCamera
+    from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera
 
     frames = work / "drill-frames"
     frames.mkdir()
@@ -358,10 +358,10 @@ flush_timeout_s = 10
 
 
 def _enroll_demo(data: Path) -> dict[str, np.ndarray]:
-    from edge.config import load_settings
-    from edge.demo import DEMO_PRODUCTS, reference_images
-    from edge.encoders import load_image_encoder
-    from edge.store import Store
+    from edge.catalog.store import Store
+    from edge.core.config import load_settings
+    from edge.models.encoders import load_image_encoder
+    from edge.pipeline.demo import DEMO_PRODUCTS, reference_images
 
     s = load_settings(None, device={"store": "bench", "id": "x"}, catalog={"data_dir": str(data)})
     enc = load_image_encoder(s.model)
@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop our Mosquitto and remove the temp dir
 
-    from edge.config import ModelSettings
-    from edge.encoders import load_image_encoder
+    from edge.core.config import ModelSettings
+    from edge.models.encoders import load_image_encoder
 
     result: dict[str, Any] = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory(prefix="storelens-e2e-") as tmp:

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import default_bundle_path, load_bundle
-from edge.encoders.onnx import OnnxImageEncoder
-from edge.encoders.openvino import OpenVinoImageEncoder
-from edge.preprocess import prepare_batch
+from edge.models.bundle import default_bundle_path, load_bundle
+from edge.models.encoders.onnx import OnnxImageEncoder
+from edge.models.encoders.openvino import OpenVinoImageEncoder
+from edge.models.preprocess import prepare_batch
 
 BATCH = 32
 
@@ -98,7 +98,7 @@ def measure(bundle_root: Path, checkpoint: Path | None, runs: int, cores: int) -
 
 def measure_text(bundle_root: Path, runs: int) -> dict[str, Any]:
     """Per-query latency of the text bundle (one short product query, 1 thread), per backend."""
-    from edge.encoders.text import BundleTextEncoder
+    from edge.models.encoders.text import BundleTextEncoder
 
     bundle = load_bundle(bundle_root, modality="text")
     encs = {b: BundleTextEncoder(bundle=bundle, backend=b, threads=1) for b in ("onnxruntime", "openvino")}

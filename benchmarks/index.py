@@ -1,4 +1,4 @@
-"""Index benchmark: USearch (as edge.index uses it) vs exact search vs FAISS HNSW on clustered vectors.
+"""Index benchmark: USearch (as edge.catalog.index uses it) vs exact search vs FAISS HNSW on clustered vectors.
 
     python -m benchmarks.index --sizes 10000,100000 --dtypes i8,f16 [--json OUT] [--threads 2]
 
@@ -6,7 +6,7 @@ For each size: clustered synthetic unit vectors (dim 128 = the default image bun
 float32 top-10 by numpy matmul (ground truth, and the numpy QPS everything is compared with),
 then for each dtype: build time, bytes per vector (file and RSS), recall@10 against the exact
 float32 top-10, single-query p50/p99 latency (1 thread), batch QPS (``--threads``), and USearch
-``exact=True`` on the same index. ``i8`` is edge.index's own rounding quantization; the row
+``exact=True`` on the same index. ``i8`` is edge.catalog.index's own rounding quantization; the row
 ``i8-cast`` is USearch's built-in f32->i8 cast, for comparison. FAISS ``IndexHNSWFlat`` (M=16,
 efConstruction=128, efSearch=64, the USearch defaults) runs once per size.
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edge import index as ix
+from edge.catalog import index as ix
 
 DIM = 128
 QUERIES = 1000

@@ -9,7 +9,7 @@ Protocol (Grocery Store layout; any split files of the same format):
 * **word profiles** - each product's catalogue text (name, English/Swedish descriptions,
   title/manufacturer lines) plus the OCR of ``--profile-photos`` gallery photos a product
   (catalogue-only: the OCR of its iconic image);
-* **weights** - fitted (edge.fusion.fit_weights) on the carved queries only, never on val;
+* **weights** - fitted (edge.text.fusion.fit_weights) on the carved queries only, never on val;
 * **report** - macro recall@1/@5 and per coarse group (top-level folder: Fruit, Vegetables,
   Packages) on val and (in-sample for the weights) on the carved queries.
 
@@ -38,21 +38,14 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.ocr_cache import cache_key, latency_summary, load_cache
-from edge.catalogue_text import gsd_product_text
-from edge.config import ModelSettings
-from edge.encoders import load_image_encoder, load_text_encoder
-from edge.encoders.base import ImageEncoder, TextEncoder
-from edge.errors import InputError, StoreLensError
-from edge.fusion import (
-    FusionWeights,
-    ProductText,
-    TextProfiles,
-    fit_weights,
-    fuse,
-    semantic_scores,
-)
-from edge.ocr import OcrResult
-from edge.preprocess import read_image
+from edge.core.config import ModelSettings
+from edge.core.errors import InputError, StoreLensError
+from edge.models.encoders import load_image_encoder, load_text_encoder
+from edge.models.encoders.base import ImageEncoder, TextEncoder
+from edge.models.preprocess import read_image
+from edge.text.fusion import FusionWeights, ProductText, TextProfiles, fit_weights, fuse, semantic_scores
+from edge.text.ocr.engine import OcrResult
+from edge.text.profiles import gsd_product_text
 from export.data import ClassInfo, Sample, read_classes, read_split
 
 MODALITIES = ("image", "image+ocr", "image+ocr+text")

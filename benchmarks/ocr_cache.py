@@ -24,9 +24,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge.errors import StoreLensError
-from edge.ocr import OcrEngine, OcrResult
-from edge.preprocess import read_image
+from edge.core.errors import StoreLensError
+from edge.models.preprocess import read_image
+from edge.text.ocr.engine import OcrEngine, OcrResult
 
 
 def cache_key(path: Path, root: Path) -> str:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="image bundle whose training carve gives the carved queries (default: the embedded one)")
     args = ap.parse_args(argv)
     try:
-        from edge.bundle import default_bundle_path
+        from edge.models.bundle import default_bundle_path
 
         training = bundle_training(args.image_bundle or default_bundle_path("image"))
         images = needed_images(args.train, args.val, profile_photos=args.profile_photos, training=training)

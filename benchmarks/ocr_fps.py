@@ -3,7 +3,7 @@
 Simulates the runtime's per-frame work on one kiosk ROI: a product is held in view for
 ``--hold`` frames (each frame with fresh sensor noise, so views are "unchanged" but never
 byte-identical), then the next product comes. *Off*: embed the crop and match it against a
-gallery. *On*: the same plus :class:`edge.fusion.LabelTextReranker` (OCR on its own thread,
+gallery. *On*: the same plus :class:`edge.text.fusion.LabelTextReranker` (OCR on its own thread,
 one read per view, cached while the view is unchanged). Frames are processed as fast as
 possible (the worst case: at a 15 fps camera cap both loops idle between frames).
 
@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.encoders.base import ImageEncoder
-from edge.errors import StoreLensError
-from edge.fusion import FusionWeights, LabelTextReranker, ProductText, TextProfiles
-from edge.ocr import OcrEngine, OcrWorker, TextReader
-from edge.ocr_process import ProcessOcrEngine
-from edge.preprocess import read_image
-from edge.types import Candidate
+from edge.core.errors import StoreLensError
+from edge.core.types import Candidate
+from edge.models.encoders.base import ImageEncoder
+from edge.models.preprocess import read_image
+from edge.text.fusion import FusionWeights, LabelTextReranker, ProductText, TextProfiles
+from edge.text.ocr.engine import OcrEngine
+from edge.text.ocr.process import ProcessOcrEngine
+from edge.text.ocr.worker import OcrWorker, TextReader
 
 
 def frames(images: list[np.ndarray], hold: int, seed: int = 0) -> list[np.ndarray]:
@@ -60,8 +61,8 @@ def run_loop(encoder: ImageEncoder, gallery: np.ndarray, skus: list[str], stream
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.config import ModelSettings
-    from edge.encoders import load_image_encoder
+    from edge.core.config import ModelSettings
+    from edge.models.encoders import load_image_encoder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image-bundle", type=Path, default=None)

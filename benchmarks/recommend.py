@@ -12,12 +12,12 @@ in time order. Steps, all in one run so that the ratios are side by side:
    HR@10). The test part is never looked at for choices.
 3. Replay the training baskets as ``<prefix>/events/basket`` MQTT events (QoS 1, with ids and
    synthetic timestamps spread evenly over ``--days``, the span the file covers) through a
-   mosquitto this script starts on a free loopback port, into :class:`edge.baskets.BasketStore`
-   via :class:`edge.baskets.BasketSubscriber`; then replay 5 % of them again plus a few malformed
+   mosquitto this script starts on a free loopback port, into :class:`edge.recommend.baskets.BasketStore`
+   via :class:`edge.recommend.baskets.BasketSubscriber`; then replay 5 % of them again plus a few malformed
    events, which must be rejected and counted. Checks that the SQLite counts equal an
    in-memory count of the same baskets (lossless replay).
 4. For each test basket hide one item (seeded random), rank the rest of the catalogue from the
-   others through the serving path (:meth:`edge.recommend.Recommender.recommend`), and compare
+   others through the serving path (:meth:`edge.recommend.service.Recommender.recommend`), and compare
    with popularity and plain co-occurrence: HR@10, NDCG@10, overall and on the long tail
    (held-out items outside the 10 most bought categories of the training part).
 5. Update throughput (baskets/s through the broker, and into SQLite alone) and recommend
@@ -48,10 +48,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from tqdm import tqdm
 
-from edge.baskets import BasketStore, BasketSubscriber, Cooccurrence
-from edge.config import RecommendSettings
-from edge.errors import InputError, StoreLensError
-from edge.recommend import AssociationModel, Recommender
+from edge.core.config import RecommendSettings
+from edge.core.errors import InputError, StoreLensError
+from edge.recommend.baskets import BasketStore, BasketSubscriber, Cooccurrence
+from edge.recommend.service import AssociationModel, Recommender
 
 K = 10
 TAIL_HEAD = 10  # the long tail: held-out items outside this many most bought categories

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from edge.preprocess import PreprocessSpec
+from edge.models.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

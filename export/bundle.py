@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import (
+from edge.core.errors import InputError
+from edge.models.bundle import (
     Bundle,
     TensorSpec,
     describe_file,
@@ -36,10 +37,9 @@ from edge.bundle import (
     sha256_file,
     write_manifest,
 )
-from edge.encoders.onnx import l2_normalise, open_session
-from edge.encoders.openvino import compile_model
-from edge.errors import InputError
-from edge.preprocess import PreprocessSpec
+from edge.models.encoders.onnx import l2_normalise, open_session
+from edge.models.encoders.openvino import compile_model
+from edge.models.preprocess import PreprocessSpec
 from export.data import Sample
 from export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, load_checkpoint
 from export.openvino import quantize_openvino

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.errors import InputError, StoreLensError
+from edge.core.errors import InputError, StoreLensError
 from export.parity import MAX_R1_DROP, MIN_COSINE
 
 

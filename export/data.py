@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.errors import ImageError, InputError
-from edge.preprocess import read_image, resize_short_side_center_crop
+from edge.core.errors import ImageError, InputError
+from edge.models.preprocess import read_image, resize_short_side_center_crop
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

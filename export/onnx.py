@@ -15,8 +15,8 @@ from typing import Any
 import onnx
 import torch
 
-from edge.errors import InputError
-from edge.preprocess import PreprocessSpec
+from edge.core.errors import InputError
+from edge.models.preprocess import PreprocessSpec
 from export.model import EncoderArch, ProductEncoder
 
 INPUT_NAME = "input"

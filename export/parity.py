@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import ParityError
+from edge.core.errors import ParityError
 
 MIN_COSINE = 0.98
 MAX_R1_DROP = 0.01

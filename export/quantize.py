@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.errors import ImageError, InputError
-from edge.preprocess import PreprocessSpec, prepare_batch, read_image
+from edge.core.errors import ImageError, InputError
+from edge.models.preprocess import PreprocessSpec, prepare_batch, read_image
 
 log = logging.getLogger("storelens.export")
 

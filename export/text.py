@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import Bundle, TensorSpec, describe_file, manifest_dict
-from edge.encoders.onnx import l2_normalise, open_session
-from edge.errors import InputError
+from edge.core.errors import InputError
+from edge.models.bundle import Bundle, TensorSpec, describe_file, manifest_dict
+from edge.models.encoders.onnx import l2_normalise, open_session
 from export.bundle import install, tool_versions
 from export.data import read_classes
 from export.parity import MAX_R1_DROP, MIN_COSINE, ParityReport, compare, gate

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.errors import InputError
+from edge.core.errors import InputError
 from export.model import embed_batches
 
 DEFAULT_SHRINKAGE = 0.1

@@ -1,7 +1,7 @@
 """Small real encoders for catalog/index/search tests (no mocks).
 
 - :class:`TinyImageEncoder`: the ``tiny_onnx`` graph in a real onnxruntime session, with
-  ``edge.preprocess`` at 32 px. Its weights are random, so tests use images it can tell apart
+  ``edge.models.preprocess`` at 32 px. Its weights are random, so tests use images it can tell apart
   (flat colours far apart, see :func:`product_image`).
 - :class:`TrigramTextEncoder`: character-trigram hashing into 64 dims, L2-normalised. Texts
   that share words share trigrams, so similar texts get high cosines: a real, deterministic
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edge.preprocess import PreprocessSpec, prepare_batch
+from edge.models.preprocess import PreprocessSpec, prepare_batch
 
 
 class TinyImageEncoder:

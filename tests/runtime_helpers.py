@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from edge.config import load_settings
-from edge.preprocess import PreprocessSpec, prepare_batch
-from edge.runtime import Runtime
-from edge.types import Candidate
+from edge.core.config import load_settings
+from edge.core.types import Candidate
+from edge.models.preprocess import PreprocessSpec, prepare_batch
+from edge.pipeline.loop import Runtime
 
 COLOURS = {  # BGR, far apart so the tiny random encoder separates them
     "RED": (30, 30, 220), "GREEN": (40, 200, 40), "BLUE": (210, 60, 20), "YELLOW": (20, 220, 230),
@@ -30,7 +30,7 @@ COLOURS = {  # BGR, far apart so the tiny random encoder separates them
 
 
 class TinyOnnxEncoder:
-    """The tiny ONNX model run by a real onnxruntime session, with edge.preprocess at 32 px."""
+    """The tiny ONNX model run by a real onnxruntime session, with edge.models.preprocess at 32 px."""
 
     def __init__(self, path: Path) -> None:
         opts = ort.SessionOptions()

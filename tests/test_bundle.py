@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import (
+from edge.core.errors import BundleError, ModelMismatchError
+from edge.models.bundle import (
     TensorSpec,
     default_bundle_path,
     describe_file,
@@ -17,10 +18,9 @@ from edge.bundle import (
     manifest_dict,
     write_manifest,
 )
-from edge.encoders.onnx import OnnxImageEncoder
-from edge.encoders.openvino import OpenVinoImageEncoder
-from edge.errors import BundleError, ModelMismatchError
-from edge.preprocess import PreprocessSpec
+from edge.models.encoders.onnx import OnnxImageEncoder
+from edge.models.encoders.openvino import OpenVinoImageEncoder
+from edge.models.preprocess import PreprocessSpec
 
 
 def make_bundle(root: Path, model: Path, *, size: int = 32, dim: int = 16, out_dim: int | None = None) -> Path:

@@ -7,10 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.calibrate import (
-    Calibration,
+from edge.catalog.calibration import (
     QueryScores,
-    Thresholds,
     choose_thresholds,
     pick_held_out,
     query_scores,
@@ -18,9 +16,9 @@ from edge.calibrate import (
     run_calibration,
     summarise,
 )
-from edge.errors import InputError
-from edge.store import Store
-from edge.types import Candidate
+from edge.catalog.store import Store
+from edge.core.errors import InputError
+from edge.core.types import Calibration, Candidate, Thresholds
 from tests.encoders_for_tests import TinyImageEncoder, product_image, write_jpeg
 
 

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import CameraThread, ImageFolderSource, VideoCaptureSource, open_source
-from edge.config import CameraSettings
-from edge.errors import CaptureError
-from edge.gate import GateVerdict, RegionGate
+from edge.core.config import CameraSettings
+from edge.core.errors import CaptureError
+from edge.pipeline.capture import CameraThread, ImageFolderSource, VideoCaptureSource, open_source
+from edge.pipeline.gate import GateVerdict, RegionGate
 from tests.runtime_helpers import product_image, write_frames
 
 
@@ -21,7 +21,7 @@ def cam(source: str, **kw: object) -> CameraSettings:
 
 
 def write_video(path: Path, n: int) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (64, 48))
     for i in range(n):
         w.write(np.full((48, 64, 3), i * 20, np.uint8))
     w.release()

@@ -9,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.catalog import Catalog, Product, fts_query
-from edge.errors import CatalogError
-from edge.importers import (
-    SWEDISH_DESCRIPTION,
-    ImportIssue,
-    ProductRecord,
-    detect_format,
-    read_folder,
-    read_grocery_store,
-    read_table,
-)
-from edge.store import Store
+from edge.catalog.db import Catalog, Product, fts_query
+from edge.catalog.importers.gsd import SWEDISH_DESCRIPTION, read_grocery_store
+from edge.catalog.importers.tables import ImportIssue, ProductRecord, detect_format, read_folder, read_table
+from edge.catalog.store import Store
+from edge.core.errors import CatalogError
 from tests.encoders_for_tests import TinyImageEncoder, TrigramTextEncoder, product_image, write_jpeg
 
 

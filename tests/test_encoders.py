@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import default_bundle_path, load_bundle
-from edge.config import ModelSettings
-from edge.encoders import ImageEncoder, load_image_encoder
-from edge.encoders.onnx import OnnxImageEncoder
-from edge.encoders.openvino import OpenVinoImageEncoder
-from edge.errors import BundleError
-from edge.preprocess import read_image
+from edge.core.config import ModelSettings
+from edge.core.errors import BundleError
+from edge.models.bundle import default_bundle_path, load_bundle
+from edge.models.encoders import ImageEncoder, load_image_encoder
+from edge.models.encoders.onnx import OnnxImageEncoder
+from edge.models.encoders.openvino import OpenVinoImageEncoder
+from edge.models.preprocess import read_image
 from tests.conftest import shared_dir
 
 GSD = shared_dir() / "datasets" / "grocery-store"

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from edge.bundle import load_bundle
-from edge.encoders.onnx import OnnxImageEncoder
-from edge.encoders.openvino import OpenVinoImageEncoder
-from edge.errors import InputError, ParityError
-from edge.preprocess import PreprocessSpec
+from edge.core.errors import InputError, ParityError
+from edge.models.bundle import load_bundle
+from edge.models.encoders.onnx import OnnxImageEncoder
+from edge.models.encoders.openvino import OpenVinoImageEncoder
+from edge.models.preprocess import PreprocessSpec
 from export.bundle import BuildResult, build_image_bundle
 from export.cli import main as export_main
 from export.data import Sample, read_split
@@ -140,7 +140,7 @@ def test_onnxruntime_and_openvino_agree_on_the_bundle(built: BuildResult, precis
 
 
 def test_int8_matches_fp32_export_and_torch(built: BuildResult, catalog: tuple[Path, list[Sample], Path]) -> None:
-    from edge.preprocess import prepare_batch
+    from edge.models.preprocess import prepare_batch
 
     rng = np.random.default_rng(4)
     imgs = [draw_product(i % 6, rng) for i in range(8)]

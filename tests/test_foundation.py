@@ -9,8 +9,8 @@ import onnxruntime as ort
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.cli import main
-from edge.config import SettingsError, load_settings
+from edge.cli.main import main
+from edge.core.config import SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,6 +120,6 @@ def test_unknown_option_is_a_usage_error() -> None:
 
 
 def test_readme_config_reference_matches_the_code() -> None:
-    from edge.commands.validate_config import reference_markdown
+    from edge.cli.validate_config import reference_markdown
 
     assert reference_markdown() in (REPO / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""edge.index: real USearch indexes on disk, sidecars, mismatch errors, atomic swaps, the writer lock."""
+"""edge.catalog.index: real USearch indexes on disk, sidecars, mismatch errors, atomic swaps, the writer lock."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import index as ix
-from edge.errors import CatalogError, IndexMismatchError
+from edge.catalog import index as ix
+from edge.core.errors import CatalogError, IndexMismatchError
 
 
 def unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_view_serves_memory_mapped(tmp_path: Path, rng: np.random.Generator) -> 
 
 
 def test_own_i8_rounding_beats_usearch_cast_on_exact_search(rng: np.random.Generator) -> None:
-    """Why edge.index quantizes itself: more top-10 neighbours agree with float32 (see module doc)."""
+    """Why edge.catalog.index quantizes itself: more top-10 neighbours agree with float32 (see module doc)."""
     centers = rng.standard_normal((50, 128)).astype(np.float32)
     x = centers[rng.integers(0, 50, 3000)] + 0.35 * rng.standard_normal((3000, 128)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -169,10 +169,10 @@ def test_writer_lock_serialises_and_times_out(tmp_path: Path) -> None:
 
 
 def test_importing_index_then_onnxruntime_does_not_crash() -> None:
-    """usearch's compiled module before onnxruntime segfaults; edge.index loads them in the safe order."""
+    """usearch's compiled module before onnxruntime segfaults; edge.catalog.index loads them in the safe order."""
     import subprocess
     import sys
 
-    code = "import edge.store, edge.index, usearch.index, onnxruntime, openvino; print('ok')"
+    code = "import edge.catalog.store, edge.catalog.index, usearch.index, onnxruntime, openvino; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stdout.strip()) == (0, "ok")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.commands_mqtt import CommandRouter, safe_path
-from edge.config import MqttSettings
-from edge.errors import CommandError
-from edge.mqtt import MqttLink
-from edge.outbox import Outbox
+from edge.comms.commands import CommandRouter, safe_path
+from edge.comms.mqtt import MqttLink
+from edge.comms.outbox import Outbox
+from edge.core.config import MqttSettings
+from edge.core.errors import CommandError
 from tests.conftest import Broker
 from tests.runtime_helpers import Collector
 

@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import BackendError, ImageError
-from edge.ocr import OcrEngine, OcrResult, OcrWorker, normalise_text, tokens
+from edge.core.errors import BackendError, ImageError
+from edge.text.normalise import normalise_text, tokens
+from edge.text.ocr.engine import OcrEngine, OcrResult
+from edge.text.ocr.worker import OcrWorker
 
 
 def label(*words: str, width: int = 420) -> np.ndarray:
@@ -105,11 +107,11 @@ def test_worker_counts_failed_reads_and_keeps_serving() -> None:
 
 
 def test_worker_from_config_section() -> None:
-    from edge.config import OcrSettings
-    from edge.ocr import start_worker
+    from edge.core.config import OcrSettings
+    from edge.text.ocr.worker import start_worker
 
     with start_worker(OcrSettings(det_side=320, change_threshold=0.05)) as worker:
-        assert worker.engine.det_limit_side_len == 320 and worker.change_threshold == 0.05
+        assert getattr(worker.engine, "det_limit_side_len", None) == 320 and worker.change_threshold == 0.05
         worker.request("r", label("ARLA"))
         result = worker.wait("r", timeout=120)
     assert result is not None and result.tokens == ("arla",)
@@ -119,7 +121,7 @@ def test_process_engine_reads_in_a_child_and_restarts_after_it_dies() -> None:
     import os
     import signal
 
-    from edge.ocr_process import ProcessOcrEngine
+    from edge.text.ocr.process import ProcessOcrEngine
 
     with ProcessOcrEngine(threads=1) as engine:
         assert engine.read(label("ARLA", "GRADDFIL")).tokens == ("arla", "graddfil")
@@ -140,7 +142,7 @@ def test_process_engine_names_a_child_that_dies_mid_read(monkeypatch: pytest.Mon
     import os
     import signal
 
-    from edge.ocr_process import ProcessOcrEngine
+    from edge.text.ocr.process import ProcessOcrEngine
 
     with ProcessOcrEngine(threads=1) as engine:
         engine.read(label("ARLA"))

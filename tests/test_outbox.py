@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import Outbox, OutboxError
+from edge.comms.outbox import Outbox, OutboxError
 
 
 def _put(ob: Outbox, n: int, *, start: int = 0, now: float | None = None) -> list[int]:

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import CatalogError, InputError
-from edge.fusion import FusionWeights
-from edge.ocr import OcrEngine
-from edge.product_text import (
+from edge.catalog.store import Store
+from edge.core.errors import CatalogError, InputError
+from edge.text.fusion import FusionWeights
+from edge.text.ocr.engine import OcrEngine
+from edge.text.profiles import (
     OCR_SOURCE,
     calibrate_fusion,
     catalog_profiles,
@@ -19,7 +20,6 @@ from edge.product_text import (
     read_reference_photos,
     save_weights,
 )
-from edge.store import Store
 from tests.encoders_for_tests import TinyImageEncoder
 from tests.test_ocr import label
 
@@ -94,7 +94,7 @@ def test_cli_reads_a_label_and_enrolls_photo_text(store: Store, tmp_path: Path,
 
     import cv2
 
-    from edge.cli import main
+    from edge.cli.main import main
 
     data = store.data_dir
     assert main(["ocr", "enroll", "--data-dir", str(data), "--json"]) == 0
@@ -114,8 +114,8 @@ def test_storelens_calibrate_fusion_stores_the_ocr_weight(tmp_path: Path, capsys
 
     import cv2
 
-    from edge.catalog import Catalog
-    from edge.cli import main
+    from edge.catalog.db import Catalog
+    from edge.cli.main import main
 
     data, photos = tmp_path / "data", tmp_path / "labelled"
     carton = tmp_path / "carton.png"

@@ -13,11 +13,11 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge.baskets import BasketRejected, BasketStore, BasketSubscriber, Cooccurrence, parse_basket
-from edge.cli import main
-from edge.config import RecommendSettings
-from edge.errors import CommandError, ConfigError, InputError
-from edge.recommend import AssociationModel, Filters, ProductVectors, Recommender, _pmi, similar
+from edge.cli.main import main
+from edge.core.config import RecommendSettings
+from edge.core.errors import CommandError, ConfigError, InputError
+from edge.recommend.baskets import BasketRejected, BasketStore, BasketSubscriber, Cooccurrence, parse_basket
+from edge.recommend.service import AssociationModel, Filters, ProductVectors, Recommender, _pmi, similar
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -263,7 +263,7 @@ def test_fused_cosine_is_the_weighted_mean_of_modalities() -> None:
 
 
 def test_product_vectors_from_a_real_catalog(tmp_path: Path) -> None:
-    from edge.catalog import Catalog, Product
+    from edge.catalog.db import Catalog, Product
 
     rng = np.random.default_rng(5)
     cat = Catalog(tmp_path / "catalog.db")
@@ -469,11 +469,11 @@ def test_baskets_sent_while_the_subscriber_is_away_are_delivered_later(tmp_path:
 
 
 def test_attached_to_the_runtime_link_and_command_router(tmp_path: Path, broker: object) -> None:
-    from edge.commands_mqtt import CommandRouter
-    from edge.config import MqttSettings
-    from edge.mqtt import MqttLink
-    from edge.outbox import Outbox
-    from edge.recommend import attach
+    from edge.comms.commands import CommandRouter
+    from edge.comms.mqtt import MqttLink
+    from edge.comms.outbox import Outbox
+    from edge.core.config import MqttSettings
+    from edge.recommend.service import attach
 
     rec, _ = make_recommender(tmp_path)
     port = broker.port  # type: ignore[attr-defined]
@@ -550,8 +550,8 @@ def test_cli_recommend_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_cli_similar_reads_the_catalog_and_index_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge.catalog import Catalog, Product
-    from edge.index import IndexMeta, sidecar_path
+    from edge.catalog.db import Catalog, Product
+    from edge.catalog.index import IndexMeta, sidecar_path
 
     rng = np.random.default_rng(11)
     vecs = rng.normal(size=(5, 8)).astype(np.float32)
@@ -582,9 +582,9 @@ def test_runtime_adds_recommendations_to_match_messages_and_ingests_baskets(
         tmp_path: Path, broker: object, tiny_onnx: Path) -> None:
     import io
 
-    from edge.config import load_settings
-    from edge.recommend import recommender_for
-    from edge.runtime import Runtime
+    from edge.core.config import load_settings
+    from edge.pipeline.loop import Runtime
+    from edge.recommend.service import recommender_for
     from tests.runtime_helpers import Collector, NumpyMatcher, TinyOnnxEncoder, write_catalog, write_frames
 
     port = broker.port  # type: ignore[attr-defined]
@@ -626,9 +626,9 @@ def test_runtime_adds_recommendations_to_match_messages_and_ingests_baskets(
 
 
 def test_recommender_reads_similar_products_from_a_real_store(tmp_path: Path, tiny_onnx: Path) -> None:
-    from edge.config import load_settings
-    from edge.recommend import recommender_for
-    from edge.store import Store
+    from edge.catalog.store import Store
+    from edge.core.config import load_settings
+    from edge.recommend.service import recommender_for
     from tests.runtime_helpers import TinyOnnxEncoder, product_image
 
     enc = TinyOnnxEncoder(tiny_onnx)

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import Settings, load_settings
-from edge.runtime import MATCH_SCHEMA, Runtime, crop
+from edge.core.config import Settings, load_settings
+from edge.pipeline.loop import MATCH_SCHEMA, Runtime, crop
 from tests.conftest import Broker
 from tests.runtime_helpers import Collector, NumpyMatcher, TinyOnnxEncoder, product_image, write_catalog, write_frames
 
@@ -212,7 +212,7 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
 
         snap = cmd("snapshot", {"camera": "cam"})["result"]
         img = cv2.imdecode(np.frombuffer(base64.b64decode(snap["jpeg_b64"]), np.uint8), cv2.IMREAD_COLOR)
-        assert img.shape == (64, 64, 3)
+        assert img is not None and img.shape == (64, 64, 3)
         assert "no frame from camera 'nope'" in cmd("snapshot", {"camera": "nope"})["error"]
         assert loop.is_alive()  # none of the bad commands stopped the loop
         n = len(collector.of("/cam/match"))
@@ -225,10 +225,10 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
 
 def test_cli_run_without_broker_on_the_real_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`storelens run` end to end: embedded bundle, a Store enrolled through its API, an image-folder camera."""
-    from edge.cli import main
-    from edge.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
-    from edge.encoders import load_image_encoder
-    from edge.store import Store
+    from edge.catalog.store import Store
+    from edge.cli.main import main
+    from edge.models.encoders import load_image_encoder
+    from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
 
     data = tmp_path / "data"
     s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(data)})
@@ -255,7 +255,7 @@ def test_cli_run_without_broker_on_the_real_store(tmp_path: Path, capsys: pytest
 
 
 def test_cli_run_missing_source_names_camera(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge.cli import main
+    from edge.cli.main import main
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('[device]\nstore = "s1"\nid = "d1"\n[[cameras]]\nname = "door-cam"\nsource = "/nope/x.mp4"\n')
@@ -264,7 +264,7 @@ def test_cli_run_missing_source_names_camera(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_demo_recognises_every_product(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge.cli import main
+    from edge.cli.main import main
 
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--json"]) == 0
     out = capsys.readouterr().out
@@ -284,7 +284,7 @@ class _DroppingSource:
     def read(self) -> np.ndarray | None:
         self.n += 1
         if self.fail_after is not None and self.n > self.fail_after:
-            from edge.errors import CaptureError
+            from edge.core.errors import CaptureError
 
             raise CaptureError("stream read failed")
         return product_image(self.sku, rng=self.rng)

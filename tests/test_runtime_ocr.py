@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.fusion import FusionWeights, LabelTextReranker, ProductText, TextProfiles
-from edge.ocr import OcrEngine, OcrWorker
-from edge.runtime import Runtime
-from edge.types import Candidate
+from edge.core.types import Candidate
+from edge.pipeline.loop import Runtime
+from edge.text.fusion import FusionWeights, LabelTextReranker, ProductText, TextProfiles
+from edge.text.ocr.engine import OcrEngine
+from edge.text.ocr.worker import OcrWorker
 from tests.runtime_helpers import TinyOnnxEncoder
 from tests.test_ocr import label
 from tests.test_runtime import run_until, settings

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import ImageError, IndexMismatchError, InputError
-from edge.index import Hits
-from edge.search import aggregate_hits, rrf
-from edge.store import Store
+from edge.catalog.index import Hits
+from edge.catalog.ranking import aggregate_hits, rrf
+from edge.catalog.store import Store
+from edge.core.errors import ImageError, IndexMismatchError, InputError
 from tests.encoders_for_tests import TinyImageEncoder, TrigramTextEncoder, product_image, write_jpeg
 
 PRODUCTS = {
@@ -180,7 +180,7 @@ def test_cli_with_the_embedded_default_bundles(tmp_path: Path, capsys: pytest.Ca
     """import -> search (image, text, both) -> calibrate -> remove -> list, through `storelens` itself."""
     import json
 
-    from edge.cli import main
+    from edge.cli.main import main
 
     root = tmp_path / "shots"
     rng = np.random.default_rng(3)
@@ -215,7 +215,7 @@ def test_cli_with_the_embedded_default_bundles(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_reembed_after_an_encoder_change(store: Store, tmp_path: Path, tiny_onnx: Path) -> None:
-    from edge.calibrate import Calibration
+    from edge.core.types import Calibration
     from tests.tiny_model import build_tiny_encoder
 
     store.save_calibration(Calibration(score=0.9, margin=0.01, target=0.95, known_queries=1, unknown_queries=1,

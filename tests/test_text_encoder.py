@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import default_bundle_path, load_bundle
-from edge.config import ModelSettings
-from edge.encoders import TextEncoder, load_text_encoder
-from edge.errors import InputError
+from edge.core.config import ModelSettings
+from edge.core.errors import InputError
+from edge.models.bundle import default_bundle_path, load_bundle
+from edge.models.encoders import TextEncoder, load_text_encoder
 
 TEXTS = [
     "Banana",
@@ -78,7 +78,7 @@ def test_auto_text_backend_is_onnxruntime() -> None:
 
 
 def test_text_bundle_path_checked(tmp_path: Path) -> None:
-    from edge.errors import BundleError
+    from edge.core.errors import BundleError
 
     with pytest.raises(BundleError, match="is a image bundle, expected text"):
         load_text_encoder(ModelSettings(text_bundle=default_bundle_path("image")))

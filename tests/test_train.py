@@ -74,7 +74,7 @@ def test_retrieval_metrics_are_macro_averaged() -> None:
 def test_split_file_errors_name_the_line(tmp_path: Path) -> None:
     f = tmp_path / "s.txt"
     f.write_text("a.jpg, 0, 0\nb.jpg, x, 0\n")
-    from edge.errors import InputError
+    from edge.core.errors import InputError
 
     with pytest.raises(InputError, match=r"s.txt:2: labels must be integers"):
         read_split(f)
@@ -99,7 +99,7 @@ def test_sessions_carve_holds_out_whole_sessions() -> None:
 
 
 def test_device_and_arch_flags_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge.errors import InputError
+    from edge.core.errors import InputError
     from export.train import arch_from_args, build_parser, pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

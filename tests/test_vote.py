@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edge.types import Candidate
-from edge.vote import RegionVoter, VoteParams, frame_label
+from edge.core.types import Candidate
+from edge.pipeline.vote import RegionVoter, VoteParams, frame_label
 
 
 def c(*pairs: tuple[str, float]) -> list[Candidate]:

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edge.errors import InputError  # noqa: E402
+from edge.core.errors import InputError  # noqa: E402
 from export.model import EncoderArch, ProductEncoder  # noqa: E402
 from export.parity import retrieval_metrics  # noqa: E402
 from export.whiten import WhitenedEncoder, choose_whitening, fit_whitening  # noqa: E402

@@ -1,0 +1,166 @@
+"""Unknown-product rejection: thresholds on the top score and on the top-1 minus top-2 margin.
+
+A query is *known* when ``top1 >= score`` and ``top1 - top2 >= margin``. :func:`calibrate`
+chooses the pair from labelled queries: among all pairs that accept at least ``target`` of the
+queries of enrolled products, the one with the lowest false-accept rate on queries of products
+*held out* of the catalog (ties: the higher known acceptance). Held-out products are simulated
+without rebuilding any index: their candidates are dropped from the rankings, exactly as if
+they had never been enrolled. The result is stored with the catalog (``meta.calibration``),
+tagged with the catalog version and encoder fingerprint it was measured on.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge.core.errors import InputError
+from edge.core.types import Calibration, Candidate
+
+if TYPE_CHECKING:
+    from edge.catalog.store import Store
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """Per labelled query: top-1 score, margin, whether the top-1 sku is right, whether it is known."""
+
+    top1: np.ndarray
+    margin: np.ndarray
+    correct: np.ndarray
+    known: np.ndarray
+
+
+def query_scores(rankings: Sequence[Sequence[Candidate]], labels: Sequence[str], held_out: set[str]) -> QueryScores:
+    """Scores of each query's ranking with the held-out products' candidates removed."""
+    if len(rankings) != len(labels):
+        raise ValueError("one ranking per label")
+    top1, margin, correct, known = [], [], [], []
+    for ranking, label in zip(rankings, labels, strict=True):
+        kept = [c for c in ranking if c.sku not in held_out]
+        s1 = float(kept[0].score) if kept else -1.0
+        s2 = float(kept[1].score) if len(kept) > 1 else -1.0
+        top1.append(s1)
+        margin.append(s1 - s2)
+        correct.append(bool(kept) and kept[0].sku == label)
+        known.append(label not in held_out)
+    return QueryScores(np.asarray(top1, np.float64), np.asarray(margin, np.float64),
+                       np.asarray(correct, bool), np.asarray(known, bool))
+
+
+def choose_thresholds(q: QueryScores, *, target: float) -> tuple[float, float]:
+    """The (score, margin) pair accepting >= ``target`` of known queries with the fewest false accepts."""
+    if not 0 < target <= 1:
+        raise InputError(f"target acceptance {target} is outside (0, 1]", hint="use e.g. --target 0.95")
+    k_top, k_mar = q.top1[q.known], q.margin[q.known]
+    u_top, u_mar = q.top1[~q.known], q.margin[~q.known]
+    if len(k_top) == 0:
+        raise InputError("no labelled query belongs to an enrolled product",
+                         hint="label images with skus that are in the catalog")
+    need = int(np.ceil(target * len(k_top)))
+    best: tuple[float, float, float, float] | None = None  # (far, -accept, score, margin)
+    for m in np.unique(np.concatenate([[0.0], np.quantile(k_mar, np.linspace(0, 1 - target, 21))])):
+        ok = np.sort(k_top[k_mar >= m])[::-1]
+        if len(ok) < need:
+            continue
+        t = float(ok[need - 1])  # the largest score threshold that still accepts `need` queries
+        accept = float(np.mean((k_top >= t) & (k_mar >= m)))
+        far = float(np.mean((u_top >= t) & (u_mar >= m))) if len(u_top) else 0.0
+        cand = (far, -accept, t, float(m))
+        if best is None or cand < best:
+            best = cand
+    assert best is not None  # m = 0 always accepts every known query, so a pair always exists
+    return best[2], best[3]
+
+
+def summarise(q: QueryScores, *, score: float, margin: float) -> dict[str, float]:
+    acc = (q.top1 >= score) & (q.margin >= margin)
+    k, u = q.known, ~q.known
+    return {
+        "known_accept_rate": float(np.mean(acc[k])) if k.any() else 0.0,
+        "known_top1_accuracy": float(np.mean(q.correct[k])) if k.any() else 0.0,
+        "accepted_precision": float(np.mean(q.correct[k & acc])) if (k & acc).any() else 0.0,
+        "false_accept_rate": float(np.mean(acc[u])) if u.any() else 0.0,
+    }
+
+
+def pick_held_out(skus: Sequence[str], *, fraction: float, seed: int = 0) -> set[str]:
+    """A deterministic random ``fraction`` of the labelled, enrolled skus, treated as not enrolled."""
+    if not 0 <= fraction < 1:
+        raise InputError(f"held-out fraction {fraction} is outside [0, 1)", hint="use e.g. --holdout 0.2")
+    uniq = sorted(set(skus))
+    n = round(fraction * len(uniq))
+    rng = np.random.default_rng(seed)
+    return {uniq[i] for i in rng.choice(len(uniq), size=n, replace=False)} if n else set()
+
+
+def read_labelled(source: Path, *, classes: Path | None = None) -> list[tuple[Path, str]]:
+    """Labelled query images: a split file (``path, fine_label, ...``, labels mapped to skus through
+    ``classes.csv`` beside it, as the Grocery Store importer names products) or a ``<root>/<sku>/*.jpg`` folder."""
+    if source.is_dir():
+        from edge.catalog.importers.tables import IMAGE_SUFFIXES
+
+        return [(p, sub.name) for sub in sorted(d for d in source.iterdir() if d.is_dir())
+                for p in sorted(sub.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not source.is_file():
+        raise InputError(f"labelled images not found: {source}", hint="pass a split file or a <root>/<sku>/ folder")
+    classes = classes or source.parent / "classes.csv"
+    if not classes.is_file():
+        raise InputError(f"no classes.csv beside {source}", hint="pass --classes CSV mapping class ids to names")
+    with classes.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    names = {int(r[1]): r[0].strip() for r in rows if len(r) > 1 and r[1].strip().isdigit()}
+    out = []
+    for n, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = [x.strip() for x in line.split(",")]
+        if not line.strip():
+            continue
+        if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) not in names:
+            raise InputError(f"{source}:{n}: expected `path, class_id, ...` with a class id in {classes.name}",
+                             hint="fix the line")
+        out.append((source.parent / fields[0], names[int(fields[1])]))
+    return out
+
+
+def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, target: float = 0.95,
+                    holdout: float = 0.2, seed: int = 0, batch: int = 32,
+                    progress: bool = True) -> tuple[Calibration, list[str]]:
+    """Embed labelled images, simulate held-out products, choose thresholds. Returns (result, problems)."""
+    from tqdm import tqdm
+
+    from edge.core.errors import ImageError
+    from edge.models.preprocess import read_image
+
+    enrolled = {p.sku for p in store.catalog.products()}
+    held_out = pick_held_out([s for _, s in labelled if s in enrolled], fraction=holdout, seed=seed)
+    unknown = held_out | {s for _, s in labelled if s not in enrolled}
+    k = min(len(enrolled), len(held_out) + 5)
+    problems: list[str] = []
+    rankings: list[list[Candidate]] = []
+    labels: list[str] = []
+    for i in tqdm(range(0, len(labelled), batch), desc="calibrate", unit="batch", disable=not progress):
+        images, names = [], []
+        for path, sku in labelled[i : i + batch]:
+            try:
+                images.append(read_image(path))
+                names.append(sku)
+            except ImageError as e:
+                problems.append(f"skipped: {e}")
+        if images:
+            rankings.extend([r.candidate() for r in row] for row in store.search_image(images, k=k))
+            labels.extend(names)
+    if not labels:
+        raise InputError("no labelled image could be read", hint="check the paths in the labelled list")
+    q = query_scores(rankings, labels, unknown)
+    score, margin = choose_thresholds(q, target=target)
+    s = summarise(q, score=score, margin=margin)
+    enc = store.image_encoder
+    cal = Calibration(score=score, margin=margin, target=target, known_queries=int(q.known.sum()),
+                      unknown_queries=int((~q.known).sum()), held_out=tuple(sorted(unknown)),
+                      catalog_version=store.catalog_version, fingerprint=enc.fingerprint if enc else "", **s)
+    return cal, problems

@@ -1,0 +1,1 @@
+"""The ``storelens`` command line: ``main`` wires one module per subcommand."""

@@ -1,0 +1,126 @@
+"""``storelens run --config FILE``: the product's main job — cameras in, decisions out over MQTT."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge.core.config import Settings, load_settings
+from edge.core.errors import StoreLensError
+from edge.core.logs import setup_logging
+from edge.pipeline.loop import Runtime
+
+log = logging.getLogger("storelens.run")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="recognise products from the configured cameras and publish decisions (the main job)",
+        description="Open every [[cameras]] source, embed changed regions, vote, and publish decisions over MQTT "
+        "(QoS 1 through an on-disk outbox, so nothing is lost while the broker is away). Without a reachable "
+        "broker (or with --no-mqtt) decisions are printed and kept in the outbox. SIGTERM / Ctrl-C stops capture, "
+        "drains, flushes the outbox (mqtt.flush_timeout_s), publishes `offline` and exits 0.",
+        epilog="example: storelens run --config configs/kiosk.toml --jsonl decisions.jsonl",
+    )
+    p.add_argument("--config", "-c", type=Path, required=True, help="TOML config, e.g. configs/kiosk.toml")
+    p.add_argument("--jsonl", type=Path, help="also append every decision to this JSONL file (overrides jsonl_out)")
+    p.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (print + outbox only)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.set_defaults(func=run)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The real parts the config names: the image (and, if it loads, text) encoder and the catalog store."""
+    from edge.catalog.store import Store
+    from edge.models.encoders import load_image_encoder, load_text_encoder
+
+    image = load_image_encoder(settings.model)
+    try:
+        text = load_text_encoder(settings.model)
+    except StoreLensError as e:  # text search is optional at a camera; say so, keep running
+        log.warning("text encoder not loaded; the search command accepts images only", extra={"error": str(e)})
+        text = None
+
+    def open_store(encoder: Any) -> Store:
+        return Store.from_settings(settings, image_encoder=encoder, text_encoder=text)
+
+    from edge.recommend.service import recommender_for
+
+    store = open_store(image)
+    return Runtime(settings=settings, encoder=image, matcher=store,
+                   encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store,
+                   recommender=recommender_for(settings, store=store), reranker=label_reranker(settings, store))
+
+
+def label_reranker(settings: Settings, store: Any) -> Any:
+    """OCR + fusion for the frame loop, or None (said in the log) when it would not change a ranking.
+
+    Fusion is off unless ``storelens calibrate --fusion`` stored a non-zero OCR weight with the
+    catalog: reading labels costs CPU, and with weight 0 it cannot change a decision.
+    """
+    if not settings.ocr.enabled:
+        log.info("label text (OCR) off: ocr.enabled = false")
+        return None
+    from edge.text.fusion import LabelTextReranker
+    from edge.text.ocr.worker import start_worker
+    from edge.text.profiles import catalog_profiles, load_weights
+
+    weights = load_weights(store.catalog)
+    if not weights.ocr:
+        log.info("label text (OCR) off: no fitted OCR weight; run `storelens calibrate LABELLED --fusion`",
+                 extra={"fitted_on": weights.fitted_on})
+        return None
+    names = {p.sku: p.name for p in store.catalog.products()}
+    log.info("label text (OCR) on", extra={"w_ocr": weights.ocr, "w_text": weights.text})
+    return LabelTextReranker(worker=start_worker(settings.ocr), profiles=catalog_profiles(store.catalog),
+                             weights=weights, names=names)
+
+
+def serve(rt: Runtime, *, duration: float | None = None) -> dict[str, Any]:
+    """Start, loop until SIGTERM/SIGINT (or ``duration``), then shut down gracefully; returns the summary."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rt.start()
+        try:
+            rt.run(stop, max_seconds=duration)
+        finally:
+            summary = rt.shutdown()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    over: dict[str, Any] = {}
+    if args.jsonl:
+        over["jsonl_out"] = str(args.jsonl)
+    if args.no_mqtt:
+        over["mqtt"] = {"enabled": False}
+    settings = load_settings(args.config, **over)  # overrides merge into the file's sections
+    setup_logging("DEBUG" if getattr(args, "verbose", False) else settings.logging.level, settings.logging.format)
+    if not settings.cameras:
+        from edge.core.errors import ConfigError
+
+        raise ConfigError(f"{args.config}: no [[cameras]] configured", hint="add a [[cameras]] table with a source")
+    from edge.pipeline.capture import open_source
+
+    for cam in settings.cameras:  # fail fast, before loading models: a wrong source names its camera
+        open_source(cam).close()
+    summary = serve(build_runtime(settings), duration=args.duration)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(f"stopped: {summary['decisions']} decisions, {summary['frames']} frames, "
+              f"outbox left {summary['outbox_left']} (dropped {summary['outbox']['dropped_full']} full, "
+              f"{summary['outbox']['dropped_age']} old)")
+    return 0
+

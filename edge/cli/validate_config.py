@@ -1,0 +1,73 @@
+"""``storelens validate-config FILE``: check a config, print each problem as key -> value -> message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel
+
+from edge.core.config import Settings, SettingsError, load_settings
+from edge.core.errors import InputError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "validate-config",
+        help="check a config file (and STORELENS_* env overrides)",
+        description="Validate a StoreLens TOML config with the environment overrides applied. Prints every "
+        "problem as `key -> value -> message` and exits 2, or prints the resolved settings (secrets masked) and "
+        "exits 0.",
+    )
+    p.add_argument("file", type=Path, nargs="?", help="TOML config file, e.g. configs/kiosk.toml")
+    p.add_argument("--reference", action="store_true", help="print every setting as a Markdown table and exit")
+    p.set_defaults(func=run)
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    for a in (annotation, *get_args(annotation)):
+        for b in (a, *get_args(a)):
+            if isinstance(b, type) and issubclass(b, BaseModel):
+                return b
+    return None
+
+
+def reference_rows(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every setting, nested keys dotted, list items as ``[]``."""
+    rows: list[tuple[str, str, str]] = []
+    for name, f in model.model_fields.items():
+        key, sub = prefix + name, _section(f.annotation)
+        if sub is not None and get_origin(f.annotation) is list:
+            rows.append((key, "list", f.description or ""))
+            rows += reference_rows(sub, key + "[].")
+        elif sub is not None:
+            rows += reference_rows(sub, key + ".")
+        else:
+            default = "required" if f.is_required() else ("" if f.default is None else f"`{f.default}`")
+            rows.append((key, default, f.description or ""))
+    return rows
+
+
+def reference_markdown() -> str:
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{k}` | {d} | {m.replace('|', '/')} |" for k, d, m in reference_rows()]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.reference:
+        print(reference_markdown())
+        return 0
+    if args.file is None:
+        raise InputError("no config file given", hint="storelens validate-config configs/kiosk.toml")
+    try:
+        settings = load_settings(args.file)
+    except SettingsError as e:
+        print(f"{args.file}: {len(e.problems)} problem(s)")
+        for key, value, msg in e.problems:
+            print(f"  {key} -> {value} -> {msg}")
+        return e.exit_code
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0

@@ -1,1 +1,0 @@
-"""One module per ``storelens`` subcommand, each with ``register(sub)``."""

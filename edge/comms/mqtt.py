@@ -1,0 +1,265 @@
+"""The broker link: paho-mqtt 2.x with the outbox underneath, so no result is lost.
+
+Flow of a durable message (``match``, ``planogram``): :meth:`MqttLink.send` writes it to the
+:class:`~edge.comms.outbox.Outbox` and wakes the link's worker thread, which hands outbox rows to
+paho in write order (at most ``inflight_window`` un-acknowledged at a time, so a long outage
+never piles messages up in RAM — they wait on disk). paho queues what it cannot send yet and
+re-sends un-acknowledged messages itself after a reconnect; each PUBACK deletes its row. After
+a process restart nothing has been handed to paho yet, so every row left is replayed in order.
+
+paho calls ``on_publish`` while holding its own lock, so the callbacks only post events to the
+worker's queue; all outbox and publish work happens on the one worker thread (no lock-order
+deadlocks, no busy loops: the worker sleeps on its queue). Reconnects use paho's exponential
+backoff (``reconnect_min_s`` .. ``reconnect_max_s``).
+
+Topics (see DESIGN.md): ``<prefix>/available`` (retained online/offline, Last Will offline),
+``<prefix>/status`` (retained), ``<prefix>/stats``, ``<prefix>/<camera>/match|planogram``,
+``<prefix>/cmd/<verb>`` in and ``<prefix>/cmd/<verb>/reply`` out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edge.comms.outbox import Outbox
+from edge.core.config import MqttSettings
+
+log = logging.getLogger("storelens.mqtt")
+
+TopicHandler = Callable[[str, bytes, Any], None]
+"""``handler(topic, payload, properties)``: called on paho's network thread; must return quickly."""
+
+
+@dataclass(slots=True)
+class LinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    connected: bool = False
+    last_error: str | None = None
+    rejected: int = 0  # PUBACKs with a failure reason code (MQTT 5): the broker refused the message
+    inflight: int = 0
+    replies: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
+                "last_error": self.last_error, "rejected": self.rejected, "inflight": self.inflight}
+
+
+class MqttLink:
+    """One MQTT connection for the device: durable results, retained presence/status, commands."""
+
+    def __init__(self, *, settings: MqttSettings, prefix: str, outbox: Outbox, client_id: str,
+                 inflight_window: int = 500) -> None:
+        self.settings = settings
+        self.prefix = prefix.rstrip("/")
+        self.outbox = outbox
+        self.inflight_window = inflight_window
+        self.stats = LinkStats()
+        self._handlers: list[tuple[str, TopicHandler]] = []
+        self._status: bytes | None = None
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._mid_to_seq: dict[int, int] = {}
+        self._handed_seq = 0  # highest outbox seq handed to paho in this process
+        self._worker: threading.Thread | None = None
+        self._idle = threading.Event()  # set while the outbox has nothing un-acknowledged
+        self._stopping = False
+        self._client = self._make_client(client_id)
+
+    # -- topics ------------------------------------------------------------------------------------
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.prefix}/{suffix}"
+
+    @property
+    def available_topic(self) -> str:
+        return self.topic("available")
+
+    @property
+    def connected(self) -> bool:
+        return self.stats.connected
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def add_topic_handler(self, topic_filter: str, handler: TopicHandler) -> None:
+        """Subscribe ``topic_filter`` (absolute, wildcards allowed) now and on every reconnect."""
+        self._handlers.append((topic_filter, handler))
+        if self.stats.connected:
+            self._client.subscribe(topic_filter, qos=1)
+
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff until the broker answers)."""
+        self._worker = threading.Thread(target=self._work, name="mqtt-outbox", daemon=True)
+        self._worker.start()
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        self._client.loop_start()
+        self._events.put(("kick", None))
+
+    def stop(self, *, flush_timeout_s: float = 5.0) -> int:
+        """Flush the outbox (bounded), publish ``offline``, disconnect. Returns messages left in the outbox."""
+        deadline = time.monotonic() + flush_timeout_s
+        self._events.put(("kick", None))
+        while self.stats.connected and time.monotonic() < deadline and self.outbox.stats().depth > 0:
+            self._idle.wait(0.05)
+        left = self.outbox.stats().depth
+        if self.stats.connected:
+            info = self._client.publish(self.available_topic, b"offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(max(0.2, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as e:
+                log.warning("could not publish offline: %s", e)
+        self._stopping = True
+        self._events.put(("stop", None))
+        if self._worker:
+            self._worker.join(2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if left:
+            log.warning("outbox not empty at shutdown; kept on disk for the next start", extra={"left": left})
+        return left
+
+    # -- publishing --------------------------------------------------------------------------------
+
+    def send(self, topic: str, payload: bytes, *, msg_id: str, retain: bool = False) -> int:
+        """Durable publish: written to the outbox first, delivered (in order) when the broker is up."""
+        seq = self.outbox.put(msg_id=msg_id, topic=topic, payload=payload, qos=self.settings.qos, retain=retain)
+        self._events.put(("kick", None))
+        return seq
+
+    def publish_now(self, topic: str, payload: bytes | str, *, qos: int = 0, retain: bool = False) -> None:
+        """Best-effort publish (stats, command replies): not stored; dropped while disconnected."""
+        if self.stats.connected:
+            self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        """Retained ``status``; re-published on every (re)connect."""
+        self._status = json.dumps(status, separators=(",", ":")).encode()
+        if self.stats.connected:
+            self._client.publish(self.topic("status"), self._status, qos=1, retain=True)
+
+    # -- paho ---------------------------------------------------------------------------------------
+
+    def _make_client(self, client_id: str) -> paho.Client:
+        s = self.settings
+        v5 = s.protocol == "5"
+        if v5:
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 protocol=MQTTProtocolVersion.MQTTv5)
+        else:
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
+        if s.username:
+            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        if s.tls.enabled:
+            client.tls_set(ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
+                           certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
+                           keyfile=str(s.tls.key_file) if s.tls.key_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_insecure_set(s.tls.insecure)
+        client.will_set(self.available_topic, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=max(1, round(s.reconnect_min_s)), max_delay=round(s.reconnect_max_s))
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f"connect refused: {reason}"
+            log.error("broker refused the connection: %s (check mqtt.username/password/tls)", reason)
+            return
+        self.stats.connected = True
+        self.stats.connects += 1
+        log.info("connected to broker", extra={"host": self.settings.host, "port": self.settings.port})
+        client.publish(self.available_topic, b"online", qos=1, retain=True)
+        if self._status is not None:
+            client.publish(self.topic("status"), self._status, qos=1, retain=True)
+        for topic_filter, _ in self._handlers:
+            client.subscribe(topic_filter, qos=1)
+        self._events.put(("kick", None))
+
+    def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if self.stats.connected and not self._stopping:
+            self.stats.disconnects += 1
+            log.warning("disconnected from broker; reconnecting with backoff", extra={"reason": str(reason)})
+        if self.stats.connected:  # keep a refused connect's reason (it is followed by a disconnect)
+            self.stats.last_error = f"disconnected: {reason}"
+        self.stats.connected = False
+
+    def _on_connect_fail(self, _c: paho.Client, _ud: Any) -> None:
+        if self.stats.last_error != "broker unreachable":
+            log.warning("broker unreachable; retrying with backoff (results wait in the outbox)",
+                        extra={"host": self.settings.host, "port": self.settings.port})
+        self.stats.last_error = "broker unreachable"
+
+    def _on_publish(self, _c: paho.Client, _ud: Any, mid: int, reason: Any, _props: Any) -> None:
+        self._events.put(("ack", (mid, bool(getattr(reason, "is_failure", False)))))
+
+    def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
+        for topic_filter, handler in self._handlers:
+            if paho.topic_matches_sub(topic_filter, msg.topic):
+                try:
+                    handler(msg.topic, bytes(msg.payload), msg.properties)
+                except Exception:  # a handler bug must never take the network thread down
+                    log.exception("topic handler failed", extra={"topic": msg.topic})
+                return
+
+    # -- the outbox worker -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        last_prune = 0.0
+        while True:
+            try:
+                kind, arg = self._events.get(timeout=5.0)
+            except queue.Empty:
+                kind, arg = "kick", None
+            if kind == "stop":
+                return
+            if kind == "ack":
+                mid, failed = arg
+                seq = self._mid_to_seq.pop(mid, None)
+                if seq is not None:
+                    if failed:
+                        self.stats.rejected += 1
+                        log.error("broker rejected a message; dropped from the outbox", extra={"seq": seq})
+                    self.outbox.ack(seq)
+            if time.monotonic() - last_prune > 60:
+                last_prune = time.monotonic()
+                if (n := self.outbox.prune()) > 0:
+                    log.warning("outbox dropped messages older than outbox_max_age_s", extra={"dropped": n})
+            self._pump()
+
+    def _pump(self) -> None:
+        """Hand outbox rows to paho in order, keeping at most ``inflight_window`` un-acknowledged."""
+        room = self.inflight_window - len(self._mid_to_seq)
+        if room > 0:
+            for m in self.outbox.pending(after_seq=self._handed_seq, limit=room):
+                info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+                if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                    log.error("paho refused a publish", extra={"rc": info.rc})
+                    break
+                self._handed_seq = m.seq
+                if m.qos == 0:
+                    self.outbox.ack(m.seq)  # QoS 0 has no PUBACK: handing it over is all there is
+                else:
+                    self._mid_to_seq[info.mid] = m.seq
+        self.stats.inflight = len(self._mid_to_seq)
+        if self._mid_to_seq or self.outbox.stats().depth:
+            self._idle.clear()
+        else:
+            self._idle.set()

@@ -1,0 +1,1 @@
+"""What every subsystem shares: settings, the error hierarchy, logging and the small result types."""

@@ -1,0 +1,184 @@
+"""Voting: one decision per region from a sliding window of per-frame search results.
+
+Each frame's ranked candidates get a label: the top sku when it clears the threshold *and*
+beats the best other sku by the margin, else ``unknown``. When the window holds at least
+``min_frames`` frames and one label has ``agreement`` of them, that label is the region's
+decision; candidate scores are aggregated over the window (mean / max / median). A
+decision is emitted only when it changes, plus a heartbeat of the unchanged decision every
+``heartbeat_s`` — never on every frame.
+
+Shelf regions name an ``expected_sku``: the decision becomes a planogram state — ``ok``
+(the expected product), ``empty`` (the catalog's empty-slot entry), ``misplaced`` (another
+product) or ``unknown`` — emitted as its own event when that state changes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from edge.core.types import Candidate
+
+DecisionKind = Literal["known", "unknown"]
+PlanogramState = Literal["ok", "misplaced", "empty", "unknown"]
+Aggregate = Literal["mean", "max", "median"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteParams:
+    window: int = 5
+    min_frames: int = 2
+    agreement: float = 0.6
+    threshold: float = 0.5
+    margin: float = 0.0
+    top_k: int = 5
+    heartbeat_s: float = 30.0
+    aggregate: Aggregate = "mean"
+    empty_sku: str = "EMPTY"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """A region's decision, as published (``match`` message; ``planogram`` when ``planogram`` is set)."""
+
+    camera: str
+    roi: str
+    decision: DecisionKind
+    candidates: tuple[Candidate, ...]
+    frames: int
+    agreement: float
+    ts: float  # capture time of the newest frame voted
+    heartbeat: bool = False
+    changed: bool = True
+    expected_sku: str | None = None
+    planogram: PlanogramState | None = None
+    planogram_changed: bool = False
+
+    @property
+    def sku(self) -> str | None:
+        return self.candidates[0].sku if self.decision == "known" and self.candidates else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Vote:
+    label: str | None  # sku, or None for "unknown"
+    candidates: tuple[Candidate, ...]
+    ts: float
+
+
+def frame_label(candidates: Sequence[Candidate], threshold: float, margin: float) -> str | None:
+    """The sku this frame votes for, or None (unknown): top score >= threshold and top - next-other >= margin."""
+    if not candidates or candidates[0].score < threshold:
+        return None
+    top = candidates[0]
+    other = next((c.score for c in candidates[1:] if c.sku != top.sku), None)
+    if other is not None and top.score - other < margin:
+        return None
+    return top.sku
+
+
+def _aggregate(scores: list[float], how: Aggregate) -> float:
+    if how == "max":
+        return max(scores)
+    if how == "median":
+        return float(statistics.median(scores))
+    return sum(scores) / len(scores)
+
+
+class RegionVoter:
+    """The sliding window and the last published decision of one region."""
+
+    def __init__(self, *, camera: str, roi: str, params: VoteParams, expected_sku: str | None = None) -> None:
+        self.camera = camera
+        self.roi = roi
+        self.params = params
+        self.expected_sku = expected_sku
+        self._window: deque[_Vote] = deque(maxlen=params.window)
+        self._current: Decision | None = None
+        self._published_at: float | None = None
+
+    @property
+    def current(self) -> Decision | None:
+        return self._current
+
+    def set_params(self, params: VoteParams) -> None:
+        """New thresholds (after a reload); the window is kept unless its size changed."""
+        if params.window != self.params.window:
+            self._window = deque(self._window, maxlen=params.window)
+        self.params = params
+
+    def reset(self) -> None:
+        """The view changed: forget the old frames (the published decision stays until a new one forms)."""
+        self._window.clear()
+
+    def add(self, candidates: Sequence[Candidate], *, ts: float, now: float) -> Decision | None:
+        """Vote one frame; return a decision to publish when it changed (or a heartbeat is due)."""
+        p = self.params
+        self._window.append(_Vote(frame_label(candidates, p.threshold, p.margin), tuple(candidates), ts))
+        decided = self._decide()
+        if decided is None:
+            return self.heartbeat(now)
+        prev = self._current
+        changed = prev is None or (prev.decision, prev.sku) != (decided.decision, decided.sku)
+        if changed:
+            planogram_changed = decided.planogram is not None and (prev is None or prev.planogram != decided.planogram)
+            return self._publish(decided, now, changed=True, planogram_changed=planogram_changed)
+        self._current = decided  # fresher candidates and ts for the next heartbeat
+        return self.heartbeat(now)
+
+    def heartbeat(self, now: float) -> Decision | None:
+        """Re-publish the unchanged decision when ``heartbeat_s`` passed since the last publish."""
+        if self._current is None or self._published_at is None or now - self._published_at < self.params.heartbeat_s:
+            return None
+        return self._publish(self._current, now, changed=False, planogram_changed=False, heartbeat=True)
+
+    def _publish(self, d: Decision, now: float, *, changed: bool, planogram_changed: bool,
+                 heartbeat: bool = False) -> Decision:
+        out = Decision(camera=d.camera, roi=d.roi, decision=d.decision, candidates=d.candidates, frames=d.frames,
+                       agreement=d.agreement, ts=d.ts, heartbeat=heartbeat, changed=changed,
+                       expected_sku=d.expected_sku, planogram=d.planogram, planogram_changed=planogram_changed)
+        self._current = out
+        self._published_at = now
+        return out
+
+    def _decide(self) -> Decision | None:
+        p = self.params
+        n = len(self._window)
+        if n < p.min_frames:
+            return None
+        counts = Counter(v.label for v in self._window)
+        best = max(counts.values())
+        # Ties go to the label seen most recently: the newest evidence wins.
+        label = next(v.label for v in reversed(self._window) if counts[v.label] == best)
+        agreement = best / n
+        if agreement < p.agreement:
+            return None
+        candidates = self._ranked(label)
+        kind: DecisionKind = "known" if label is not None else "unknown"
+        planogram: PlanogramState | None = None
+        if self.expected_sku is not None:
+            if label is None:
+                planogram = "unknown"
+            elif label == self.expected_sku:
+                planogram = "ok"
+            elif label == p.empty_sku:
+                planogram = "empty"
+            else:
+                planogram = "misplaced"
+        return Decision(camera=self.camera, roi=self.roi, decision=kind, candidates=candidates, frames=n,
+                        agreement=round(agreement, 4), ts=self._window[-1].ts, expected_sku=self.expected_sku,
+                        planogram=planogram)
+
+    def _ranked(self, label: str | None) -> tuple[Candidate, ...]:
+        scores: dict[str, list[float]] = {}
+        names: dict[str, str] = {}
+        for v in self._window:
+            for c in v.candidates:
+                scores.setdefault(c.sku, []).append(c.score)
+                names.setdefault(c.sku, c.name)
+        ranked = sorted(((sku, _aggregate(s, self.params.aggregate)) for sku, s in scores.items()),
+                        key=lambda t: (t[0] != label, -t[1], t[0]))
+        return tuple(Candidate(sku, names[sku], round(score, 4)) for sku, score in ranked[: self.params.top_k])

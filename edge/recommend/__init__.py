@@ -1,0 +1,1 @@
+"""Recommendations: sold baskets in, bought-together and similar products out."""

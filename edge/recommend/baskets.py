@@ -1,0 +1,460 @@
+"""Sold baskets in, decayed co-occurrence statistics out (SQLite, WAL).
+
+Store systems publish each sold basket on ``<prefix>/events/basket`` as JSON
+``{"id": "...", "skus": ["a", "b"], "ts": 1732450000.0}`` (``ts`` optional: epoch seconds or
+ISO 8601; missing = arrival time). :class:`BasketStore` keeps, incrementally and durably:
+
+- per product the (decayed) number of baskets it was in, and the total basket weight;
+- per ordered pair of products the (decayed) number of baskets that held both;
+- the ids seen in the last ``dedup_window`` so a replayed basket is counted once.
+
+Time decay without rewriting every row on every basket: a basket sold at ``ts`` adds
+``2 ** ((ts - t_ref) / half_life)`` to its rows, and a reader multiplies everything by
+``2 ** (-(now - t_ref) / half_life)``. So each basket weighs ``2 ** (-(now - ts) / half_life)``
+when read, out-of-order arrivals are exact, and the rows are only rescaled ("rebased") when the
+stored exponent grows large. The pair counts are exactly the Gram matrix ``X^T X`` of the
+(decayed) basket-item matrix, which is all that the association models in
+:mod:`edge.recommend` need.
+
+Bad input never raises out of :meth:`BasketStore.handle_message`: malformed, empty, oversized,
+stale, future-dated and duplicate baskets are rejected, counted (persistently) and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import permutations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.core.errors import ConfigError, InputError
+
+log = logging.getLogger("storelens.baskets")
+
+REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate", "storage")
+MAX_PAYLOAD_BYTES = 256 * 1024
+FUTURE_SKEW_S = 300.0  # clocks of store systems may be this far ahead of ours
+_REBASE_EXPONENT = 64.0  # rescale stored weights once a new basket would weigh 2**64 times t_ref
+_MAX_TEXT = 128
+
+
+class BasketRejected(InputError):
+    """A basket event that cannot be counted; ``reason`` is one of :data:`REJECT_REASONS`."""
+
+    def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message, hint=hint)
+
+
+@dataclass(frozen=True, slots=True)
+class Basket:
+    """One sold basket: a unique id, its distinct skus (first-seen order) and the sale time."""
+
+    id: str
+    skus: tuple[str, ...]
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What became of one basket event: accepted, or rejected with a reason (never silent)."""
+
+    accepted: bool
+    reason: str | None = None
+    basket_id: str | None = None
+    items: int = 0
+    message: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"accepted": self.accepted, "reason": self.reason, "id": self.basket_id, "items": self.items,
+                "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Cooccurrence:
+    """Decayed basket statistics at one moment, as arrays (the Gram matrix in sparse form).
+
+    ``item_weight[i]``: baskets holding ``skus[i]``; ``pair_i/pair_j/pair_weight``: baskets
+    holding both, each unordered pair listed in both directions; ``total``: all baskets.
+    """
+
+    skus: tuple[str, ...]
+    item_weight: np.ndarray
+    pair_i: np.ndarray
+    pair_j: np.ndarray
+    pair_weight: np.ndarray
+    total: float
+    version: int
+
+    @property
+    def n_items(self) -> int:
+        return len(self.skus)
+
+    def dense(self) -> np.ndarray:
+        """The (n, n) Gram matrix: pair counts off the diagonal, item counts on it (float64)."""
+        g = np.zeros((self.n_items, self.n_items), dtype=np.float64)
+        g[self.pair_i, self.pair_j] = self.pair_weight
+        g[np.arange(self.n_items), np.arange(self.n_items)] = self.item_weight
+        return g
+
+    @classmethod
+    def from_baskets(cls, baskets: Iterable[Iterable[str]], *, weights: Iterable[float] | None = None,
+                     version: int = 0) -> Cooccurrence:
+        """Count in memory (for evaluation and tests); same numbers as a :class:`BasketStore` would give."""
+        items: dict[str, float] = {}
+        pairs: dict[tuple[str, str], float] = {}
+        total = 0.0
+        ws = iter(weights) if weights is not None else None
+        for basket in baskets:
+            w = float(next(ws)) if ws is not None else 1.0
+            skus = list(dict.fromkeys(basket))
+            total += w
+            for s in skus:
+                items[s] = items.get(s, 0.0) + w
+            for a, b in permutations(skus, 2):
+                pairs[(a, b)] = pairs.get((a, b), 0.0) + w
+        return cls._from_rows(list(items.items()), [(a, b, w) for (a, b), w in pairs.items()], total, version)
+
+    @classmethod
+    def _from_rows(cls, items: list[tuple[str, float]], pairs: list[tuple[str, str, float]], total: float,
+                   version: int, scale: float = 1.0) -> Cooccurrence:
+        items = sorted(items)
+        skus = tuple(s for s, _ in items)
+        index = {s: i for i, s in enumerate(skus)}
+        return cls(
+            skus=skus,
+            item_weight=np.array([w for _, w in items], dtype=np.float64) * scale,
+            pair_i=np.array([index[a] for a, _, _ in pairs], dtype=np.int64),
+            pair_j=np.array([index[b] for _, b, _ in pairs], dtype=np.int64),
+            pair_weight=np.array([w for _, _, w in pairs], dtype=np.float64) * scale,
+            total=total * scale,
+            version=version,
+        )
+
+
+def parse_basket(payload: bytes | str, *, now: float, max_items: int) -> Basket:
+    """Validate one basket event; raise :class:`BasketRejected` saying what is wrong with it."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise BasketRejected("malformed", f"basket event of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
+                             hint="publish one basket per event")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BasketRejected("malformed", f"basket event is not JSON: {e}",
+                             hint='send {"id": "...", "skus": ["..."], "ts": epoch seconds}') from e
+    if not isinstance(doc, dict):
+        raise BasketRejected("malformed", f"basket event must be a JSON object, got {type(doc).__name__}",
+                             hint='send {"id": "...", "skus": ["..."]}')
+    unknown = set(doc) - {"id", "skus", "ts"}
+    if unknown:
+        raise BasketRejected("malformed", f"basket event has unknown keys {sorted(unknown)}",
+                             hint="only id, skus and ts are allowed")
+    bid = doc.get("id")
+    if isinstance(bid, bool) or not isinstance(bid, str | int) or not str(bid).strip() or len(str(bid)) > _MAX_TEXT:
+        raise BasketRejected("malformed", f"basket id must be a non-empty string or integer, got {bid!r}",
+                             hint="give every basket the POS transaction id, so replays count once")
+    skus = doc.get("skus")
+    if not isinstance(skus, list) or not all(isinstance(s, str) for s in skus):
+        raise BasketRejected("malformed", f"basket {bid}: skus must be a list of strings",
+                             hint='e.g. "skus": ["4001", "4002"]')
+    clean = list(dict.fromkeys(s.strip() for s in skus if s.strip()))
+    if any(len(s) > _MAX_TEXT for s in clean):
+        raise BasketRejected("malformed", f"basket {bid}: a sku is longer than {_MAX_TEXT} characters")
+    if not clean:
+        raise BasketRejected("empty", f"basket {bid} has no skus", hint="publish only baskets with items")
+    if len(clean) > max_items:
+        raise BasketRejected("too_many_items", f"basket {bid} has {len(clean)} distinct skus (limit {max_items})",
+                             hint="raise recommend.max_basket_items if such baskets are real")
+    return Basket(id=str(bid).strip(), skus=tuple(clean), ts=_parse_ts(doc.get("ts"), bid, now))
+
+
+def _parse_ts(ts: object, bid: object, now: float) -> float:
+    if ts is None:
+        return now
+    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
+        return float(ts)
+    if isinstance(ts, str):
+        try:
+            dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if dt.tzinfo is not None:
+                return dt.timestamp()
+    raise BasketRejected("malformed", f"basket {bid}: ts must be epoch seconds or ISO 8601 with a zone, got {ts!r}",
+                         hint='e.g. "ts": 1732450000 or "ts": "2026-11-24T17:00:00Z"')
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen(id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_ts ON seen(ts);
+CREATE TABLE IF NOT EXISTS items(sku TEXT PRIMARY KEY, w REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pairs(a TEXT NOT NULL, b TEXT NOT NULL, w REAL NOT NULL, PRIMARY KEY(a, b)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+
+
+class BasketStore:
+    """Durable, incremental, time-decayed basket statistics in one SQLite file (thread-safe)."""
+
+    def __init__(self, *, path: Path, half_life_s: float | None, dedup_window_s: float, max_items: int,
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.half_life_s = half_life_s
+        self.dedup_window_s = dedup_window_s
+        self.max_items = max_items
+        self._clock = clock
+        self._lock = threading.RLock()  # re-entered by _reject inside add()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=busy_timeout_s)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"basket database {self.path} cannot be opened: {e}",
+                              hint="delete the file to start counting afresh, or fix its permissions") from e
+        self._check_half_life()
+        self._accepted_since_prune = 0
+        self._version = int(self._meta("version") or 0)
+        self._storage_errors = 0  # in memory: the database that failed cannot count them
+
+    def _check_half_life(self) -> None:
+        want = "none" if self.half_life_s is None else repr(float(self.half_life_s))
+        row = self._db.execute("SELECT value FROM meta WHERE key='half_life_s'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES('half_life_s', ?)", (want,))
+        elif row[0] != want:
+            raise ConfigError(f"{self.path} was counted with half-life {row[0]} s, config says {want} s",
+                              hint="set recommend.half_life_days back, or delete the file to recount from new baskets")
+
+    def _meta(self, key: str) -> float | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def _set_meta(self, key: str, value: float) -> None:
+        self._db.execute("INSERT INTO meta VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (key, repr(float(value))))
+
+    def _bump(self, name: str) -> None:
+        self._db.execute("INSERT INTO counters VALUES(?, 1) ON CONFLICT(name) DO UPDATE SET n = n + 1", (name,))
+
+    # -- writing ---------------------------------------------------------------------------
+    def handle_message(self, payload: bytes | str) -> IngestResult:
+        """Parse and count one basket event; every rejection is counted and logged, never raised."""
+        try:
+            basket = parse_basket(payload, now=self._clock(), max_items=self.max_items)
+        except BasketRejected as e:
+            return self._reject(e.reason, None, str(e))
+        try:
+            return self.add(basket)
+        except sqlite3.Error as e:  # disk full, file locked or corrupt: said and counted, the runtime goes on
+            self._storage_errors += 1
+            log.error("basket not stored: %s (check free disk space and %s)", e, self.path,
+                      extra={"basket": basket.id})
+            return IngestResult(accepted=False, reason="storage", basket_id=basket.id, message=str(e))
+
+    def add(self, basket: Basket) -> IngestResult:
+        """Count one basket once (by id); stale, future-dated and duplicate baskets are rejected."""
+        now = self._clock()
+        if basket.ts < now - self.dedup_window_s:
+            return self._reject("stale", basket.id, f"basket {basket.id} is older than the de-duplication window")
+        if basket.ts > now + FUTURE_SKEW_S:
+            return self._reject("future", basket.id, f"basket {basket.id} is dated {basket.ts - now:.0f} s ahead")
+        with self._lock:
+            with self._db:  # one transaction: the id, the counts and the version, or nothing
+                self._db.execute("BEGIN IMMEDIATE")
+                if self._db.execute("INSERT OR IGNORE INTO seen VALUES(?, ?)", (basket.id, basket.ts)).rowcount == 0:
+                    self._db.execute("ROLLBACK")
+                    return self._reject("duplicate", basket.id, f"basket {basket.id} was already counted")
+                w = self._weight(basket.ts)
+                self._db.executemany("INSERT INTO items VALUES(?, ?) ON CONFLICT(sku) DO UPDATE SET w = w + excluded.w",
+                                     [(s, w) for s in basket.skus])
+                self._db.executemany("INSERT INTO pairs VALUES(?, ?, ?) ON CONFLICT(a, b) DO UPDATE SET w = w + "
+                                     "excluded.w", [(a, b, w) for a, b in permutations(basket.skus, 2)])
+                self._set_meta("total", (self._meta("total") or 0.0) + w)
+                self._set_meta("version", self._version + 1)
+                self._bump("accepted")
+                self._accepted_since_prune += 1
+                if self._accepted_since_prune >= 1000:
+                    self._prune_seen(now)
+            self._version += 1  # after the commit, under the lock: a snapshot and the version agree
+        return IngestResult(accepted=True, basket_id=basket.id, items=len(basket.skus))
+
+    def _reject(self, reason: str, basket_id: str | None, message: str) -> IngestResult:
+        with self._lock, self._db:
+            self._bump(reason)
+        # replays are routine (POS re-sends after an outage): counted, logged quietly
+        level = logging.DEBUG if reason == "duplicate" else logging.WARNING
+        log.log(level, "basket rejected", extra={"reason": reason, "basket": basket_id, "detail": message})
+        return IngestResult(accepted=False, reason=reason, basket_id=basket_id, message=message)
+
+    def _weight(self, ts: float) -> float:
+        """Stored weight of a basket sold at ``ts`` (see the module docstring); rebases when needed."""
+        if self.half_life_s is None:
+            return 1.0
+        t_ref = self._meta("t_ref")
+        if t_ref is None:
+            self._set_meta("t_ref", ts)
+            return 1.0
+        exponent = (ts - t_ref) / self.half_life_s
+        if exponent > _REBASE_EXPONENT:
+            self._rebase(ts, t_ref)
+            exponent = 0.0
+        return float(2.0 ** exponent)
+
+    def _rebase(self, new_ref: float, old_ref: float) -> None:
+        factor = 2.0 ** (-(new_ref - old_ref) / self.half_life_s) if self.half_life_s else 1.0
+        for table in ("items", "pairs"):
+            self._db.execute(f"UPDATE {table} SET w = w * ?", (factor,))
+            self._db.execute(f"DELETE FROM {table} WHERE w < 1e-12")
+        self._set_meta("total", (self._meta("total") or 0.0) * factor)
+        self._set_meta("t_ref", new_ref)
+
+    def _prune_seen(self, now: float) -> None:
+        self._db.execute("DELETE FROM seen WHERE ts < ?", (now - self.dedup_window_s,))
+        self._accepted_since_prune = 0
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Accepted baskets so far: changes exactly when the statistics change.
+
+        Kept in memory (a read on every recommendation must not touch SQLite), so one process
+        writes a file: the runtime. Other processes (the CLI) read a snapshot as of their start.
+        """
+        return self._version
+
+    def counters(self) -> dict[str, int]:
+        """Accepted and rejected (by reason) basket events since the file was created."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, n FROM counters").fetchall())
+        rows["storage"] = self._storage_errors
+        return {name: int(rows.get(name, 0)) for name in ("accepted", *REJECT_REASONS)}
+
+    def snapshot(self, now: float | None = None) -> Cooccurrence:
+        """The decayed statistics as of ``now`` (default: the clock), read in one transaction."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            items = self._db.execute("SELECT sku, w FROM items").fetchall()
+            pairs = self._db.execute("SELECT a, b, w FROM pairs").fetchall()
+            total = self._meta("total") or 0.0
+            version = int(self._meta("version") or 0)
+            t_ref = self._meta("t_ref")
+        scale = 1.0
+        if self.half_life_s is not None and t_ref is not None:
+            scale = 2.0 ** (-((self._clock() if now is None else now) - t_ref) / self.half_life_s)
+        return Cooccurrence._from_rows(items, pairs, total, version, scale)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> BasketStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BasketSubscriber:
+    """A small standalone MQTT (paho 2.x, v5) subscriber: ``<prefix>/events/basket`` -> ``on_basket``.
+
+    For the benchmark, tests and deployments without the full runtime; the runtime itself
+    registers :meth:`edge.recommend.service.Recommender.handle_basket_message` on its
+    :class:`edge.comms.mqtt.MqttLink` instead. With ``session_expiry_s`` > 0 the broker keeps the
+    subscription and queues QoS 1 baskets while this subscriber is away (same ``client_id``),
+    so a restart loses no sale. ``on_command`` optionally answers ``<prefix>/cmd/recommend``
+    on ``<prefix>/cmd/recommend/reply`` (or the MQTT 5 response topic).
+    """
+
+    def __init__(self, *, host: str, port: int, prefix: str, on_basket: Callable[[bytes], IngestResult],
+                 on_command: Callable[[bytes], dict[str, object]] | None = None,
+                 client_id: str = "storelens-baskets", session_expiry_s: int = 86400,
+                 username: str | None = None, password: str | None = None) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        self.host, self.port = host, port
+        self.basket_topic = f"{prefix.rstrip('/')}/events/basket"
+        self.command_topic = f"{prefix.rstrip('/')}/cmd/recommend"
+        self.on_basket, self.on_command = on_basket, on_command
+        self.session_expiry_s = session_expiry_s
+        self.counts: dict[str, int] = {"accepted": 0, **{r: 0 for r in REJECT_REASONS}, "commands": 0}
+        self._processed = threading.Condition()
+        self._subscribed = threading.Event()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   protocol=MQTTProtocolVersion.MQTTv5)
+        if username:
+            self._client.username_pw_set(username, password)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *a: self._subscribed.set()
+        self._client.on_message = self._on_message
+
+    @property
+    def processed(self) -> int:
+        return sum(v for k, v in self.counts.items() if k != "commands")
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Connect and wait until subscribed; raise :class:`ConfigError` when the broker does not answer."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        try:
+            self._client.connect(self.host, self.port, keepalive=30, clean_start=self.session_expiry_s == 0,
+                                 properties=props)
+        except OSError as e:
+            raise ConfigError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {e}",
+                              hint="start the broker or fix mqtt.host / mqtt.port") from e
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            self.stop()
+            raise ConfigError(f"the broker at {self.host}:{self.port} did not confirm the subscription "
+                              f"within {timeout_s:.0f} s", hint="check the broker's log and access rules")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._subscribed.clear()
+
+    def wait_for(self, processed: int, timeout_s: float) -> bool:
+        """Block until ``processed`` basket events were handled (accepted or rejected) or time runs out."""
+        with self._processed:
+            return self._processed.wait_for(lambda: self.processed >= processed, timeout_s)
+
+    def _on_connect(self, client: Any, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the basket subscriber: %s", reason)
+            return
+        topics = [(self.basket_topic, 1)] + ([(self.command_topic, 1)] if self.on_command else [])
+        client.subscribe(topics)
+
+    def _on_message(self, client: Any, _ud: Any, msg: Any) -> None:
+        if msg.topic == self.command_topic and self.on_command is not None:
+            reply = self.on_command(msg.payload)
+            resp = getattr(msg.properties, "ResponseTopic", None) if msg.properties is not None else None
+            client.publish(resp or f"{self.command_topic}/reply", json.dumps(reply).encode(), qos=1)
+            self.counts["commands"] += 1
+            return
+        try:
+            result = self.on_basket(msg.payload)
+        except Exception:  # a bug must not kill paho's network thread; counted as malformed
+            log.exception("basket handler failed")
+            result = IngestResult(accepted=False, reason="malformed", message="handler failed")
+        with self._processed:
+            self.counts["accepted" if result.accepted else str(result.reason)] += 1
+            self._processed.notify_all()
