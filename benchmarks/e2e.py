@@ -25,9 +25,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,41 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._broker import Broker, mosquitto_version
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# -- a real broker and a real subscriber ----------------------------------------------------------
-
-class Mosquitto:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\n"
-                        f"persistence_location {self.workdir}/\nautosave_interval 1\n"
-                        "max_queued_messages 100000\n")
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
+# -- a real subscriber ----------------------------------------------------------------------------
 
 class Subscriber:
     """Receives match messages and records receipt time - capture time."""
@@ -202,12 +171,12 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def measure_pipeline(*, cameras: int, fps: float, seconds: float, gate: bool, matcher: IndexMatcher, encoder: Any,
-                     broker: Mosquitto, work: Path, hold: int) -> dict[str, Any]:
+                     broker: Broker, work: Path, hold: int) -> dict[str, Any]:
     import psutil
 
     from edge.core.config import load_settings
     from edge.pipeline.capture import FrameSource
-    from edge.pipeline.loop import Runtime
+    from edge.pipeline.factory import assemble_runtime
 
     tag = "gate" if gate else "nogate"
     settings = load_settings(
@@ -224,7 +193,8 @@ def measure_pipeline(*, cameras: int, fps: float, seconds: float, gate: bool, ma
         return lambda: LoopingCamera(clips[i])
 
     sources = {f"cam{i}": looping(i) for i in range(cameras)}
-    rt = Runtime(settings=settings, encoder=encoder, matcher=matcher, sources=sources, out=open(os.devnull, "w"))
+    rt = assemble_runtime(settings=settings, encoder=encoder, matcher=matcher, sources=sources, out=open(os.devnull,
+                          "w"))
     proc = psutil.Process()
     rt.start()
     stop = threading.Event()
@@ -281,7 +251,7 @@ def measure_outbox(n: int, work: Path) -> dict[str, Any]:
 
 # -- the fault drill -------------------------------------------------------------------------------
 
-def drill(work: Path, broker: Mosquitto, *, outage_s: float, settle_s: float) -> dict[str, Any]:
+def drill(work: Path, broker: Broker, *, outage_s: float, settle_s: float) -> dict[str, Any]:
     """The real CLI in a subprocess: broker outage, broker back, SIGKILL, restart, SIGTERM."""
     import cv2
 
@@ -380,11 +350,10 @@ def machine() -> dict[str, Any]:
     import paho.mqtt
     import usearch
 
-    mosq = subprocess.run([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"], capture_output=True, text=True)
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "paho_mqtt": paho.mqtt.__version__, "usearch": usearch.__version__,
-            "mosquitto": (mosq.stdout or mosq.stderr).splitlines()[0] if (mosq.stdout or mosq.stderr) else "?",
+            "mosquitto": mosquitto_version(),
             "load_avg": os.getloadavg()}
 
 
@@ -414,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="storelens-e2e-") as tmp:
         work = Path(tmp)
         (work / "broker").mkdir()
-        broker = Mosquitto(work / "broker")
+        broker = Broker.on_free_port(work / "broker", extra_config="max_queued_messages 100000\n")
         broker.start()
         try:
             encoder = load_image_encoder(ModelSettings())

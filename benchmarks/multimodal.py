@@ -43,9 +43,10 @@ from edge.core.errors import InputError, StoreLensError
 from edge.models.encoders import load_image_encoder, load_text_encoder
 from edge.models.encoders.base import ImageEncoder, TextEncoder
 from edge.models.preprocess import read_image
-from edge.text.fusion import FusionWeights, ProductText, TextProfiles, fit_weights, fuse, semantic_scores
+from edge.text.calibration import fit_weights
+from edge.text.fusion import FusionWeights, fuse, semantic_scores
 from edge.text.ocr.engine import OcrResult
-from edge.text.profiles import gsd_product_text
+from edge.text.profiles import ProductText, TextProfiles, gsd_product_text
 from export.data import ClassInfo, Sample, read_classes, read_split
 
 MODALITIES = ("image", "image+ocr", "image+ocr+text")

@@ -29,10 +29,11 @@ from edge.core.errors import StoreLensError
 from edge.core.types import Candidate
 from edge.models.encoders.base import ImageEncoder
 from edge.models.preprocess import read_image
-from edge.text.fusion import FusionWeights, LabelTextReranker, ProductText, TextProfiles
+from edge.text.fusion import FusionWeights, LabelTextReranker
 from edge.text.ocr.engine import OcrEngine
 from edge.text.ocr.process import ProcessOcrEngine
 from edge.text.ocr.worker import OcrWorker, TextReader
+from edge.text.profiles import ProductText, TextProfiles
 
 
 def frames(images: list[np.ndarray], hold: int, seed: int = 0) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ in time order. Steps, all in one run so that the ratios are side by side:
 3. Replay the training baskets as ``<prefix>/events/basket`` MQTT events (QoS 1, with ids and
    synthetic timestamps spread evenly over ``--days``, the span the file covers) through a
    mosquitto this script starts on a free loopback port, into :class:`edge.recommend.baskets.BasketStore`
-   via :class:`edge.recommend.baskets.BasketSubscriber`; then replay 5 % of them again plus a few malformed
+   via :class:`benchmarks._subscriber.BasketSubscriber`; then replay 5 % of them again plus a few malformed
    events, which must be rejected and counted. Checks that the SQLite counts equal an
    in-memory count of the same baskets (lossless replay).
 4. For each test basket hide one item (seeded random), rank the rest of the catalogue from the
@@ -33,9 +33,7 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,10 +46,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from tqdm import tqdm
 
+from benchmarks._broker import Broker, mosquitto_version
+from benchmarks._subscriber import BasketSubscriber
 from edge.core.config import RecommendSettings
 from edge.core.errors import InputError, StoreLensError
-from edge.recommend.baskets import BasketStore, BasketSubscriber, Cooccurrence
-from edge.recommend.service import AssociationModel, Recommender
+from edge.recommend.associations import AssociationModel
+from edge.recommend.baskets import BasketStore, Cooccurrence
+from edge.recommend.service import Recommender
 
 K = 10
 TAIL_HEAD = 10  # the long tail: held-out items outside this many most bought categories
@@ -206,36 +207,6 @@ def tune(train: list[list[str]], ts: np.ndarray) -> tuple[dict[str, object], lis
 
 # -- broker and replay -----------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
-    binary = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None)
-    if binary is None:
-        raise InputError("mosquitto is not installed", hint="apt-get install -y mosquitto")
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n"
-                    f"log_dest file {workdir}/mosquitto.log\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.terminate()
-        raise InputError(f"mosquitto did not start on port {port}", hint=f"see {workdir}/mosquitto.log")
-    version = subprocess.run([binary, "-h"], capture_output=True, text=True).stdout.splitlines()[:1]
-    return proc, port, version[0] if version else "?"
-
-
 def replay(events: list[bytes], sub: BasketSubscriber, port: int, *, desc: str) -> float:
     """Publish events (QoS 1) and wait until the subscriber processed them; returns seconds taken."""
     pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pos-{desc}", protocol=MQTTProtocolVersion.MQTTv5)
@@ -282,7 +253,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
           f"tail {best['hr10_tail']} vs {best['hr10_tail_cooccurrence']})")
 
     work = Path(tempfile.mkdtemp(prefix="storelens-bench-rec-"))
-    proc, port, mosq_version = start_mosquitto(work)
+    broker = Broker.on_free_port(work / "broker", extra_config="max_queued_messages 100000\n")
+    broker.start()
+    port, mosq_version = broker.port, mosquitto_version()
     settings = RecommendSettings(method="ease", ease_lambda=lam, popularity_prior=prior, half_life_days=hl,  # type: ignore[arg-type]
                                  dedup_window_days=args.days + 1.0, k=K)
     store = BasketStore(path=work / "baskets.db", half_life_s=None if hl is None else float(hl) * 86400.0,  # type: ignore[arg-type]
@@ -300,8 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         replay(dups + bad, sub, port, desc="duplicates")
     finally:
         sub.stop()
-        proc.terminate()
-        proc.wait(5)
+        broker.stop()
     counters = store.counters()
 
     # the store's counts must equal an in-memory count of the same baskets with the same weights

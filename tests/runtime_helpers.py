@@ -21,7 +21,7 @@ import onnxruntime as ort
 from edge.core.config import load_settings
 from edge.core.types import Candidate
 from edge.models.preprocess import PreprocessSpec, prepare_batch
-from edge.pipeline.loop import Runtime
+from edge.pipeline.factory import assemble_runtime
 
 COLOURS = {  # BGR, far apart so the tiny random encoder separates them
     "RED": (30, 30, 220), "GREEN": (40, 200, 40), "BLUE": (210, 60, 20), "YELLOW": (20, 220, 230),
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     enc = TinyOnnxEncoder(onnx_path)
-    rt = Runtime(settings=settings, encoder=enc, matcher=NumpyMatcher(catalog, enc))
+    rt = assemble_runtime(settings=settings, encoder=enc, matcher=NumpyMatcher(catalog, enc))
     rt.start()
     try:
         rt.run(stop)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker
+from benchmarks._broker import Broker
 from tests.runtime_helpers import Collector, TinyOnnxEncoder, write_catalog, write_frames
 
 PREFIX = "storelens/s1/drill"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._broker import Broker
 from edge.comms.commands import CommandRouter, safe_path
 from edge.comms.mqtt import MqttLink
 from edge.comms.outbox import Outbox
 from edge.core.config import MqttSettings
 from edge.core.errors import CommandError
-from tests.conftest import Broker
 from tests.runtime_helpers import Collector
 
 PREFIX = "storelens/s1/d1"
@@ -183,8 +183,6 @@ def _tls_broker(tmp_path: Path) -> tuple[Broker, Path]:
     """A Mosquitto with a TLS listener (own CA, cert for 127.0.0.1) and a password file."""
     import subprocess
 
-    from tests.conftest import free_port, mosquitto_binary, wait_port
-
     d = tmp_path / "tls"
     d.mkdir()
 
@@ -199,14 +197,10 @@ def _tls_broker(tmp_path: Path) -> tuple[Broker, Path]:
         "-extfile", "ext.cnf", "-out", "server.pem")
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "kiosk", "right-pass"], check=True,
                    capture_output=True)
-    port = free_port()
-    (d / "mosquitto.conf").write_text(
-        f"user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n"
-        f"cafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\nkeyfile {d / 'server.key'}\n")
-    proc = subprocess.Popen([mosquitto_binary(), "-c", str(d / "mosquitto.conf")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    wait_port(port)
-    return Broker(port=port, workdir=d, proc=proc), d / "ca.pem"
+    tls = {"password_file": "passwd", "cafile": "ca.pem", "certfile": "server.pem", "keyfile": "server.key"}
+    broker = Broker.on_free_port(d, anonymous=False, extra_config="".join(f"{k} {d / v}\n" for k, v in tls.items()))
+    broker.start()
+    return broker, d / "ca.pem"
 
 
 def test_tls_with_username_and_password(tmp_path: Path) -> None:

@@ -10,16 +10,10 @@ import pytest
 
 from edge.catalog.store import Store
 from edge.core.errors import CatalogError, InputError
-from edge.text.fusion import FusionWeights
+from edge.text.calibration import calibrate_fusion
+from edge.text.fusion import FusionWeights, load_weights, save_weights
 from edge.text.ocr.engine import OcrEngine
-from edge.text.profiles import (
-    OCR_SOURCE,
-    calibrate_fusion,
-    catalog_profiles,
-    load_weights,
-    read_reference_photos,
-    save_weights,
-)
+from edge.text.profiles import OCR_SOURCE, catalog_profiles, read_reference_photos
 from tests.encoders_for_tests import TinyImageEncoder
 from tests.test_ocr import label
 

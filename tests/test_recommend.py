@@ -13,11 +13,15 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from benchmarks._subscriber import BasketSubscriber, recommend_replier
 from edge.cli.main import main
 from edge.core.config import RecommendSettings
 from edge.core.errors import CommandError, ConfigError, InputError
-from edge.recommend.baskets import BasketRejected, BasketStore, BasketSubscriber, Cooccurrence, parse_basket
-from edge.recommend.service import AssociationModel, Filters, ProductVectors, Recommender, _pmi, similar
+from edge.pipeline.handlers import recommend_handler
+from edge.recommend.associations import AssociationModel, _pmi
+from edge.recommend.baskets import BasketRejected, BasketStore, Cooccurrence, parse_basket
+from edge.recommend.service import Recommender
+from edge.recommend.similar import Filters, ProductVectors, similar
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -378,16 +382,17 @@ def test_recommend_command_replies_and_refuses_bad_requests(tmp_path: Path) -> N
     rec, _ = make_recommender(tmp_path)
     for i, b in enumerate(staple_baskets()):
         rec.handle_basket_message(msg(f"s{i}", b))
-    ok = rec.handle_recommend_command(json.dumps({"id": "q1", "sku": "pasta", "k": 2}).encode())
+    reply_to = recommend_replier(rec)
+    ok = reply_to(json.dumps({"id": "q1", "sku": "pasta", "k": 2}).encode())
     assert ok["ok"] is True and ok["id"] == "q1"
     assert ok["result"]["recommendations"][0]["sku"] == "sauce"
     assert len(ok["result"]["recommendations"]) == 2
     for bad in (b"{", b"[]", b'{"k": 2}', b'{"sku": "a", "k": "2"}', b'{"sku": "a", "kind": "other"}',
                 b'{"sku": "a", "color": 1}', b'{"sku": "a", "kind": "similar"}'):
-        reply = rec.handle_recommend_command(bad)
+        reply = reply_to(bad)
         assert reply["ok"] is False and reply["error"], bad
     with pytest.raises(CommandError, match="unknown keys"):
-        rec.recommend_command({"sku": "a", "color": 1})
+        recommend_handler(rec)({"sku": "a", "color": 1})
 
 
 def test_match_messages_get_recommendations_only_when_switched_on(tmp_path: Path) -> None:
@@ -412,7 +417,7 @@ def test_baskets_over_mqtt_duplicates_ignored_malformed_counted(tmp_path: Path, 
     rec, _ = make_recommender(tmp_path)
     port = broker.port  # type: ignore[attr-defined]
     sub = BasketSubscriber(host="127.0.0.1", port=port, prefix="storelens/s1/k1", on_basket=rec.handle_basket_message,
-                           on_command=rec.handle_recommend_command, client_id="sl-test")
+                           on_command=recommend_replier(rec), client_id="sl-test")
     sub.start()
     pub = publisher(port)
     try:
@@ -473,14 +478,14 @@ def test_attached_to_the_runtime_link_and_command_router(tmp_path: Path, broker:
     from edge.comms.mqtt import MqttLink
     from edge.comms.outbox import Outbox
     from edge.core.config import MqttSettings
-    from edge.recommend.service import attach
+    from edge.pipeline.factory import attach_recommender
 
     rec, _ = make_recommender(tmp_path)
     port = broker.port  # type: ignore[attr-defined]
     link = MqttLink(settings=MqttSettings(host="127.0.0.1", port=port), prefix="sl/s/d",
                     outbox=Outbox(path=tmp_path / "outbox.db"), client_id="dev")
     router = CommandRouter(prefix="sl/s/d", reply=lambda t, b: link.publish_now(t, b, qos=1))
-    attach(rec, link=link, router=router)
+    attach_recommender(rec, link=link, router=router)
     link.add_topic_handler(router.topic_filter, router.on_message)
     router.start()
     link.start()
@@ -521,7 +526,7 @@ def test_attached_to_the_runtime_link_and_command_router(tmp_path: Path, broker:
 
 
 def test_subscriber_says_when_the_broker_is_unreachable(tmp_path: Path) -> None:
-    from tests.conftest import free_port
+    from benchmarks._broker import free_port
 
     rec, _ = make_recommender(tmp_path)
     sub = BasketSubscriber(host="127.0.0.1", port=free_port(), prefix="p", on_basket=rec.handle_basket_message)
@@ -583,7 +588,7 @@ def test_runtime_adds_recommendations_to_match_messages_and_ingests_baskets(
     import io
 
     from edge.core.config import load_settings
-    from edge.pipeline.loop import Runtime
+    from edge.pipeline.factory import assemble_runtime
     from edge.recommend.service import recommender_for
     from tests.runtime_helpers import Collector, NumpyMatcher, TinyOnnxEncoder, write_catalog, write_frames
 
@@ -597,7 +602,7 @@ def test_runtime_adds_recommendations_to_match_messages_and_ingests_baskets(
                              mqtt={"host": "127.0.0.1", "port": port},
                              recommend={"in_match_messages": True, "refresh_s": 0})
     rec = recommender_for(settings)
-    rt = Runtime(settings=settings, encoder=enc, matcher=matcher, out=io.StringIO(), recommender=rec)
+    rt = assemble_runtime(settings=settings, encoder=enc, matcher=matcher, out=io.StringIO(), recommender=rec)
     collector = Collector(port, "storelens/s1/d1/#", client_id="rec-collector")
     pub = publisher(port)
     try:

@@ -16,9 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks._broker import Broker
 from edge.core.config import Settings, load_settings
-from edge.pipeline.loop import MATCH_SCHEMA, Runtime, crop
-from tests.conftest import Broker
+from edge.pipeline.factory import assemble_runtime
+from edge.pipeline.loop import Runtime, crop
+from edge.pipeline.messages import MATCH_SCHEMA
 from tests.runtime_helpers import Collector, NumpyMatcher, TinyOnnxEncoder, product_image, write_catalog, write_frames
 
 SKUS = ["RED", "GREEN", "BLUE", "YELLOW", "EMPTY"]
@@ -76,7 +78,8 @@ def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, col
                                              parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
     frames = write_frames(tmp_path / "frames", ["RED", "GREEN", "BLUE"], per_sku=8)
     out = io.StringIO()
-    rt = Runtime(settings=settings(tmp_path, frames, broker=broker), encoder=parts[0], matcher=parts[1], out=out)
+    rt = assemble_runtime(settings=settings(tmp_path, frames, broker=broker), encoder=parts[0], matcher=parts[1],
+                          out=out)
     rt.start()
     run_until(rt, lambda: len(collector.of("/cam/match")) >= 3 and collector.of("/stats"))
     summary = rt.shutdown()
@@ -103,7 +106,7 @@ def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, col
 def test_gate_skips_static_frames(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
     frames = write_frames(tmp_path / "frames", ["RED"], per_sku=30)
     s = settings(tmp_path, frames, cameras=[{"name": "cam", "source": str(frames), "fps": 20}])
-    rt = Runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    rt = assemble_runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
     rt.start()
     run_until(rt, lambda: False, timeout=15)  # ends when the folder is done
     g = rt.shutdown()["gate"]
@@ -119,7 +122,7 @@ def test_no_broker_prints_writes_jsonl_and_keeps_outbox(tmp_path: Path,
     frames = write_frames(tmp_path / "frames", ["RED", "BLUE"], per_sku=8)
     jsonl = tmp_path / "decisions.jsonl"
     out = io.StringIO()
-    rt = Runtime(settings=settings(tmp_path, frames, jsonl_out=str(jsonl)), encoder=parts[0], matcher=parts[1],
+    rt = assemble_runtime(settings=settings(tmp_path, frames, jsonl_out=str(jsonl)), encoder=parts[0], matcher=parts[1],
                  out=out)
     rt.start()
     run_until(rt, lambda: False, timeout=10)
@@ -134,7 +137,7 @@ def test_no_broker_prints_writes_jsonl_and_keeps_outbox(tmp_path: Path,
 def test_unreachable_broker_keeps_running(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
     frames = write_frames(tmp_path / "frames", ["GREEN", "YELLOW"], per_sku=8)
     s = settings(tmp_path, frames, mqtt={"enabled": True, "port": 1, "flush_timeout_s": 0.2})
-    rt = Runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    rt = assemble_runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
     rt.start()
     run_until(rt, lambda: False, timeout=10)
     summary = rt.shutdown()
@@ -152,7 +155,7 @@ def test_shelf_planogram_events(tmp_path: Path, broker: Broker, collector: Colle
     cams = [{"name": "shelf", "source": str(frames), "fps": 60, "mode": "shelf", "rois": [
         {"name": "left", "rect": [0, 0, 0.5, 1], "expected_sku": "RED"},
         {"name": "right", "rect": [0.5, 0, 0.5, 1], "expected_sku": "GREEN"}]}]
-    rt = Runtime(settings=settings(tmp_path, frames, broker=broker, cameras=cams), encoder=parts[0],
+    rt = assemble_runtime(settings=settings(tmp_path, frames, broker=broker, cameras=cams), encoder=parts[0],
                  matcher=parts[1], out=io.StringIO())
     rt.start()
     run_until(rt, lambda: len(collector.of("/planogram")) >= 3)
@@ -169,7 +172,7 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
     frames = write_frames(tmp_path / "frames", ["RED", "GREEN"], per_sku=4)
     s = settings(tmp_path, frames, broker=broker,
                  cameras=[{"name": "cam", "source": str(frames), "fps": 20, "loop": True}])
-    rt = Runtime(settings=s, encoder=enc, matcher=matcher, out=io.StringIO(), encoder_loader=lambda: enc)
+    rt = assemble_runtime(settings=s, encoder=enc, matcher=matcher, out=io.StringIO(), encoder_loader=lambda: enc)
     rt.start()
     stop = threading.Event()
     loop = threading.Thread(target=rt.run, args=(stop,), kwargs={"max_seconds": 30})
@@ -303,7 +306,7 @@ def test_camera_drop_and_return_is_reported_and_recognition_resumes(
             raise OSError("camera still away")
         return _DroppingSource("RED", 10) if len(opens) == 1 else _DroppingSource("BLUE", None)
 
-    rt = Runtime(settings=settings(tmp_path, tmp_path, broker=broker), encoder=parts[0], matcher=parts[1],
+    rt = assemble_runtime(settings=settings(tmp_path, tmp_path, broker=broker), encoder=parts[0], matcher=parts[1],
                  sources={"cam": factory}, out=io.StringIO())
     rt.cameras[0]._backoff = (0.2, 0.4)  # a short outage for the test (production: 0.5 s doubling to 30 s)
     rt.start()
@@ -333,7 +336,8 @@ def test_failing_matcher_is_counted_and_the_loop_keeps_going(tmp_path: Path,
     frames = write_frames(tmp_path / "frames", ["RED"], per_sku=8)
     matcher = FlakyMatcher(tmp_path / "catalog.json", parts[0])
     out = io.StringIO()
-    rt = Runtime(settings=settings(tmp_path, frames, gate={"enabled": False}), encoder=parts[0], matcher=matcher,
+    rt = assemble_runtime(settings=settings(tmp_path, frames, gate={"enabled": False}), encoder=parts[0],
+                          matcher=matcher,
                  out=out)
     rt.start()
     run_until(rt, lambda: False, timeout=10)

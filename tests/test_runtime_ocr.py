@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from edge.core.types import Candidate
-from edge.pipeline.loop import Runtime
-from edge.text.fusion import FusionWeights, LabelTextReranker, ProductText, TextProfiles
+from edge.pipeline.factory import assemble_runtime
+from edge.text.fusion import FusionWeights, LabelTextReranker
 from edge.text.ocr.engine import OcrEngine
 from edge.text.ocr.worker import OcrWorker
+from edge.text.profiles import ProductText, TextProfiles
 from tests.runtime_helpers import TinyOnnxEncoder
 from tests.test_ocr import label
 from tests.test_runtime import run_until, settings
@@ -54,7 +55,8 @@ def test_label_text_breaks_an_image_tie_in_the_running_loop(tmp_path: Path, tiny
     out = io.StringIO()
     s = settings(tmp_path, frames, cameras=[{"name": "cam", "source": str(frames), "fps": 10, "loop": True}],
                  gate={"steady_frames": 0, "enabled": gate}, jsonl_out=str(tmp_path / "d.jsonl"))
-    rt = Runtime(settings=s, encoder=TinyOnnxEncoder(tiny_onnx), matcher=LookAlikes(), out=out, reranker=reranker)
+    rt = assemble_runtime(settings=s, encoder=TinyOnnxEncoder(tiny_onnx), matcher=LookAlikes(), out=out,
+                          reranker=reranker)
     rt.start()
     run_until(rt, lambda: top_skus(tmp_path / "d.jsonl")[-1:] == ["oatly-havregurt"], timeout=60)
     summary = rt.shutdown()

@@ -25,7 +25,7 @@ from edge.catalog.db import Catalog, Product
 from edge.catalog.importers.tables import ImportIssue, ProductRecord
 from edge.catalog.ranking import Aggregate, Ranked, aggregate_hits, rrf
 from edge.core.errors import CatalogError, ImageError, InputError
-from edge.core.types import Calibration, Candidate, Thresholds
+from edge.core.types import Calibration, Candidate, Thresholds, resolve_thresholds
 from edge.models.encoders.base import ImageEncoder, TextEncoder
 from edge.models.preprocess import read_image
 
@@ -109,22 +109,17 @@ class Store:
         """Config values when set, else the stored calibration, else none (everything known).
 
         A calibration measured with another image encoder is not used (its scores mean something
-        else); that is logged, and ``source`` says ``stale-calibration``.
+        else); that is logged once, and ``source`` says ``stale-calibration``.
         """
         cal = self.calibration
+        stored = cal.thresholds() if cal is not None else None
         if cal is not None and self.image_encoder is not None and cal.fingerprint != self.image_encoder.fingerprint:
             if not self._warned_stale:  # once per store, not once per decision
                 log.warning("stored calibration was made with encoder %s, not %s: ignored; run `storelens calibrate`",
                             cal.fingerprint, self.image_encoder.fingerprint)
                 self._warned_stale = True
-            t_cfg, m_cfg = self._config_thresholds
-            return Thresholds(score=t_cfg, margin=m_cfg, source="config" if (t_cfg, m_cfg) != (None, None)
-                              else "stale-calibration")
-        t_cfg, m_cfg = self._config_thresholds
-        if t_cfg is not None or m_cfg is not None:
-            return Thresholds(score=t_cfg if t_cfg is not None else (cal.score if cal else None),
-                              margin=m_cfg if m_cfg is not None else (cal.margin if cal else None), source="config")
-        return cal.thresholds() if cal else Thresholds()
+            stored = Thresholds(source="stale-calibration")
+        return resolve_thresholds(*self._config_thresholds, stored)
 
     @property
     def calibration(self) -> Calibration | None:

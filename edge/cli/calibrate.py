@@ -64,8 +64,9 @@ def _fit_fusion(store: Any, labelled: list[tuple[Path, str]], *, dry_run: bool) 
     from edge.core.config import OcrSettings
     from edge.core.errors import ImageError
     from edge.models.preprocess import read_image
+    from edge.text.calibration import calibrate_fusion
+    from edge.text.fusion import load_weights, save_weights
     from edge.text.ocr.engine import OcrEngine
-    from edge.text.profiles import calibrate_fusion, load_weights, save_weights
 
     enrolled = {p.sku for p in store.catalog.products()}
     images, labels, problems = [], [], []

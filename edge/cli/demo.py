@@ -46,7 +46,7 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     from edge.catalog.store import Store
     from edge.models.encoders import load_image_encoder
     from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, calibrate_demo, reference_images
-    from edge.pipeline.loop import Runtime
+    from edge.pipeline.factory import assemble_runtime
 
     mqtt: dict[str, Any] = {"enabled": False, "flush_timeout_s": 2.0}
     if args.broker:
@@ -75,7 +75,7 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
 
     camera = VirtualCamera(DEMO_PRODUCTS)
     print(f"virtual camera: {len(DEMO_PRODUCTS)} products held up in turn at {args.fps:g} fps; decisions:")
-    rt = Runtime(settings=settings, encoder=encoder, matcher=store, sources={"demo-cam": lambda: camera})
+    rt = assemble_runtime(settings=settings, encoder=encoder, matcher=store, sources={"demo-cam": lambda: camera})
     from edge.cli.run import serve
 
     summary = serve(rt, duration=120)

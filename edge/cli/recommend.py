@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.common import settings_from_args
-from edge.recommend.service import KINDS, Filters, ProductVectors, Recommendation, open_recommender
+from edge.recommend.service import KINDS, Recommendation, open_recommender
+from edge.recommend.similar import Filters, ProductVectors
 
 
 def register(sub: Any) -> None:

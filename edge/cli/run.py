@@ -10,8 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edge.core.config import Settings, load_settings
-from edge.core.errors import StoreLensError
+from edge.core.config import load_settings
 from edge.core.logs import setup_logging
 from edge.pipeline.loop import Runtime
 
@@ -34,53 +33,6 @@ def register(sub: Any) -> None:
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(func=run)
-
-
-def build_runtime(settings: Settings) -> Runtime:
-    """The real parts the config names: the image (and, if it loads, text) encoder and the catalog store."""
-    from edge.catalog.store import Store
-    from edge.models.encoders import load_image_encoder, load_text_encoder
-
-    image = load_image_encoder(settings.model)
-    try:
-        text = load_text_encoder(settings.model)
-    except StoreLensError as e:  # text search is optional at a camera; say so, keep running
-        log.warning("text encoder not loaded; the search command accepts images only", extra={"error": str(e)})
-        text = None
-
-    def open_store(encoder: Any) -> Store:
-        return Store.from_settings(settings, image_encoder=encoder, text_encoder=text)
-
-    from edge.recommend.service import recommender_for
-
-    store = open_store(image)
-    return Runtime(settings=settings, encoder=image, matcher=store,
-                   encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store,
-                   recommender=recommender_for(settings, store=store), reranker=label_reranker(settings, store))
-
-
-def label_reranker(settings: Settings, store: Any) -> Any:
-    """OCR + fusion for the frame loop, or None (said in the log) when it would not change a ranking.
-
-    Fusion is off unless ``storelens calibrate --fusion`` stored a non-zero OCR weight with the
-    catalog: reading labels costs CPU, and with weight 0 it cannot change a decision.
-    """
-    if not settings.ocr.enabled:
-        log.info("label text (OCR) off: ocr.enabled = false")
-        return None
-    from edge.text.fusion import LabelTextReranker
-    from edge.text.ocr.worker import start_worker
-    from edge.text.profiles import catalog_profiles, load_weights
-
-    weights = load_weights(store.catalog)
-    if not weights.ocr:
-        log.info("label text (OCR) off: no fitted OCR weight; run `storelens calibrate LABELLED --fusion`",
-                 extra={"fitted_on": weights.fitted_on})
-        return None
-    names = {p.sku: p.name for p in store.catalog.products()}
-    log.info("label text (OCR) on", extra={"w_ocr": weights.ocr, "w_text": weights.text})
-    return LabelTextReranker(worker=start_worker(settings.ocr), profiles=catalog_profiles(store.catalog),
-                             weights=weights, names=names)
 
 
 def serve(rt: Runtime, *, duration: float | None = None) -> dict[str, Any]:
@@ -115,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     for cam in settings.cameras:  # fail fast, before loading models: a wrong source names its camera
         open_source(cam).close()
+    from edge.pipeline.factory import build_runtime
+
     summary = serve(build_runtime(settings), duration=args.duration)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

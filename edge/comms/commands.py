@@ -19,12 +19,13 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.core.config import MqttSettings
 from edge.core.errors import CommandError, StoreLensError
 from edge.models.preprocess import decode_image, read_image
 
@@ -33,14 +34,17 @@ log = logging.getLogger("storelens.commands")
 CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
 Reply = Callable[[str, bytes], None]  # (topic, payload)
 
-MAX_IMAGES = 32
+MAX_IMAGES = 32  # images one enroll / search command may carry
+QUEUE_SIZE = 16  # commands waiting for the worker before new ones are answered "busy"
+STR_MAX_CHARS = 256
+_DEFAULTS = MqttSettings()
 
 
 class CommandRouter:
     """Validates and dispatches commands; replies on ``<prefix>/cmd/<verb>/reply`` (or the MQTT 5 response topic)."""
 
-    def __init__(self, *, prefix: str, reply: Reply, max_bytes: int = 8 * 1024 * 1024, token: str | None = None,
-                 queue_size: int = 16) -> None:
+    def __init__(self, *, prefix: str, reply: Reply, max_bytes: int = _DEFAULTS.command_max_bytes,
+                 token: str | None = None, queue_size: int = QUEUE_SIZE) -> None:
         self.prefix = prefix.rstrip("/")
         self.max_bytes = max_bytes
         self.token = token
@@ -150,7 +154,23 @@ class CommandRouter:
 
 # -- argument helpers shared by the built-in handlers -----------------------------------------------
 
-def require_str(args: dict[str, Any], key: str, *, max_len: int = 256) -> str:
+def reject_unknown_keys(args: dict[str, Any], allowed: Sequence[str], *, verb: str) -> None:
+    """Refuse arguments a command does not know (a typo must not be silently ignored)."""
+    unknown = set(args) - set(allowed)
+    if unknown:
+        raise CommandError(f"{verb} command has unknown keys {sorted(unknown)}", hint=f"use {', '.join(allowed)}")
+
+
+def optional_int(args: dict[str, Any], key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
+    """``args[key]`` as an int within ``lo..hi`` (either bound optional), or ``default`` when absent."""
+    v = args.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        span = f" in {lo}..{hi}" if lo is not None and hi is not None else ""
+        raise CommandError(f"{key!r} must be an integer{span}, got {v!r:.60}", hint=f'e.g. "{key}": {default}')
+    return v
+
+
+def require_str(args: dict[str, Any], key: str, *, max_len: int = STR_MAX_CHARS) -> str:
     v = args.get(key)
     if not isinstance(v, str) or not v.strip() or len(v) > max_len:
         raise CommandError(f"{key!r} must be a non-empty string of at most {max_len} characters, got {v!r:.60}",

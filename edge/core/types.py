@@ -36,6 +36,18 @@ class Thresholds:
         return (self.score is None or top1 >= self.score) and (self.margin is None or top1 - top2 >= self.margin)
 
 
+def resolve_thresholds(score: float | None, margin: float | None, stored: Thresholds | None = None) -> Thresholds:
+    """The one precedence rule: a configured value wins (each on its own), else the stored one, else none.
+
+    ``stored`` is what the catalog holds (a calibration measured with the encoder in use) or
+    anything with ``score`` and ``margin``; None values mean "no threshold" (accept).
+    """
+    if score is None and margin is None:
+        return stored if stored is not None else Thresholds()
+    return Thresholds(score=score if score is not None else (stored.score if stored else None),
+                      margin=margin if margin is not None else (stored.margin if stored else None), source="config")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
     """What ``storelens calibrate`` measured and chose."""

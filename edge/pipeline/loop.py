@@ -1,4 +1,4 @@
-"""The edge loop: capture threads -> gate -> batched embed -> match -> vote -> publish.
+"""The frame loop: capture threads -> gate -> batched embed -> match -> vote -> publish.
 
 One camera thread per source keeps its newest frame; the loop wakes when any camera has a
 new frame (no polling), crops each region, lets the gate drop unchanged/unsteady crops,
@@ -6,50 +6,42 @@ embeds what is left in *one* batch across all regions and cameras, searches the 
 batched call, votes per region and publishes decisions when they change (plus heartbeats).
 
 Every decision goes through the outbox: published over MQTT when a broker is configured and
-reachable, kept on disk for later delivery when not, printed to stdout, and appended to a
-JSONL file when ``jsonl_out`` is set. Commands (reload, enroll, remove, search, snapshot)
-run on the command worker; the model lock makes a reload an atomic swap between two batches.
+reachable, kept on disk for later delivery when not, printed, and appended to a JSONL file
+when ``jsonl_out`` is set. The parts are built by :mod:`edge.pipeline.factory`; commands
+(:mod:`edge.pipeline.handlers`) run on the command worker, and the model lock makes a reload
+an atomic swap between two batches.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import sys
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 
-from edge import __version__
-from edge.comms.commands import CommandRouter, load_images, require_str
+from edge.comms.commands import CommandRouter
 from edge.comms.mqtt import MqttLink
 from edge.comms.outbox import Outbox
 from edge.core.config import CameraSettings, RoiSettings, Settings
-from edge.core.errors import CommandError
 from edge.core.types import Candidate
 from edge.models.encoders.base import ImageEncoder
-from edge.pipeline.capture import CameraThread, Frame, SourceFactory
-from edge.pipeline.gate import GateStats, GateVerdict, RegionGate
+from edge.pipeline import messages
+from edge.pipeline.capture import CameraThread, Frame
+from edge.pipeline.gate import GateVerdict, RegionGate
 from edge.pipeline.vote import Decision, RegionVoter, VoteParams
-from edge.recommend.service import Recommender, attach
+from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
-from edge.text.profiles import catalog_profiles
 
 log = logging.getLogger("storelens.runtime")
 
-MATCH_SCHEMA = "storelens.match/1"
-PLANOGRAM_SCHEMA = "storelens.planogram/1"
-DEFAULT_THRESHOLD = 0.5
-DEFAULT_MARGIN = 0.02
+LATENCY_SAMPLES = 2000  # decision latencies kept for the p50 / p99 in stats
+WAKE_TIMEOUT_S = 0.25  # the loop also wakes this often without frames (heartbeats, stats, ended sources)
 
 
 @runtime_checkable
@@ -65,15 +57,17 @@ class Matcher(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Region:
+class Region:
+    """One region of interest of one camera, with its gate and its voter."""
+
     camera: CameraSettings
     roi: RoiSettings
     gate: RegionGate
     voter: RegionVoter
 
-
-def _key(region: _Region) -> str:
-    return f"{region.camera.name}/{region.roi.name}"
+    @property
+    def key(self) -> str:
+        return f"{self.camera.name}/{self.roi.name}"
 
 
 def crop(image: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
@@ -85,72 +79,35 @@ def crop(image: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarr
 
 
 def vote_params(settings: Settings, matcher: Any) -> VoteParams:
-    """Config thresholds win; else the matcher's calibrated ones (``matcher.thresholds``); else defaults."""
-    d = settings.decision
-    cal = getattr(matcher, "thresholds", None)
-    cal_t, cal_m = getattr(cal, "score", None), getattr(cal, "margin", None)
-    return VoteParams(window=d.window, min_frames=d.min_frames, agreement=d.agreement,
-                      threshold=_first(d.threshold, cal_t, DEFAULT_THRESHOLD),
-                      margin=_first(d.margin, cal_m, DEFAULT_MARGIN),
-                      top_k=d.top_k, heartbeat_s=d.heartbeat_s, aggregate=d.aggregate, empty_sku=d.empty_sku)
-
-
-def _first(*values: float | None) -> float:
-    return float(next(v for v in values if v is not None))
+    """The voting parameters for ``matcher``: its stored thresholds (``matcher.thresholds``) under the config's."""
+    return VoteParams.from_settings(settings.decision, getattr(matcher, "thresholds", None))
 
 
 class Runtime:
     """The running device. ``start()`` opens everything, ``run(stop)`` loops, ``shutdown()`` drains and flushes."""
 
     def __init__(self, *, settings: Settings, encoder: ImageEncoder, matcher: Matcher,
-                 sources: dict[str, SourceFactory] | None = None,
-                 encoder_loader: Callable[[], ImageEncoder] | None = None,
-                 matcher_loader: Callable[[ImageEncoder], Matcher] | None = None,
-                 out: IO[str] | None = None, outbox_path: Path | None = None,
-                 recommender: Recommender | None = None,
-                 reranker: LabelTextReranker | None = None) -> None:
+                 cameras: list[CameraThread], regions: dict[str, list[Region]], wake: threading.Event,
+                 outbox: Outbox, link: MqttLink | None, router: CommandRouter, out: IO[str],
+                 recommender: Recommender | None = None, reranker: LabelTextReranker | None = None) -> None:
         self.settings = settings
-        self.reranker = reranker  # label text (OCR) fused into the image candidates; None = image only
-        self._awaiting_text: dict[str, tuple[np.ndarray, list[Candidate], int]] = {}
         self.encoder = encoder
         self.matcher = matcher
         self.prefix = settings.topic_prefix
-        self._encoder_loader = encoder_loader
-        self._matcher_loader = matcher_loader
-        self._out = out if out is not None else sys.stdout
-        self._wake = threading.Event()
-        self._model_lock = threading.Lock()
-        self.cameras = [CameraThread(settings=c, factory=(sources or {}).get(c.name), on_frame=self._wake.set)
-                        for c in settings.cameras]
-        params = vote_params(settings, matcher)
-        fpv = settings.gate.frames_per_view or settings.decision.window
-        self.regions: dict[str, list[_Region]] = {
-            c.name: [_Region(c, r, RegionGate(change_threshold=settings.gate.change_threshold,
-                                              steady_frames=settings.gate.steady_frames if c.mode == "kiosk" else 0,
-                                              frames_per_view=fpv, enabled=settings.gate.enabled),
-                             RegionVoter(camera=c.name, roi=r.name, params=params,
-                                         expected_sku=r.expected_sku if c.mode == "shelf" else None))
-                     for r in c.rois]
-            for c in settings.cameras}
-        m = settings.mqtt
-        self.outbox = Outbox(path=outbox_path or settings.catalog.data_dir / "outbox.db",
-                             max_messages=m.outbox_max_messages, max_age_s=m.outbox_max_age_s,
-                             durability=m.outbox_durability)
-        self.link: MqttLink | None = None
-        if m.enabled:
-            self.link = MqttLink(settings=m, prefix=self.prefix, outbox=self.outbox,
-                                 client_id=f"storelens-{settings.device.store}-{settings.device.id}")
-        self.router = CommandRouter(prefix=self.prefix, reply=self._reply, max_bytes=m.command_max_bytes,
-                                    token=m.command_token.get_secret_value() if m.command_token else None)
-        for verb, fn in (("reload", self._cmd_reload), ("enroll", self._cmd_enroll), ("remove", self._cmd_remove),
-                         ("search", self._cmd_search), ("snapshot", self._cmd_snapshot)):
-            self.router.register(verb, fn)
+        self.cameras = cameras
+        self.regions = regions
+        self.outbox = outbox
+        self.link = link
+        self.router = router
         self.recommender = recommender
-        if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
-            attach(recommender, link=self.link, router=self.router)
+        self.reranker = reranker  # label text (OCR) fused into the image candidates; None = image only
+        self._out = out
+        self._wake = wake
+        self._model_lock = threading.Lock()
+        self._awaiting_text: dict[str, tuple[np.ndarray, list[Candidate], int]] = {}
         self._jsonl: IO[str] | None = None
         self._last_frames: dict[str, Frame] = {}
-        self.latencies: deque[float] = deque(maxlen=2000)
+        self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.counts = {"frames": 0, "embedded": 0, "batches": 0, "decisions": 0, "unknown": 0, "planogram": 0,
                        "heartbeats": 0, "errors": 0, "crops_failed": 0}
         self._started = time.monotonic()
@@ -182,7 +139,7 @@ class Runtime:
         """Loop until ``stop`` is set, ``max_seconds`` pass, or every (finite) source has ended."""
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            self._wake.wait(0.25)
+            self._wake.wait(WAKE_TIMEOUT_S)
             self._wake.clear()
             self.step()
             if self.cameras and all(c.ended for c in self.cameras):
@@ -213,8 +170,25 @@ class Runtime:
 
     def step(self) -> int:
         """One round over the cameras' newest frames; returns how many crops were embedded."""
-        batch: list[tuple[_Region, Frame, np.ndarray]] = []
-        late: list[tuple[_Region, Frame]] = []  # unchanged views whose label text may have been read since
+        batch, late = self._gate_frames()
+        now = time.monotonic()
+        for region, frame in late:
+            self._vote_late_text(region, frame, now)
+        if batch and not self._embed_and_vote(batch, now):
+            return 0
+        for regions in self.regions.values():  # heartbeats of regions that saw no frame this round
+            for region in regions:
+                if (d := region.voter.heartbeat(now)) is not None:
+                    self._emit(d)
+        if now >= self._next_stats:
+            self._next_stats = now + self.settings.mqtt.stats_interval_s
+            self._publish_stats()
+        return len(batch)
+
+    def _gate_frames(self) -> tuple[list[tuple[Region, Frame, np.ndarray]], list[tuple[Region, Frame]]]:
+        """Crops the gate lets through, and unchanged views whose label text may have been read since."""
+        batch: list[tuple[Region, Frame, np.ndarray]] = []
+        late: list[tuple[Region, Frame]] = []
         for cam in self.cameras:
             frame = cam.latest()
             if frame is None:
@@ -226,73 +200,70 @@ class Runtime:
                 verdict = region.gate.check(c)
                 if verdict == GateVerdict.NEW_VIEW:
                     region.voter.reset()
-                    self._awaiting_text.pop(_key(region), None)
+                    self._awaiting_text.pop(region.key, None)
                 if verdict.passes:
                     batch.append((region, frame, c))
-                elif _key(region) in self._awaiting_text:
+                elif region.key in self._awaiting_text:
                     late.append((region, frame))
-        now = time.monotonic()
-        for region, frame in late:
-            self._vote_late_text(region, frame, now)
-        if batch:
-            try:
-                with self._model_lock:
-                    embs = self.encoder.embed([c for _, _, c in batch])
-                    results = self.matcher.match_vectors(embs, self.settings.decision.top_k)
-            except Exception:  # a failing backend/index must not stop the cameras: counted, logged, retried
-                self.counts["errors"] += 1
-                self.counts["crops_failed"] += len(batch)
-                log.exception("embedding or search failed; these crops are skipped", extra={"crops": len(batch)})
-                return 0
-            self.counts["embedded"] += len(batch)
-            self.counts["batches"] += 1
-            for (region, frame, c), cands in zip(batch, results, strict=True):
-                if self.reranker is not None:  # OCR runs on its own thread; this never waits for it
-                    image_cands, cands = cands, self.reranker.rerank(_key(region), c, cands)
-                    if self.reranker.worker.request(_key(region), c) is None:  # still reading: vote it later
-                        self._awaiting_text[_key(region)] = (c.copy(), list(image_cands), self.settings.decision.window)
-                if (d := region.voter.add(cands, ts=frame.ts, now=now)) is not None:
-                    self._emit(d)
-        for regions in self.regions.values():  # heartbeats of regions that saw no frame this round
-            for region in regions:
-                if (d := region.voter.heartbeat(now)) is not None:
-                    self._emit(d)
-        if now >= self._next_stats:
-            self._next_stats = now + self.settings.mqtt.stats_interval_s
-            self._publish_stats()
-        return len(batch)
+        return batch, late
 
-    def _vote_late_text(self, region: _Region, frame: Frame, now: float) -> None:
+    def _embed_and_vote(self, batch: list[tuple[Region, Frame, np.ndarray]], now: float) -> bool:
+        """Embed and match the batch in one call each, then vote every crop; False when that failed."""
+        try:
+            results = self.match_images([c for _, _, c in batch], self.settings.decision.top_k)
+        except Exception:  # a failing backend/index must not stop the cameras: counted, logged, retried
+            self.counts["errors"] += 1
+            self.counts["crops_failed"] += len(batch)
+            log.exception("embedding or search failed; these crops are skipped", extra={"crops": len(batch)})
+            return False
+        self.counts["embedded"] += len(batch)
+        self.counts["batches"] += 1
+        for (region, frame, c), cands in zip(batch, results, strict=True):
+            if self.reranker is not None:  # OCR runs on its own thread; this never waits for it
+                image_cands, cands = cands, self.reranker.rerank(region.key, c, cands)
+                if self.reranker.worker.request(region.key, c) is None:  # still reading: vote it later
+                    self._awaiting_text[region.key] = (c.copy(), list(image_cands), self.settings.decision.window)
+            if (d := region.voter.add(cands, ts=frame.ts, now=now)) is not None:
+                self._emit(d)
+        return True
+
+    def _vote_late_text(self, region: Region, frame: Frame, now: float) -> None:
         """A frame the gate skipped (same view) votes again once that view's label text is read.
 
-        The gate stops embedding an unchanged view after a few frames, usually before OCR (hundreds
-        of ms) has finished; without this, label text could never change a kiosk decision.
+        The gate stops embedding an unchanged view after a few frames, usually before OCR has
+        finished; without this, label text could never change a kiosk decision.
         """
         if self.reranker is None:  # only queued when a reranker exists
             return
-        key = _key(region)
-        c, image_cands, left = self._awaiting_text[key]
-        if self.reranker.worker.request(key, c) is None:
+        c, image_cands, left = self._awaiting_text[region.key]
+        if self.reranker.worker.request(region.key, c) is None:
             return
         if left <= 1:
-            del self._awaiting_text[key]
+            del self._awaiting_text[region.key]
         else:
-            self._awaiting_text[key] = (c, image_cands, left - 1)
-        if (d := region.voter.add(self.reranker.rerank(key, c, image_cands), ts=frame.ts, now=now)) is not None:
+            self._awaiting_text[region.key] = (c, image_cands, left - 1)
+        if (d := region.voter.add(self.reranker.rerank(region.key, c, image_cands), ts=frame.ts,
+                                  now=now)) is not None:
             self._emit(d)
 
     def _emit(self, d: Decision) -> None:
         self.counts["decisions"] += 1
         self.counts["heartbeats"] += int(d.heartbeat)
         self.counts["unknown"] += int(d.decision == "unknown")
-        msg = self._match_message(d)
+        msg = messages.match_message(d, device=self.settings.device.id, bundle=self.encoder.fingerprint,
+                                     catalog_version=self.matcher.catalog_version)
+        if self.recommender is not None and d.decision == "known" and d.candidates:
+            recs = self.recommender.for_match(d.candidates[0].sku)  # None unless recommend.in_match_messages
+            if recs is not None:
+                msg["recommendations"] = recs
         self._send(f"{d.camera}/match", msg)
         if d.planogram is not None and (d.planogram_changed or d.heartbeat):
             self.counts["planogram"] += 1
-            self._send(f"{d.camera}/planogram", self._planogram_message(d, match_id=msg["id"]))
+            self._send(f"{d.camera}/planogram", messages.planogram_message(
+                d, match_id=msg["id"], device=self.settings.device.id, catalog_version=self.matcher.catalog_version))
         if not d.heartbeat:  # a heartbeat re-sends an old frame's decision: not a latency sample
             self.latencies.append(max(0.0, (time.time() - d.ts) * 1000))
-        self._print(d)
+        print(messages.decision_line(d), file=self._out, flush=True)
 
     def _send(self, suffix: str, msg: dict[str, Any]) -> None:
         body = json.dumps(msg, separators=(",", ":")).encode()
@@ -305,64 +276,43 @@ class Runtime:
             self._jsonl.write(json.dumps({"topic": topic, **msg}) + "\n")
             self._jsonl.flush()
 
-    def _match_message(self, d: Decision) -> dict[str, Any]:
-        msg = self._match_fields(d)
-        if self.recommender is not None and d.decision == "known" and d.candidates:
-            recs = self.recommender.for_match(d.candidates[0].sku)  # None unless recommend.in_match_messages
-            if recs is not None:
-                msg["recommendations"] = recs
-        return msg
+    # -- what command handlers use (on the command worker thread) -----------------------------------
 
-    def _match_fields(self, d: Decision) -> dict[str, Any]:
-        return {"schema": MATCH_SCHEMA, "id": uuid.uuid4().hex, "ts": round(d.ts, 6),
-                "device": self.settings.device.id, "camera": d.camera, "roi": d.roi, "decision": d.decision,
-                "candidates": [c.to_dict() for c in d.candidates], "frames": d.frames, "agreement": d.agreement,
-                "heartbeat": d.heartbeat, "latency_ms": round((time.time() - d.ts) * 1000, 2),
-                "bundle": self.encoder.fingerprint, "catalog_version": self.matcher.catalog_version}
+    def match_images(self, images: Sequence[np.ndarray], k: int) -> list[list[Candidate]]:
+        """Embed and match under the model lock, so a reload never splits an encoder from its index."""
+        with self._model_lock:
+            return self.matcher.match_vectors(self.encoder.embed(list(images)), k)
 
-    def _planogram_message(self, d: Decision, *, match_id: str) -> dict[str, Any]:
-        return {"schema": PLANOGRAM_SCHEMA, "id": uuid.uuid4().hex, "match_id": match_id, "ts": round(d.ts, 6),
-                "device": self.settings.device.id, "camera": d.camera, "roi": d.roi, "event": d.planogram,
-                "expected_sku": d.expected_sku, "observed_sku": d.sku, "heartbeat": d.heartbeat,
-                "candidates": [c.to_dict() for c in d.candidates[:3]], "catalog_version": self.matcher.catalog_version}
+    def swap_models(self, encoder: ImageEncoder, matcher: Matcher) -> None:
+        """Swap in an encoder and the matcher built for it (or the same pair) between two batches."""
+        with self._model_lock:
+            self.encoder, self.matcher = encoder, matcher
+            params = vote_params(self.settings, matcher)
+            for regions in self.regions.values():
+                for r in regions:
+                    r.voter.set_params(params)
 
-    def _print(self, d: Decision) -> None:
-        top = f"{d.candidates[0].sku} ({d.candidates[0].score:.2f})" if d.decision == "known" else "-"
-        extra = f" planogram={d.planogram}" if d.planogram else ""
-        hb = " heartbeat" if d.heartbeat else ""
-        stamp = time.strftime("%H:%M:%S", time.localtime(d.ts))
-        print(f"{stamp} {d.camera}/{d.roi} {d.decision:7s} {top} frames={d.frames}{extra}{hb}", file=self._out,
-              flush=True)
+    def last_frame(self, camera: str) -> Frame | None:
+        return self._last_frames.get(camera)
 
     # -- stats and status --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        gate = GateStats()
-        for regions in self.regions.values():
-            for r in regions:
-                gate.add(r.gate.stats)
-        lat = sorted(self.latencies)
-        up = max(1e-9, time.monotonic() - self._started)
-        return {
-            "ts": round(time.time(), 3), "uptime_s": round(up, 1), **self.counts,
-            "fps": round(self.counts["frames"] / up, 2),
-            "latency_ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)},
-            "unknown_rate": round(self.counts["unknown"] / self.counts["decisions"], 4) if self.counts["decisions"]
-            else 0.0,
-            "gate": gate.to_dict(), "outbox": self.outbox.stats().to_dict(),
-            "mqtt": self.link.stats.to_dict() if self.link else {"enabled": False},
-            "cameras": {c.name: c.stats.to_dict() for c in self.cameras},
-            "commands": {**self.router.counts, "queued": self.router.queued},
-            "ocr": ({**self.reranker.worker.stats().to_dict(), "fused": self.reranker.fused}
-                    if self.reranker is not None else {"enabled": False}),
-        }
+        ocr = ({**self.reranker.worker.stats().to_dict(), "fused": self.reranker.fused}
+               if self.reranker is not None else {"enabled": False})
+        return messages.stats_message(
+            counts=self.counts, uptime_s=time.monotonic() - self._started, latencies_ms=self.latencies,
+            gates=(r.gate.stats for regions in self.regions.values() for r in regions),
+            outbox=self.outbox.stats(), mqtt=self.link.stats.to_dict() if self.link else {"enabled": False},
+            cameras=self.cameras, commands={**self.router.counts, "queued": self.router.queued}, ocr=ocr)
 
     def status(self) -> dict[str, Any]:
-        return {"schema": "storelens.status/1", "version": __version__, "device": self.settings.device.id,
-                "store": self.settings.device.store, "bundle": self.encoder.fingerprint,
-                "catalog_version": self.matcher.catalog_version,
-                "cameras": {c.name: {"state": c.stats.state, "outages": c.stats.outages, "mode": c.settings.mode,
-                                     "rois": [r.name for r in c.settings.rois]} for c in self.cameras}}
+        return messages.status_message(device=self.settings.device, bundle=self.encoder.fingerprint,
+                                       catalog_version=self.matcher.catalog_version, cameras=self.cameras)
+
+    def publish_status(self) -> None:
+        if self.link:
+            self.link.set_status(self.status())
 
     def _publish_stats(self) -> None:
         s = self.stats()
@@ -375,112 +325,3 @@ class Runtime:
             log.info("stats", extra={"frames": s["frames"], "decisions": s["decisions"],
                                      "outbox_depth": s["outbox"]["depth"], "gate_skip": s["gate"]["skip_ratio"]})
         self._last_states = states
-
-    # -- commands (run on the command worker thread) -----------------------------------------------
-
-    def _reply(self, topic: str, body: bytes) -> None:
-        if self.link:
-            self.link.publish_now(topic, body, qos=1)
-
-    def _cmd_reload(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Catalog/index: the matcher reopens the newest generation. Bundle: when its fingerprint changed, a new
-        encoder *and* a matcher opened with it (its index must be built by that encoder) are swapped in together.
-        Everything is loaded before the swap, so frames wait at most one batch and a failure keeps the old state."""
-        new_encoder = self._encoder_loader() if self._encoder_loader and args.get("bundle", True) else None
-        if new_encoder is not None and new_encoder.fingerprint == self.encoder.fingerprint:
-            new_encoder = None
-        if new_encoder is not None:
-            if self._matcher_loader is None:
-                raise CommandError("the bundle changed but this runtime cannot reopen the index for it",
-                                   hint="restart storelens run")
-            new_matcher = self._matcher_loader(new_encoder)
-        else:
-            self.matcher.reload()  # atomic reference swap inside; frames in flight finish on the old index
-            new_matcher = self.matcher
-        with self._model_lock:
-            if new_encoder is not None:
-                self.encoder, self.matcher = new_encoder, new_matcher
-            params = vote_params(self.settings, self.matcher)
-            for regions in self.regions.values():
-                for r in regions:
-                    r.voter.set_params(params)
-        if self.recommender is not None:
-            self.recommender.reload_products(self.matcher)
-        if self.reranker is not None and hasattr(self.matcher, "catalog"):  # new products' label words
-            self.reranker.profiles = catalog_profiles(self.matcher.catalog)
-        if self.link:
-            self.link.set_status(self.status())
-        return {"catalog_version": self.matcher.catalog_version, "bundle": self.encoder.fingerprint}
-
-    def _images(self, args: dict[str, Any]) -> list[np.ndarray]:
-        return load_images(args.get("images"), allowed_dir=self.settings.mqtt.enroll_dir)
-
-    def _cmd_enroll(self, args: dict[str, Any]) -> dict[str, Any]:
-        sku = require_str(args, "sku")
-        name = args.get("name", sku)
-        if not isinstance(name, str) or len(name) > 256:
-            raise CommandError("'name' must be a string of at most 256 characters")
-        images = self._images(args)
-        # The matcher embeds, writes the next index generation beside the current one and swaps it in;
-        # the frame loop keeps matching on the old generation meanwhile (no model lock held here).
-        result = _optional(self.matcher, "enroll")(sku, name=name, images=images)
-        return {"sku": sku, "images": len(images), "catalog_version": self.matcher.catalog_version,
-                **_as_dict(result)}
-
-    def _cmd_remove(self, args: dict[str, Any]) -> dict[str, Any]:
-        sku = require_str(args, "sku")
-        removed = _optional(self.matcher, "remove")(sku)
-        if removed is False:
-            raise CommandError(f"sku {sku!r} is not in the catalog", hint="check the sku (storelens catalog list)")
-        return {"sku": sku, "removed": True, "catalog_version": self.matcher.catalog_version}
-
-    def _cmd_search(self, args: dict[str, Any]) -> dict[str, Any]:
-        k = args.get("k", 5)
-        if not isinstance(k, int) or not 1 <= k <= 100:
-            raise CommandError("'k' must be an integer in 1..100")
-        if "text" in args:
-            text = require_str(args, "text", max_len=1000)
-            cands: Sequence[Any] = _optional(self.matcher, "search_text")(text, k)
-        elif "images" in args:
-            images = self._images(args)[:1]
-            with self._model_lock:
-                cands = self.matcher.match_vectors(self.encoder.embed(images), k)[0]
-        else:
-            raise CommandError("search needs 'text' or 'images'", hint='e.g. {"text": "oat milk"}')
-        return {"candidates": [c.to_dict() for c in cands], "catalog_version": self.matcher.catalog_version}
-
-    def _cmd_snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
-        camera = require_str(args, "camera", max_len=64)
-        frame = self._last_frames.get(camera)
-        if frame is None:
-            raise CommandError(f"no frame from camera {camera!r} yet",
-                               hint=f"cameras: {[c.name for c in self.cameras]}")
-        img = frame.image
-        if img.shape[1] > 640:
-            img = cv2.resize(img, (640, max(1, round(img.shape[0] * 640 / img.shape[1]))), interpolation=cv2.INTER_AREA)
-        ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if not ok:
-            raise CommandError("could not encode the snapshot")
-        return {"camera": camera, "ts": frame.ts, "jpeg_b64": base64.b64encode(jpg.tobytes()).decode()}
-
-
-def _optional(matcher: Any, name: str) -> Any:
-    fn = getattr(matcher, name, None)
-    if fn is None:
-        raise CommandError(f"this device's catalog does not support {name!r}",
-                           hint="use a catalog/search backend with enroll/remove/text search")
-    return fn
-
-
-def _as_dict(result: Any) -> dict[str, Any]:
-    if result is None:
-        return {}
-    if hasattr(result, "to_dict"):
-        return dict(result.to_dict())
-    return dict(result) if isinstance(result, dict) else {"result": result}
-
-
-def _pct(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 2)

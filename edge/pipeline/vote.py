@@ -20,24 +20,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edge.core.types import Candidate
+from edge.core.config import DecisionSettings
+from edge.core.types import Candidate, Thresholds, resolve_thresholds
 
 DecisionKind = Literal["known", "unknown"]
 PlanogramState = Literal["ok", "misplaced", "empty", "unknown"]
 Aggregate = Literal["mean", "max", "median"]
 
 
+_DEFAULTS = DecisionSettings()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VoteParams:
-    window: int = 5
-    min_frames: int = 2
-    agreement: float = 0.6
-    threshold: float = 0.5
-    margin: float = 0.0
-    top_k: int = 5
-    heartbeat_s: float = 30.0
-    aggregate: Aggregate = "mean"
-    empty_sku: str = "EMPTY"
+    """The ``[decision]`` settings with the thresholds resolved; defaults are the settings' defaults."""
+
+    threshold: float
+    margin: float
+    window: int = _DEFAULTS.window
+    min_frames: int = _DEFAULTS.min_frames
+    agreement: float = _DEFAULTS.agreement
+    top_k: int = _DEFAULTS.top_k
+    heartbeat_s: float = _DEFAULTS.heartbeat_s
+    aggregate: Aggregate = _DEFAULTS.aggregate
+    empty_sku: str = _DEFAULTS.empty_sku
+
+    @classmethod
+    def from_settings(cls, d: DecisionSettings, stored: Thresholds | None = None) -> VoteParams:
+        """Thresholds by :func:`~edge.core.types.resolve_thresholds`; unset ones get the ``uncalibrated_*`` values."""
+        th = resolve_thresholds(d.threshold, d.margin, stored)
+        return cls(window=d.window, min_frames=d.min_frames, agreement=d.agreement,
+                   threshold=d.uncalibrated_threshold if th.score is None else th.score,
+                   margin=d.uncalibrated_margin if th.margin is None else th.margin,
+                   top_k=d.top_k, heartbeat_s=d.heartbeat_s, aggregate=d.aggregate, empty_sku=d.empty_sku)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

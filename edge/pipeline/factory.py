@@ -1,0 +1,139 @@
+"""Building a :class:`~edge.pipeline.loop.Runtime`: from given parts, or from config with the real ones.
+
+:func:`assemble_runtime` wires what the loop needs around an encoder and a matcher: a capture
+thread per camera, a gate and a voter per region, the outbox, the broker link, the command
+router with its handlers, and optionally recommendations and label text. :func:`build_runtime`
+opens the real parts a config names (encoders, catalog store, baskets, OCR) and assembles them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from edge.comms.commands import CommandRouter
+from edge.comms.mqtt import MqttLink
+from edge.comms.outbox import Outbox
+from edge.core.config import Settings
+from edge.core.errors import StoreLensError
+from edge.models.encoders.base import ImageEncoder
+from edge.pipeline.capture import CameraThread, SourceFactory
+from edge.pipeline.gate import RegionGate
+from edge.pipeline.handlers import RuntimeCommands, recommend_handler
+from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
+from edge.pipeline.vote import RegionVoter
+from edge.recommend.service import Recommender
+from edge.text.fusion import LabelTextReranker
+
+log = logging.getLogger("storelens.runtime")
+
+
+def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matcher,
+                     sources: dict[str, SourceFactory] | None = None,
+                     encoder_loader: Callable[[], ImageEncoder] | None = None,
+                     matcher_loader: Callable[[ImageEncoder], Matcher] | None = None,
+                     out: IO[str] | None = None, outbox_path: Path | None = None,
+                     recommender: Recommender | None = None, reranker: LabelTextReranker | None = None) -> Runtime:
+    """A runtime around ``encoder`` and ``matcher``; ``sources`` replace cameras' configured sources by name."""
+    wake = threading.Event()
+    m = settings.mqtt
+    prefix = settings.topic_prefix
+    cameras = [CameraThread(settings=c, factory=(sources or {}).get(c.name), on_frame=wake.set)
+               for c in settings.cameras]
+    outbox = Outbox(path=outbox_path or settings.catalog.data_dir / "outbox.db", max_messages=m.outbox_max_messages,
+                    max_age_s=m.outbox_max_age_s, durability=m.outbox_durability)
+    link = MqttLink(settings=m, prefix=prefix, outbox=outbox,
+                    client_id=f"storelens-{settings.device.store}-{settings.device.id}") if m.enabled else None
+
+    def reply(topic: str, body: bytes) -> None:
+        if link is not None:
+            link.publish_now(topic, body, qos=1)
+
+    router = CommandRouter(prefix=prefix, reply=reply, max_bytes=m.command_max_bytes,
+                           token=m.command_token.get_secret_value() if m.command_token else None)
+    rt = Runtime(settings=settings, encoder=encoder, matcher=matcher, cameras=cameras,
+                 regions=_regions(settings, matcher), wake=wake, outbox=outbox, link=link, router=router,
+                 out=out if out is not None else sys.stdout, recommender=recommender, reranker=reranker)
+    RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
+    if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
+        attach_recommender(recommender, link=link, router=router)
+    return rt
+
+
+def attach_recommender(recommender: Recommender, *, link: MqttLink | None, router: CommandRouter) -> None:
+    """``cmd/recommend`` on the router and ``events/basket`` on the link (call before ``link.start()``).
+
+    The basket handler runs on paho's network thread: one small SQLite transaction, never raises.
+    """
+    router.register("recommend", recommend_handler(recommender))
+
+    def on_basket(_topic: str, payload: bytes, _props: Any) -> None:
+        recommender.handle_basket_message(payload)
+
+    if link is not None:
+        link.add_topic_handler(link.topic("events/basket"), on_basket)
+
+
+def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
+    """A gate and a voter per region of interest; shelf regions vote on their planned sku."""
+    params = vote_params(settings, matcher)
+    g = settings.gate
+    fpv = g.frames_per_view or settings.decision.window
+    return {c.name: [Region(c, r, RegionGate(change_threshold=g.change_threshold,
+                                             steady_frames=g.steady_frames if c.mode == "kiosk" else 0,
+                                             frames_per_view=fpv, enabled=g.enabled),
+                            RegionVoter(camera=c.name, roi=r.name, params=params,
+                                        expected_sku=r.expected_sku if c.mode == "shelf" else None))
+                     for r in c.rois]
+            for c in settings.cameras}
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The real parts the config names: the image (and, if it loads, text) encoder and the catalog store."""
+    from edge.catalog.store import Store
+    from edge.models.encoders import load_image_encoder, load_text_encoder
+    from edge.recommend.service import recommender_for
+
+    image = load_image_encoder(settings.model)
+    try:
+        text = load_text_encoder(settings.model)
+    except StoreLensError as e:  # text search is optional at a camera; say so, keep running
+        log.warning("text encoder not loaded; the search command accepts images only", extra={"error": str(e)})
+        text = None
+
+    def open_store(encoder: Any) -> Store:
+        return Store.from_settings(settings, image_encoder=encoder, text_encoder=text)
+
+    store = open_store(image)
+    return assemble_runtime(settings=settings, encoder=image, matcher=store,
+                            encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store,
+                            recommender=recommender_for(settings, store=store),
+                            reranker=label_reranker(settings, store))
+
+
+def label_reranker(settings: Settings, store: Any) -> LabelTextReranker | None:
+    """OCR + fusion for the frame loop, or None (said in the log) when it would not change a ranking.
+
+    Fusion is off unless ``storelens calibrate --fusion`` stored a non-zero OCR weight with the
+    catalog: reading labels costs CPU, and with weight 0 it cannot change a decision.
+    """
+    if not settings.ocr.enabled:
+        log.info("label text (OCR) off: ocr.enabled = false")
+        return None
+    from edge.text.fusion import load_weights
+    from edge.text.ocr.worker import start_worker
+    from edge.text.profiles import catalog_profiles
+
+    weights = load_weights(store.catalog)
+    if not weights.ocr:
+        log.info("label text (OCR) off: no fitted OCR weight; run `storelens calibrate LABELLED --fusion`",
+                 extra={"fitted_on": weights.fitted_on})
+        return None
+    names = {p.sku: p.name for p in store.catalog.products()}
+    log.info("label text (OCR) on", extra={"w_ocr": weights.ocr, "w_text": weights.text})
+    return LabelTextReranker(worker=start_worker(settings.ocr), profiles=catalog_profiles(store.catalog),
+                             weights=weights, names=names)
