@@ -1,0 +1,175 @@
+"""Shopper text search on the Grocery Store catalog: top-1/top-3 hit rate per kind, query latency.
+
+Queries: ``benchmarks/data/search_queries.tsv`` (kind, query, acceptable skus; written from a
+kiosk shopper's point of view before any tuning). A query counts as a hit at k when one of its
+acceptable products is among the first k results. The split is fixed (:func:`split_of`): a
+query is in the *tuning* half when the first byte of sha1(query) is even, else *held-out*;
+tuning looks only at the tuning half, the held-out half is what the figures claim.
+
+Catalog: every GSD product (``read_grocery_store``: title as name, English description,
+information text and Swedish description as extra text; no images) in a fresh store under a
+temporary folder, embedded by the shipped MiniLM text bundle (int8, onnxruntime, one thread).
+
+Latency: wall time of one ``Store.search_text`` call (text encoder + FTS5 + fusion), one
+thread, each query ``--repeats`` times after a warm-up; p50/p99 over all calls.
+
+    python -m benchmarks.search [--mode plain|shopper] [--json runs/search.json] [--misses]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.catalog.importers.gsd import read_grocery_store
+from edge.catalog.store import Store
+from edge.core.config import ModelSettings
+from edge.models.encoders import load_text_encoder
+
+QUERIES = Path(__file__).parent / "data" / "search_queries.tsv"
+GSD = Path("/work/shared/datasets/grocery-store")
+HALVES = ("tuning", "held-out")
+K = 3
+
+
+@dataclass(frozen=True)
+class Query:
+    kind: str
+    text: str
+    acceptable: frozenset[str]
+
+    @property
+    def half(self) -> str:
+        return split_of(self.text)
+
+
+def split_of(query: str) -> str:
+    """The fixed split: ``tuning`` when the first byte of sha1(query, UTF-8) is even, else ``held-out``."""
+    return HALVES[hashlib.sha1(query.encode("utf-8")).digest()[0] % 2]
+
+
+def read_queries(path: Path = QUERIES) -> list[Query]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        kind, text, acceptable = line.split("\t")
+        out.append(Query(kind=kind, text=text, acceptable=frozenset(acceptable.split())))
+    return out
+
+
+def build_store(root: Path, data_dir: Path, *, mode: str) -> Store:
+    """A text-only store of every GSD product (no images), MiniLM int8 text encoder on one thread."""
+    encoder = load_text_encoder(ModelSettings(threads=1))
+    store = Store(data_dir=data_dir, text_encoder=encoder, **_mode_kwargs(mode))
+    store.import_records(read_grocery_store(root, split=None, iconic=False), progress=False)
+    return store
+
+
+def _mode_kwargs(mode: str) -> dict[str, Any]:
+    return {} if mode == "plain" else {"text_search": mode}
+
+
+@dataclass
+class Outcome:
+    query: Query
+    top: list[str]
+    ms: list[float]
+
+    def hit(self, k: int) -> bool:
+        return any(sku in self.query.acceptable for sku in self.top[:k])
+
+
+def run_queries(search: Callable[[str], list[str]], queries: Sequence[Query], *, repeats: int) -> list[Outcome]:
+    for q in queries[:20]:  # warm-up: caches, first-call allocations
+        search(q.text)
+    out = [Outcome(query=q, top=[], ms=[]) for q in queries]
+    for _ in range(repeats):
+        for o in out:
+            t0 = time.perf_counter()
+            o.top = search(o.query.text)
+            o.ms.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Per half: per kind and overall {n, top1, top3}; latency p50/p99 over every call."""
+    report: dict[str, Any] = {}
+    for half in HALVES:
+        rows = [o for o in outcomes if o.query.half == half]
+        kinds = sorted({o.query.kind for o in rows})
+        report[half] = {kind: _rates([o for o in rows if o.query.kind == kind]) for kind in kinds}
+        report[half]["all"] = _rates(rows)
+    ms = np.array([t for o in outcomes for t in o.ms])
+    report["latency_ms"] = {"calls": len(ms), "p50": round(float(np.percentile(ms, 50)), 2),
+                            "p99": round(float(np.percentile(ms, 99)), 2), "max": round(float(ms.max()), 2)}
+    return report
+
+
+def _rates(rows: Sequence[Outcome]) -> dict[str, float | int]:
+    n = len(rows)
+    return {"n": n, "top1": round(sum(o.hit(1) for o in rows) / max(1, n), 3),
+            "top3": round(sum(o.hit(K) for o in rows) / max(1, n), 3)}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    kinds = [*sorted({k for half in HALVES for k in report[half] if k != "all"}), "all"]
+    print(f"{'kind':<10}" + "".join(f"{h + ' n':>14}{'top1':>7}{'top3':>7}" for h in HALVES))
+    for kind in kinds:
+        cells = ""
+        for half in HALVES:
+            r = report[half].get(kind, {"n": 0, "top1": 0.0, "top3": 0.0})
+            cells += f"{r['n']:>14}{r['top1']:>7.3f}{r['top3']:>7.3f}"
+        print(f"{kind:<10}{cells}")
+    lat = report["latency_ms"]
+    print(f"latency (one thread, {lat['calls']} calls): p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, "
+          f"max {lat['max']:.2f} ms")
+
+
+def print_misses(outcomes: Sequence[Outcome]) -> None:
+    """Top-3 misses of the tuning half only (the held-out half is not looked at query by query)."""
+    for o in outcomes:
+        if o.query.half == "tuning" and not o.hit(K):
+            print(f"MISS [{o.query.kind}] {o.query.text!r}: got {o.top[:K]} want {sorted(o.query.acceptable)[:4]}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--root", type=Path, default=GSD, help="grocery-store dataset folder")
+    ap.add_argument("--queries", type=Path, default=QUERIES)
+    ap.add_argument("--mode", default="plain", help="plain: FTS5 + MiniLM RRF as before; shopper: issue 21")
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls a query")
+    ap.add_argument("--misses", action="store_true", help="list the tuning half's top-3 misses")
+    ap.add_argument("--json", type=Path, help="write the report here")
+    args = ap.parse_args(argv)
+    queries = read_queries(args.queries)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_store(args.root, Path(tmp), mode=args.mode)
+        try:
+            outcomes = run_queries(lambda q: [r.sku for r in store.search_text(q, k=K)], queries,
+                                   repeats=args.repeats)
+        finally:
+            store.close()
+    report = {"mode": args.mode, "queries": str(args.queries), "k": K, **summarise(outcomes),
+              "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}}
+    print_report(report)
+    if args.misses:
+        print_misses(outcomes)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Shopper text search: several lexical and embedding rankings of one query, fused by weighted RRF.
+
+For a query (plan in :mod:`edge.text.query`) the rankings are:
+
+=============  ======================================================================  ========
+ranking        what                                                                    weight
+=============  ======================================================================  ========
+``bm25``       typed words + spelling variants, inflections, compounds, typo fixes      1.0
+               over the per-angle FTS5 fields (:mod:`edge.catalog.views`)
+``every``      products holding every typed word (AND), multi-word queries only        1.0
+``text``       the (typo-corrected) query embedded, nearest name+description and        1.0
+               view vectors (name, Swedish name, brand + category), best per product
+``same``       other names of the typed words (synonym file ``same``)                  0.7
+``purpose``    what a stated purpose calls for (synonym file ``purpose``)              0.7
+``text_x``     the synonyms and purposes embedded as one text                          0.5
+=============  ======================================================================  ========
+
+Expansions weigh less than typed words (a product matching what was typed outranks one
+matching a synonym only). When no typed word is in the catalog but the synonym file knew
+one, the typed embedding drops to ``text_unmatched`` (the encoder's guess for a word the
+catalog lacks, like "kefir", is noise next to the synonym's answer). RRF's constant is 15,
+not 60: with six rankings a rank-1 agreement of two must beat rank-10 presence in four.
+Weights and constant were chosen on the tuning half of ``benchmarks/data/search_queries.tsv``
+(``python -m benchmarks.search``; figures in docs/decisions.md).
+
+An exact product name (the query equal to a product's name, case and accents aside) is
+ranked as before this module existed - FTS5 BM25 over name/description/extra and the
+name + description embedding, RRF k=60 - so what works today stays exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edge.core.errors import ConfigError
+from edge.text.lexical import Vocabulary, vocabulary_of, words
+from edge.text.query import QueryPlan, plan_query
+from edge.text.synonyms import SynonymSet, load_synonyms
+
+log = logging.getLogger("storelens.search")
+
+Ranking = list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class SearchWeights:
+    """RRF weight of each ranking (module docstring), the RRF constant and the candidate pool per ranking."""
+
+    bm25: float = 1.0
+    every: float = 1.0
+    text: float = 1.0
+    same: float = 0.7
+    purpose: float = 0.7
+    text_x: float = 0.5
+    text_unmatched: float = 0.3
+    rrf_k: int = 15
+    pool: int = 20
+
+    def for_plan(self, rankings: Mapping[str, Ranking], plan: QueryPlan) -> dict[str, float]:
+        w = {k: v for k, v in asdict(self).items() if k not in ("rrf_k", "pool", "text_unmatched")}
+        if not rankings.get("bm25") and (plan.same or plan.purpose):
+            w["text"] = self.text_unmatched
+        return w
+
+
+class SearchCatalog(Protocol):
+    """What shopper search reads from the catalog (:class:`edge.catalog.db.Catalog`)."""
+
+    @property
+    def version(self) -> int: ...
+
+    def search_fields(self, match: str, k: int) -> Ranking: ...
+
+    def search_vocabulary(self) -> list[tuple[str, int]]: ...
+
+    def product_names(self) -> dict[int, str]: ...
+
+
+def name_key(text: str) -> str:
+    """How a query is compared with product names for the exact-name rule: words only, case and accents folded."""
+    return " ".join(words(text))
+
+
+class ShopperSearch:
+    """Synonyms plus the catalog's vocabulary and names, rebuilt when the catalog version changes."""
+
+    def __init__(self, catalog: SearchCatalog, *, synonyms_file: Path | None = None, default_synonyms: bool = True,
+                 weights: SearchWeights | None = None) -> None:
+        self.catalog = catalog
+        self.weights = weights or SearchWeights()
+        self.synonyms_file = synonyms_file
+        self.default_synonyms = default_synonyms
+        self.synonyms: SynonymSet = load_synonyms(synonyms_file, default=default_synonyms)
+        self._lock = threading.Lock()
+        self._cache: tuple[int, int, Vocabulary, dict[str, int]] | None = None
+
+    def reload(self) -> bool:
+        """Re-read the synonym files when one changed on disk; True if they did. A broken file keeps the old set."""
+        if not self.synonyms.changed():
+            return False
+        try:
+            fresh = load_synonyms(self.synonyms_file, default=self.default_synonyms)
+        except ConfigError as e:
+            log.error("synonyms not reloaded, the previous ones stay in use: %s (%s)", e, e.hint)
+            return False
+        with self._lock:
+            self.synonyms = fresh
+            self._cache = None
+        log.info("synonyms reloaded: %d rules from %s", len(fresh.rules), ", ".join(map(str, fresh.files)))
+        return True
+
+    def _state(self) -> tuple[Vocabulary, dict[str, int], SynonymSet]:
+        version = self.catalog.version
+        with self._lock:
+            syn = self.synonyms
+            if self._cache is None or self._cache[:2] != (version, id(syn)):
+                vocab = vocabulary_of(self.catalog.search_vocabulary(), extra=syn.words())
+                names = {name_key(n): key for key, n in sorted(self.catalog.product_names().items())}
+                self._cache = (version, id(syn), vocab, names)
+            return self._cache[2], self._cache[3], syn
+
+    def exact_name(self, query: str) -> int | None:
+        """The key of the product whose name the query is (case, accents and punctuation aside), else None."""
+        return self._state()[1].get(name_key(query))
+
+    def plan(self, query: str) -> QueryPlan:
+        vocab, _, syn = self._state()
+        return plan_query(query, vocab, syn)
+
+    def rankings(self, plan: QueryPlan, *,
+                 nearest: Callable[[str, int], Ranking] | None) -> tuple[dict[str, Ranking], dict[str, float]]:
+        """Every ranking of the plan, and their weights (``nearest``: text -> nearest products; None: no encoder)."""
+        pool = self.weights.pool
+        out: dict[str, Ranking] = {}
+        for name, match in (("bm25", plan.typed), ("every", plan.every), ("same", plan.same),
+                            ("purpose", plan.purpose)):
+            if match:
+                out[name] = self.catalog.search_fields(match, pool)
+        if nearest is not None:
+            out["text"] = nearest(plan.embed_typed, pool)
+            if plan.embed_expansion:
+                out["text_x"] = nearest(plan.embed_expansion, pool)
+        return out, self.weights.for_plan(out, plan)
