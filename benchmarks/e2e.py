@@ -117,18 +117,16 @@ class IndexMatcher:
         return False
 
     def match_vectors(self, embs: np.ndarray, k: int) -> list[list[Any]]:
+        from edge.catalog.ranking import Hits, aggregate_hits
         from edge.core.types import Candidate
 
         res = self.index.search(embs, 2 * k)
         keys, dists = np.atleast_2d(res.keys), np.atleast_2d(res.distances)
-        counts = np.atleast_1d(res.counts) if hasattr(res, "counts") else np.array([len(res.keys)])
+        counts = np.atleast_1d(res.counts) if hasattr(res, "counts") else np.array([keys.shape[1]])
         out = []
-        for row in range(len(embs)):
-            best: dict[str, float] = {}
-            for key, d in zip(keys[row][: counts[row]], dists[row][: counts[row]], strict=True):
-                sku = self.skus[int(key)] if int(key) < len(self.skus) else f"DISTRACTOR-{int(key)}"
-                best.setdefault(sku, 1.0 - float(d))
-            out.append([Candidate(s, s, sc) for s, sc in list(best.items())[:k]])
+        for row in aggregate_hits(Hits(keys, 1.0 - dists, counts), k=k, rule="max"):
+            skus = [self.skus[key] if key < len(self.skus) else f"DISTRACTOR-{key}" for key, _ in row]
+            out.append([Candidate(s, s, score) for s, (_, score) in zip(skus, row, strict=True)])
         return out
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.catalog import ranking
+from edge.catalog.ranking import Hits
 from edge.core.errors import ParityError
 
 MIN_COSINE = 0.98
@@ -26,12 +28,9 @@ def product_scores(q: np.ndarray, g: np.ndarray, g_labels: np.ndarray) -> tuple[
 
     Returns ``(products, scores)`` with ``scores[i, j]`` for query i and product ``products[j]``.
     """
-    products = np.unique(g_labels)
-    sims = q @ g.T
-    scores = np.full((len(q), len(products)), -np.inf, np.float32)
-    for j, p in enumerate(products):
-        scores[:, j] = sims[:, g_labels == p].max(axis=1)
-    return products, scores
+    hits = Hits(keys=np.broadcast_to(g_labels, (len(q), len(g_labels))), scores=q @ g.T,
+                counts=np.full(len(q), len(g_labels)))
+    return ranking.product_scores(hits, rule="max")
 
 
 def average_precision(q: np.ndarray, g: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray) -> np.ndarray:

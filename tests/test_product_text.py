@@ -50,7 +50,7 @@ def test_words_read_off_reference_photos_join_the_product_profile(store: Store, 
 def test_the_swedish_name_in_a_product_page_url_matches_a_shelf_sign(store: Store) -> None:
     """Loose fruit has an English title only; its page URL (kept in the information text) says "Ananas"."""
     store.enroll("pineapple", name="Pineapple", images=[CARTON])
-    store.set_product_text("pineapple", "information",
+    store.writer.set_product_text("pineapple", "information",
                            "Title: Pineapple Klass 1\nURL: https://www.hemkop.se/produkt/Ananas-Klass-1-100145594_ST")
     profiles = catalog_profiles(store.catalog)
     scores = profiles.score(["ananas", "varje", "dag"])  # what OCR reads off the price sign above the fruit

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.catalog.index import Hits
-from edge.catalog.ranking import aggregate_hits, rrf
+from edge.catalog.ranking import Hits, aggregate_hits, rrf
 from edge.catalog.store import Store
 from edge.core.errors import ImageError, IndexMismatchError, InputError
 from tests.encoders_for_tests import TinyImageEncoder, TrigramTextEncoder, product_image, write_jpeg
@@ -87,7 +86,7 @@ def test_hybrid_text_search_fuses_bm25_and_embeddings(store: Store) -> None:
     # a typo BM25 cannot match still finds the product through the trigram embedding
     typo = store.search_text("chocolat bar", k=1)
     assert typo[0].sku == "P2"
-    store.set_product_text("P0", "ocr", "HAVREDRYCK BARISTA")
+    store.writer.set_product_text("P0", "ocr", "HAVREDRYCK BARISTA")
     assert store.search_text("havredryck", k=1)[0].sku == "P0"
 
 
@@ -148,7 +147,7 @@ def test_rebuild_indexes_for_another_dtype(store: Store, tmp_path: Path, tiny_on
         open_store(tmp_path / "data", tiny_onnx, dtype="f16")
     # as after changing catalog.index_dtype: rebuild from the vectors kept in SQLite, no image re-read
     s = open_store(tmp_path / "data", tiny_onnx, dtype="f16", open_indexes=False)
-    s.rebuild_indexes()
+    s.writer.rebuild_indexes()
     meta = s.index_meta("image")
     assert meta is not None and (meta.dtype, meta.vectors, meta.products) == ("f16", 8, 4)
     assert s.search_image([product_image(1, noise=10)], k=1)[0][0].sku == "P1"
@@ -226,7 +225,7 @@ def test_reembed_after_an_encoder_change(store: Store, tmp_path: Path, tiny_onnx
     with pytest.raises(IndexMismatchError, match="storelens catalog reindex"):
         Store(data_dir=tmp_path / "data", image_encoder=other)
     s = Store(data_dir=tmp_path / "data", image_encoder=other, text_encoder=TrigramTextEncoder(), open_indexes=False)
-    report = s.reembed(progress=False)
+    report = s.writer.reembed(progress=False)
     assert (report.images_added, report.issues) == (8, ())
     meta = s.index_meta("image")
     assert meta is not None and (meta.fingerprint, meta.vectors) == (other.fingerprint, 8)

@@ -48,6 +48,8 @@ with contextlib.suppress(ImportError):
 
 from usearch.index import Index
 
+from edge.catalog.ranking import Hits
+from edge.core.config import CatalogSettings
 from edge.core.errors import CatalogError, IndexMismatchError
 
 Dtype = Literal["f32", "f16", "i8"]
@@ -55,10 +57,10 @@ DTYPES: tuple[str, ...] = ("f32", "f16", "i8")
 FORMAT_VERSION = 1
 # Fraction of |component| values left unclipped when choosing the i8 scale (see module doc).
 I8_QUANTILE = 0.9999
-# HNSW parameters; tuned in benchmarks/index.py (the defaults of USearch are 16 / 128 / 64).
+# HNSW graph parameters (USearch's defaults); the search breadth is a setting (catalog.expansion_search).
 DEFAULT_CONNECTIVITY = 16
 DEFAULT_EXPANSION_ADD = 128
-DEFAULT_EXPANSION_SEARCH = 64
+DEFAULT_EXPANSION_SEARCH: int = CatalogSettings.model_fields["expansion_search"].default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,15 +90,6 @@ class IndexMeta:
     def from_dict(cls, d: dict[str, Any]) -> IndexMeta:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-@dataclass(frozen=True)
-class Hits:
-    """Raw vector hits of a batch search: ``keys``/``scores`` are (N, K), ``counts`` (N,) valid columns."""
-
-    keys: np.ndarray
-    scores: np.ndarray
-    counts: np.ndarray
 
 
 def sidecar_path(directory: Path, modality: str) -> Path:

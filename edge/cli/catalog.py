@@ -9,7 +9,7 @@ from typing import Any
 
 from edge.catalog.importers.gsd import read_grocery_store
 from edge.catalog.importers.tables import detect_format, read_folder, read_table
-from edge.catalog.store import ImportReport
+from edge.catalog.writer import ImportReport
 from edge.cli.common import add_common, open_store
 from edge.core.errors import InputError
 
@@ -132,10 +132,10 @@ def run_reindex(args: argparse.Namespace) -> int:
     store = open_store(args, image=True, text=True, open_indexes=False)
     try:
         if args.reembed:
-            report = store.reembed()
+            report = store.writer.reembed()
             _print_report(report, as_json=False)
         else:
-            store.rebuild_indexes()
+            store.writer.rebuild_indexes()
         for modality in ("image", "text"):
             meta = store.index_meta(modality)
             if meta:

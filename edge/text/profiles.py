@@ -204,7 +204,7 @@ def read_reference_photos(store: Store, engine: OcrEngine, *, max_photos: int = 
         counts["photos"] += len(reads)
         text = photo_text(reads)
         counts["with_text"] += int(bool(text.strip()))
-        store.set_product_text(sku, OCR_SOURCE, text if text.strip() else None)
+        store.writer.set_product_text(sku, OCR_SOURCE, text if text.strip() else None)
     return counts
 
 
