@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edge.core.errors import CatalogError
+from edge.core.sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,6 +65,7 @@ CREATE INDEX IF NOT EXISTS vectors_by_model ON vectors(modality, fingerprint, ke
 CREATE VIRTUAL TABLE IF NOT EXISTS products_fts USING fts5(
     name, description, extra, tokenize='unicode61 remove_diacritics 2');
 """
+WRITER_WAIT_S = 30.0  # a write waits this long for another process's write (an import) to finish
 # BM25 column weights: a word in the name says more than one in the description or extra text.
 BM25_WEIGHTS = (4.0, 1.0, 1.0)
 
@@ -93,10 +95,7 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(self.path, foreign_keys=True, timeout_s=WRITER_WAIT_S)
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise CatalogError(f"cannot open catalog database {self.path}: {e}",
@@ -112,16 +111,10 @@ class Catalog:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction that bumps the catalog version once (all or nothing)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("INSERT INTO meta(key, value) VALUES('version', '1') ON CONFLICT(key) "
-                                 "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db) as db:
+            yield db
+            db.execute("INSERT INTO meta(key, value) VALUES('version', '1') ON CONFLICT(key) "
+                       "DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     @property
     def version(self) -> int:

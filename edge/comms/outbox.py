@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from edge.core.errors import StoreLensError
+from edge.core.sqlite import connect, transaction
 
 Durability = Literal["process", "power"]
 
@@ -82,9 +83,7 @@ class Outbox:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'power' else 'NORMAL'}")
+            self._db = connect(self.path, synchronous="FULL" if durability == "power" else "NORMAL")
             self._db.executescript(_SCHEMA)
             # Kept in memory so the bound check on every insert is O(1), not a table scan.
             self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
@@ -96,7 +95,7 @@ class Outbox:
             now: float | None = None) -> int:
         """Store a message (before it is published) and return its sequence number."""
         created = time.time() if now is None else now
-        with self._lock, self._tx():
+        with self._lock, transaction(self._db):
             cur = self._db.execute(
                 "INSERT INTO outbox (msg_id, topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?, ?)",
                 (msg_id, topic, payload, qos, int(retain), created))
@@ -115,7 +114,7 @@ class Outbox:
 
     def ack(self, seq: int) -> bool:
         """The broker acknowledged ``seq``: forget it. False when it was already gone (dropped or acked)."""
-        with self._lock, self._tx():
+        with self._lock, transaction(self._db):
             n = self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
             if n:
                 self._bump("delivered", n)
@@ -125,7 +124,7 @@ class Outbox:
     def prune(self, now: float | None = None) -> int:
         """Drop messages older than ``max_age_s`` (counted); returns how many were dropped."""
         cutoff = (time.time() if now is None else now) - self.max_age_s
-        with self._lock, self._tx():
+        with self._lock, transaction(self._db):
             n = self._db.execute("DELETE FROM outbox WHERE created < ?", (cutoff,)).rowcount
             if n:
                 self._bump("dropped_age", n)
@@ -145,12 +144,6 @@ class Outbox:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _tx(self) -> sqlite3.Connection:
-        # sqlite3.Connection as a context manager commits/rolls back; with isolation_level=None we
-        # open the transaction ourselves so that insert + counters + bound are one atomic write.
-        self._db.execute("BEGIN IMMEDIATE")
-        return _Commit(self._db)  # type: ignore[return-value]
-
     def _bump(self, name: str, n: int) -> None:
         self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
 
@@ -161,16 +154,3 @@ class Outbox:
                                  (excess,)).rowcount
             self._bump("dropped_full", n)
             self._depth -= n
-
-
-class _Commit:
-    """Commit on success, roll back on error (the transaction was opened by ``_tx``)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._db
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.core.errors import ConfigError, InputError
+from edge.core.sqlite import BUSY_TIMEOUT_S, connect, transaction
 
 log = logging.getLogger("storelens.baskets")
 
@@ -45,6 +46,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 FUTURE_SKEW_S = 300.0  # clocks of store systems may be this far ahead of ours
 _REBASE_EXPONENT = 64.0  # rescale stored weights once a new basket would weigh 2**64 times t_ref
 _MAX_TEXT = 128
+PRUNE_EVERY = 1000  # accepted baskets between prunes of expired ids
 
 
 class BasketRejected(InputError):
@@ -208,7 +210,7 @@ class BasketStore:
     """Durable, incremental, time-decayed basket statistics in one SQLite file (thread-safe)."""
 
     def __init__(self, *, path: Path, half_life_s: float | None, dedup_window_s: float, max_items: int,
-                 clock: Callable[[], float] = time.time, busy_timeout_s: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.half_life_s = half_life_s
         self.dedup_window_s = dedup_window_s
@@ -217,10 +219,7 @@ class BasketStore:
         self._lock = threading.RLock()  # re-entered by _reject inside add()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                       timeout=busy_timeout_s)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(self.path, timeout_s=busy_timeout_s)
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"basket database {self.path} cannot be opened: {e}",
@@ -273,27 +272,31 @@ class BasketStore:
         if basket.ts > now + FUTURE_SKEW_S:
             return self._reject("future", basket.id, f"basket {basket.id} is dated {basket.ts - now:.0f} s ahead")
         with self._lock:
-            with self._db:  # one transaction: the id, the counts and the version, or nothing
-                self._db.execute("BEGIN IMMEDIATE")
-                if self._db.execute("INSERT OR IGNORE INTO seen VALUES(?, ?)", (basket.id, basket.ts)).rowcount == 0:
-                    self._db.execute("ROLLBACK")
-                    return self._reject("duplicate", basket.id, f"basket {basket.id} was already counted")
-                w = self._weight(basket.ts)
-                self._db.executemany("INSERT INTO items VALUES(?, ?) ON CONFLICT(sku) DO UPDATE SET w = w + excluded.w",
-                                     [(s, w) for s in basket.skus])
-                self._db.executemany("INSERT INTO pairs VALUES(?, ?, ?) ON CONFLICT(a, b) DO UPDATE SET w = w + "
-                                     "excluded.w", [(a, b, w) for a, b in permutations(basket.skus, 2)])
-                self._set_meta("total", (self._meta("total") or 0.0) + w)
-                self._set_meta("version", self._version + 1)
-                self._bump("accepted")
-                self._accepted_since_prune += 1
-                if self._accepted_since_prune >= 1000:
-                    self._prune_seen(now)
+            with transaction(self._db) as db:  # one transaction: the id, the counts and the version, or nothing
+                fresh = db.execute("INSERT OR IGNORE INTO seen VALUES(?, ?)", (basket.id, basket.ts)).rowcount > 0
+                if fresh:
+                    self._count(basket, now)
+            if not fresh:
+                return self._reject("duplicate", basket.id, f"basket {basket.id} was already counted")
             self._version += 1  # after the commit, under the lock: a snapshot and the version agree
         return IngestResult(accepted=True, basket_id=basket.id, items=len(basket.skus))
 
+    def _count(self, basket: Basket, now: float) -> None:
+        """Add one basket's (decayed) weight to its items and pairs, inside the caller's transaction."""
+        w = self._weight(basket.ts)
+        self._db.executemany("INSERT INTO items VALUES(?, ?) ON CONFLICT(sku) DO UPDATE SET w = w + excluded.w",
+                             [(s, w) for s in basket.skus])
+        self._db.executemany("INSERT INTO pairs VALUES(?, ?, ?) ON CONFLICT(a, b) DO UPDATE SET w = w + "
+                             "excluded.w", [(a, b, w) for a, b in permutations(basket.skus, 2)])
+        self._set_meta("total", (self._meta("total") or 0.0) + w)
+        self._set_meta("version", self._version + 1)
+        self._bump("accepted")
+        self._accepted_since_prune += 1
+        if self._accepted_since_prune >= PRUNE_EVERY:
+            self._prune_seen(now)
+
     def _reject(self, reason: str, basket_id: str | None, message: str) -> IngestResult:
-        with self._lock, self._db:
+        with self._lock, transaction(self._db):
             self._bump(reason)
         # replays are routine (POS re-sends after an outage): counted, logged quietly
         level = logging.DEBUG if reason == "duplicate" else logging.WARNING
@@ -345,8 +348,7 @@ class BasketStore:
 
     def snapshot(self, now: float | None = None) -> Cooccurrence:
         """The decayed statistics as of ``now`` (default: the clock), read in one transaction."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
+        with self._lock, transaction(self._db, mode="DEFERRED"):
             items = self._db.execute("SELECT sku, w FROM items").fetchall()
             pairs = self._db.execute("SELECT a, b, w FROM pairs").fetchall()
             total = self._meta("total") or 0.0
