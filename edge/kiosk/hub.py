@@ -1,0 +1,130 @@
+"""What the kiosk screen shows, built from the runtime's match messages: one state per screen.
+
+:class:`KioskHub` turns a ``match`` message (plus the region crop and the view id, which the
+runtime knows and the message does not carry) into a ``decision`` event for the page:
+
+- ``empty``: the decision is the catalog's empty-tray entry (``decision.empty_sku``), or an
+  unknown view whose best candidate is that entry — the screen says "nothing on the tray";
+- ``known``: the product's card, and the other candidates (for "not this product?");
+- ``unknown``: the top candidates as cards ("is it one of these?").
+
+It remembers the last few decisions (with their crops) so a confirmation can name the match
+it answers, and the views a shopper confirmed: later decisions and heartbeats of a confirmed
+view keep showing the confirmed product (the shopper's word wins for that view).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.kiosk.cards import ProductCards
+
+RECENT_MATCHES = 32  # decisions a confirmation may still answer (with their crops in memory)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShownMatch:
+    """A decision the screen showed, kept so that a tap can confirm it."""
+
+    match_id: str
+    view_id: str | None
+    camera: str
+    roi: str
+    decision: str
+    predicted_sku: str | None
+    catalog_version: str | None
+    crop: np.ndarray | None
+
+
+class KioskHub:
+    """Builds page events from decisions for one camera; thread-safe (runtime thread in, server thread out)."""
+
+    def __init__(self, cards: ProductCards, *, camera: str | None, empty_sku: str, candidates: int = 4) -> None:
+        self.cards = cards
+        self.camera = camera  # None: the first camera a decision comes from
+        self.empty_sku = empty_sku
+        self.candidates = candidates
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[str, ShownMatch] = OrderedDict()
+        self._confirmed: OrderedDict[str, str] = OrderedDict()  # view id -> confirmed sku
+        self._current: dict[str, Any] | None = None
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        """The last decision event (what a page that connects now is shown first)."""
+        with self._lock:
+            return self._current
+
+    def match(self, match_id: str) -> ShownMatch | None:
+        with self._lock:
+            return self._recent.get(match_id)
+
+    def on_match(self, msg: dict[str, Any], *, crop: np.ndarray | None = None,
+                 view_id: str | None = None) -> dict[str, Any] | None:
+        """The page event for a ``match`` message, or None when it is not this screen's camera."""
+        camera = str(msg.get("camera", ""))
+        with self._lock:
+            if self.camera is None:
+                self.camera = camera
+            if camera != self.camera:
+                return None
+            confirmed = self._confirmed.get(view_id) if view_id else None
+        cands = list(msg.get("candidates") or [])
+        top = str(cands[0]["sku"]) if cands else None
+        shown = ShownMatch(match_id=str(msg["id"]), view_id=view_id, camera=camera, roi=str(msg.get("roi", "")),
+                           decision=str(msg.get("decision")), predicted_sku=top if msg.get("decision") == "known"
+                           else None, catalog_version=_opt_str(msg.get("catalog_version")),
+                           crop=None if crop is None else np.array(crop, copy=True))
+        event = self._event(shown, cands, confirmed_sku=confirmed, heartbeat=bool(msg.get("heartbeat")),
+                            ts=float(msg.get("ts", time.time())))
+        with self._lock:
+            self._recent[shown.match_id] = shown
+            while len(self._recent) > RECENT_MATCHES:
+                self._recent.popitem(last=False)
+            self._current = event
+        return event
+
+    def on_confirmed(self, shown: ShownMatch, sku: str) -> dict[str, Any]:
+        """Remember that the shopper confirmed ``sku`` for this view; the event that now shows it."""
+        with self._lock:
+            if shown.view_id:
+                self._confirmed[shown.view_id] = sku
+                while len(self._confirmed) > RECENT_MATCHES:
+                    self._confirmed.popitem(last=False)
+        event = self._event(shown, [], confirmed_sku=sku, heartbeat=False, ts=time.time())
+        with self._lock:
+            if self._current is None or self._current.get("view_id") == shown.view_id \
+                    or self._current.get("match_id") == shown.match_id:
+                self._current = event
+        return event
+
+    def _event(self, shown: ShownMatch, cands: list[dict[str, Any]], *, confirmed_sku: str | None,
+               heartbeat: bool, ts: float) -> dict[str, Any]:
+        top = str(cands[0]["sku"]) if cands else None
+        others = [c for c in cands if str(c["sku"]) != self.empty_sku]
+        product = None
+        if confirmed_sku is not None:
+            kind, product = "known", self.cards.card(confirmed_sku)
+        elif top == self.empty_sku or (shown.decision == "known" and top is None):
+            kind = "empty"
+        elif shown.decision == "known" and top is not None:
+            kind, product = "known", self.cards.card(top, name=str(cands[0].get("name", top)))
+            others = others[1:]
+        else:
+            kind = "unknown"
+        return {"type": "decision", "match_id": shown.match_id, "view_id": shown.view_id, "camera": shown.camera,
+                "roi": shown.roi, "kind": kind, "product": product, "confirmed": confirmed_sku is not None,
+                "candidates": [c for c in (self.cards.card(str(o["sku"]), name=str(o.get("name", "")),
+                                                           score=o.get("score")) for o in others) if c is not None]
+                [: self.candidates],
+                "heartbeat": heartbeat, "ts": round(ts, 3), "emitted_ms": round(time.time() * 1000, 1)}
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)

@@ -1,0 +1,100 @@
+"""The kiosk screen as the runtime sees it: built from config, fed decisions, started and stopped.
+
+:func:`create_screen` wires the parts for a :class:`~edge.core.config.Settings` whose
+``[kiosk_screen]`` is enabled: product cards from the catalog, the hub (decisions -> page
+events), the page's three actions, the confirmations store under
+``<catalog.data_dir>/confirmations/`` and the aiohttp server. The runtime calls
+:meth:`KioskScreen.on_decision` for every match message it publishes (with the region crop and
+the view id), :meth:`~KioskScreen.start` after its broker link, :meth:`~KioskScreen.stop` on
+shutdown. Recommendations are computed after a decision is on the page, on the server's
+worker threads, so they never delay the decision itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge.core.errors import ConfigError
+from edge.kiosk.actions import KioskActions, Publish, SearchFn
+from edge.kiosk.cards import ProductCards
+from edge.kiosk.confirmations import ConfirmationStore
+from edge.kiosk.hub import KioskHub
+from edge.kiosk.labels import LOCALES, labels_for
+from edge.kiosk.server import KioskServer, LinkStatus, PageConfig
+
+if TYPE_CHECKING:
+    from edge.core.config import Settings
+
+log = logging.getLogger("storelens.kiosk")
+
+
+class KioskScreen:
+    """One kiosk page for one camera; see the module docstring."""
+
+    def __init__(self, *, hub: KioskHub, actions: KioskActions, server: KioskServer,
+                 confirmations: ConfirmationStore) -> None:
+        self.hub = hub
+        self.actions = actions
+        self.server = server
+        self.confirmations = confirmations
+        actions.set_event_sink(self.push)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.confirmations.close()
+
+    def on_decision(self, msg: dict[str, Any], *, crop: np.ndarray | None = None, view_id: str | None = None) -> None:
+        """A published ``match`` message: to the page now (cheap: a few catalog reads), recommendations after."""
+        event = self.hub.on_match(msg, crop=crop, view_id=view_id)
+        if event is not None:
+            self.push(event)
+
+    def push(self, event: dict[str, Any]) -> None:
+        """Send a decision event to the page; for a shown product, its recommendations follow."""
+        self.server.broadcast(event)
+        product = event.get("product")
+        if event.get("kind") == "known" and product and not event.get("heartbeat"):
+            match_id, sku = str(event["match_id"]), str(product["sku"])
+            self.server.background(lambda: self.actions.recommendation_event(match_id, sku))
+
+
+def create_screen(settings: Settings, *, catalog: Any, publish: Publish, search: SearchFn | None = None,
+                  recommender: Any | None = None, link_status: LinkStatus | None = None) -> KioskScreen:
+    """The kiosk screen ``settings.kiosk_screen`` describes, over ``catalog`` (an :class:`edge.catalog.db.Catalog`).
+
+    ``publish(suffix, message)`` sends a result under the topic prefix through the outbox;
+    ``search(query, k)`` is the catalog's hybrid text search; ``link_status()`` says whether the
+    broker link is ``online``, ``offline`` or ``off``.
+    """
+    ks = settings.kiosk_screen
+    cameras = [c.name for c in settings.cameras]
+    kiosk_cams = [c.name for c in settings.cameras if c.mode == "kiosk"]
+    if ks.camera is not None and ks.camera not in cameras:
+        raise ConfigError(f"kiosk_screen.camera = {ks.camera!r} is not a configured camera",
+                          hint=f"use one of {cameras} (or leave it empty for the first kiosk camera)")
+    camera = ks.camera or (kiosk_cams[0] if kiosk_cams else None)
+    data_dir = settings.catalog.data_dir
+    cards = ProductCards(catalog, data_dir=data_dir, hidden=frozenset({settings.decision.empty_sku}))
+    hub = KioskHub(cards, camera=camera, empty_sku=settings.decision.empty_sku, candidates=ks.candidates)
+    confirmations = ConfirmationStore(data_dir / "confirmations", max_items=ks.confirmations_max)
+    token = settings.mqtt.command_token.get_secret_value() if settings.mqtt.command_token else None
+    actions = KioskActions(hub=hub, cards=cards, confirmations=confirmations, publish=publish,
+                           device=settings.device.id, search=search, recommender=recommender,
+                           max_bytes=min(ks.max_request_bytes, settings.mqtt.command_max_bytes), token=token,
+                           results=ks.search_results, recommendations=ks.recommendations)
+    page = PageConfig(language=ks.language, locale=LOCALES[ks.language], labels=labels_for(ks.language),
+                      currency=ks.currency, device=settings.device.id,
+                      title=ks.title or settings.device.store, token_required=token is not None)
+    server = KioskServer(host=ks.host, port=ks.port, hub=hub, actions=actions, cards=cards, page=page,
+                         link_status=link_status)
+    return KioskScreen(hub=hub, actions=actions, server=server, confirmations=confirmations)

@@ -1,0 +1,259 @@
+"""The kiosk screen's parts without a browser: confirmations store, page events, the page's three verbs
+(with the MQTT command validation), and the HTTP server (real aiohttp on a loopback port)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from benchmarks._broker import free_port
+from edge.catalog.db import Catalog, Product
+from edge.kiosk.actions import CONFIRM_SCHEMA, KioskActions
+from edge.kiosk.cards import ProductCards, location_of
+from edge.kiosk.confirmations import ConfirmationStore
+from edge.kiosk.hub import KioskHub
+from edge.kiosk.labels import LABELS, LOCALES, labels_for
+from edge.kiosk.server import STATIC_DIR, KioskServer, PageConfig
+
+PRODUCTS = [("COLA", "Fizzy Cola", 14.9, "Aisle 3", {}), ("OATS", "Morning Oats", 32.5, None, {"aisle": 5}),
+            ("TEA", "Mint Tea", None, None, {}), ("EMPTY", "Empty tray", None, None, {})]
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    cat = Catalog(tmp_path / "catalog.db")
+    with cat.transaction() as db:
+        for sku, name, price, loc, attrs in PRODUCTS:
+            key = cat.upsert_product(db, Product(key=0, sku=sku, name=name, price=price, location=loc,
+                                                 attributes=attrs))
+            img = tmp_path / f"{sku}.jpg"
+            cv2.imwrite(str(img), np.full((300, 400, 3), (40, 90, 200), np.uint8))
+            cat.add_image(db, key, str(img))
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def parts(tmp_path: Path, catalog: Catalog) -> dict[str, Any]:
+    cards = ProductCards(catalog, hidden=frozenset({"EMPTY"}))
+    hub = KioskHub(cards, camera="cam", empty_sku="EMPTY", candidates=3)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    store = ConfirmationStore(tmp_path / "confirmations", max_items=3)
+    actions = KioskActions(hub=hub, cards=cards, confirmations=store, publish=lambda t, m: sent.append((t, m)),
+                           device="d1", search=lambda q, k: [p for p in catalog.products() if q.lower() in
+                                                             p.name.lower()][:k], max_bytes=2048)
+    return {"cards": cards, "hub": hub, "sent": sent, "store": store, "actions": actions}
+
+
+def match(decision: str, skus: list[str], *, camera: str = "cam", heartbeat: bool = False) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "camera": camera, "roi": "tray", "decision": decision, "ts": 1.0,
+            "heartbeat": heartbeat, "catalog_version": 7,
+            "candidates": [{"sku": s, "name": s, "score": 0.9 - 0.1 * i} for i, s in enumerate(skus)]}
+
+
+def test_confirmations_are_bounded_with_their_crops(tmp_path: Path) -> None:
+    store = ConfirmationStore(tmp_path / "c", max_items=2)
+    crop = np.full((20, 30, 3), 200, np.uint8)
+    made = [store.add(match_id=f"{i:08x}", view_id=f"v{i}", camera="cam", roi="tray", sku="COLA", decision="unknown",
+                      predicted_sku=None, source="candidate", crop=crop, catalog_version=3) for i in range(3)]
+    assert store.count() == 2 and [c.id for c in store.recent()] == [made[2].id, made[1].id]
+    assert not (store.crops_dir / str(made[0].crop)).exists()  # the dropped one's crop went with it
+    loaded = store.load_crop(made[2])
+    assert loaded is not None and loaded.shape == (20, 30, 3)
+    assert [c.id for c in store.iter_all(sku="COLA")] == [made[1].id, made[2].id]
+    assert store.delete([made[1].id]) == 1 and store.count() == 1
+    no_crop = store.add(match_id="ab" * 8, view_id=None, camera="cam", roi="tray", sku="TEA", decision="known",
+                        predicted_sku="COLA", source="search")
+    assert no_crop.crop is None and no_crop.corrected and store.load_crop(no_crop) is None
+    store.close()
+    assert ConfirmationStore(tmp_path / "c", max_items=2).count() == 2  # kept on disk
+
+
+def test_cards_and_location(parts: dict[str, Any], catalog: Catalog) -> None:
+    cards: ProductCards = parts["cards"]
+    assert cards.card("COLA") == {"sku": "COLA", "name": "Fizzy Cola", "price": 14.9, "location": "Aisle 3",
+                                  "image": "/img/COLA"}
+    oats = catalog.get("OATS")
+    assert oats is not None and location_of(oats) == "Aisle 5"
+    assert cards.card("EMPTY") is None and cards.photo("EMPTY") is None
+    photo = cards.photo("COLA")
+    assert photo is not None and photo[:2] == b"\xff\xd8"
+    decoded = cv2.imdecode(np.frombuffer(photo, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and max(decoded.shape[:2]) <= 640
+
+
+def test_hub_events_known_unknown_empty_and_other_cameras(parts: dict[str, Any]) -> None:
+    hub: KioskHub = parts["hub"]
+    known = hub.on_match(match("known", ["COLA", "OATS", "EMPTY", "TEA"]), view_id="v1")
+    assert known is not None and known["kind"] == "known" and known["product"]["name"] == "Fizzy Cola"
+    assert [c["sku"] for c in known["candidates"]] == ["OATS", "TEA"]  # alternatives, never the empty entry
+    unknown = hub.on_match(match("unknown", ["TEA", "EMPTY", "OATS", "COLA"]), view_id="v2")
+    assert unknown is not None and unknown["kind"] == "unknown" and unknown["product"] is None
+    assert [c["sku"] for c in unknown["candidates"]] == ["TEA", "OATS", "COLA"]
+    for m in (match("known", ["EMPTY", "COLA"]), match("unknown", ["EMPTY", "TEA"])):
+        ev = hub.on_match(m, view_id="v3")
+        assert ev is not None and ev["kind"] == "empty"
+    assert hub.on_match(match("known", ["COLA"], camera="other")) is None
+    assert hub.current is not None and hub.current["view_id"] == "v3"
+
+
+def test_confirm_publishes_keeps_and_sticks_to_the_view(parts: dict[str, Any]) -> None:
+    hub: KioskHub = parts["hub"]
+    actions: KioskActions = parts["actions"]
+    events: list[dict[str, Any]] = []
+    actions.set_event_sink(events.append)
+    m = match("unknown", ["TEA", "OATS"])
+    hub.on_match(m, view_id="v9", crop=np.zeros((8, 8, 3), np.uint8))
+    status, reply = actions.handle("confirm", json.dumps({"match_id": m["id"], "sku": "OATS"}).encode())
+    assert status == 200 and reply["ok"], reply
+    ((topic, msg),) = parts["sent"]
+    assert topic == "cam/confirm" and msg["schema"] == CONFIRM_SCHEMA
+    assert (msg["match_id"], msg["view_id"], msg["sku"], msg["decision"], msg["crop_kept"]) == \
+        (m["id"], "v9", "OATS", "unknown", True)
+    (kept,) = parts["store"].recent()
+    assert (kept.id, kept.sku, kept.view_id) == (msg["id"], "OATS", "v9")
+    assert events[-1]["kind"] == "known" and events[-1]["confirmed"] and events[-1]["product"]["sku"] == "OATS"
+    heartbeat = hub.on_match(match("unknown", ["TEA"], heartbeat=True), view_id="v9")
+    assert heartbeat is not None and heartbeat["confirmed"] and heartbeat["product"]["sku"] == "OATS"
+
+
+@pytest.mark.parametrize(("verb", "body", "status", "error"), [
+    ("confirm", {"match_id": "0" * 32, "sku": "COLA"}, 400, "not one the screen showed"),
+    ("confirm", {"match_id": "../../etc", "sku": "COLA"}, 400, "not a match id"),
+    ("search", {"q": "x" * 201}, 400, "at most 200"),
+    ("search", {"q": "cola", "k": 1000}, 400, "from 1 to 24"),
+    ("recommend", {"sku": "EMPTY"}, 400, "not a product"),
+    ("enroll", {"sku": "NEW", "name": "x", "images": []}, 400, "unknown command"),
+    ("remove", {"sku": "COLA"}, 400, "unknown command"),
+    ("reload", {}, 400, "unknown command"),
+])
+def test_page_requests_get_command_validation(parts: dict[str, Any], verb: str, body: dict[str, Any], status: int,
+                                              error: str) -> None:
+    got, reply = parts["actions"].handle(verb, json.dumps(body).encode())
+    assert (got, reply["ok"]) == (status, False) and error in reply["error"]
+
+
+def test_size_limit_and_token(tmp_path: Path, parts: dict[str, Any]) -> None:
+    actions: KioskActions = parts["actions"]
+    status, reply = actions.handle("search", json.dumps({"q": "a" * 3000}).encode())
+    assert status == 413 and "exceeds the limit of 2048" in reply["error"]
+    guarded = KioskActions(hub=parts["hub"], cards=parts["cards"], confirmations=parts["store"],
+                           publish=lambda t, m: None, device="d1", search=lambda q, k: [], token="s3cret")
+    assert guarded.handle("search", b'{"q": "cola"}')[0] == 403
+    assert guarded.handle("search", b'{"q": "cola", "token": "nope"}')[0] == 403
+    assert guarded.handle("search", b'{"q": "cola", "token": "s3cret"}')[0] == 200
+
+
+def test_search_results_are_cards(parts: dict[str, Any]) -> None:
+    status, reply = parts["actions"].handle("search", b'{"q": "a"}')
+    assert status == 200
+    assert [c["sku"] for c in reply["result"]["results"]] == ["COLA", "OATS", "TEA"]  # the empty entry left out
+
+
+def test_every_language_has_every_label() -> None:
+    assert set(LABELS) == set(LOCALES) == {"en", "sv"}
+    assert all(set(words) == set(LABELS["en"]) and all(words.values()) for words in LABELS.values())
+    assert labels_for("xx") == LABELS["en"]
+    html = (STATIC_DIR / "index.html").read_text()
+    used = {part.split('"')[1] for part in html.split("data-label=")[1:]}
+    assert used <= set(LABELS["en"])
+    assert "http" not in html.replace("http-equiv", "") and "//" not in (STATIC_DIR / "kiosk.css").read_text()
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_server_routes_headers_and_guards(parts: dict[str, Any]) -> None:
+    page = PageConfig(language="sv", locale="sv-SE", labels=labels_for("sv"), currency="SEK", device="d1",
+                      title="Butik </script>")
+    srv = KioskServer(host="127.0.0.1", port=free_port(), hub=parts["hub"], actions=parts["actions"],
+                      cards=parts["cards"], page=page)
+    srv.start()
+    try:
+        status, body, headers = _get(srv.url)
+        html = body.decode()
+        assert status == 200 and '<html lang="sv">' in html and "Inget på brickan" in html
+        assert "</script>\"" not in html and "default-src 'self'" in headers["Content-Security-Policy"]
+        assert _get(srv.url + "static/kiosk.js")[0] == 200 and _get(srv.url + "static/../server.py")[0] == 404
+        status, photo, headers = _get(srv.url + "img/COLA")
+        assert status == 200 and headers["Content-Type"] == "image/jpeg" and photo[:2] == b"\xff\xd8"
+        assert _get(srv.url + "img/NOPE")[0] == 404 and _get(srv.url + "img/EMPTY")[0] == 404
+        assert _post(srv.url + "api/search", b'{"q": "oats"}')[1]["result"]["results"][0]["sku"] == "OATS"
+        assert _post(srv.url + "api/enroll", b"{}")[0] == 404
+        assert _post(srv.url + "api/search", b"x" * 5000)[0] == 413
+        assert _get(srv.url, {"Host": "evil.example:80"})[0] == 403  # DNS rebinding
+        assert _post(srv.url + "api/search", b'{"q": "oats"}', {"Origin": "http://evil.example"})[0] == 403
+    finally:
+        srv.stop()
+
+
+def test_events_stream_hello_then_decisions(parts: dict[str, Any]) -> None:
+    page = PageConfig(language="en", locale="en-GB", labels=labels_for("en"), currency="SEK", device="d1", title="t")
+    srv = KioskServer(host="127.0.0.1", port=free_port(), hub=parts["hub"], actions=parts["actions"],
+                      cards=parts["cards"], page=page, link_status=lambda: "online")
+    srv.start()
+    try:
+        with urllib.request.urlopen(srv.url + "events", timeout=5) as stream:
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            lines = iter(stream)
+            assert next(lines) == b"retry: 1000\n"
+            hello = _next_event(lines)
+            assert hello["type"] == "hello" and hello["state"] is None
+            event = parts["hub"].on_match(match("known", ["COLA"]), view_id="v1")
+            srv.broadcast(event)
+            got = _next_event(lines)
+            if got["type"] == "link":  # the broker state, unless the hello already carried it
+                assert got["broker"] == "online"
+                got = _next_event(lines)
+            assert got["type"] == "decision" and got["product"]["sku"] == "COLA"
+    finally:
+        srv.stop()
+
+
+def _next_event(lines: Iterator[bytes]) -> dict[str, Any]:
+    for line in lines:
+        if line.startswith(b"data: "):
+            return dict(json.loads(line[6:]))
+    raise AssertionError("stream ended")
+
+
+def test_port_in_use_is_a_config_error(parts: dict[str, Any]) -> None:
+    from edge.core.errors import ConfigError
+
+    page = PageConfig(language="en", locale="en-GB", labels=labels_for("en"), currency="SEK", device="d1", title="t")
+    port = free_port()
+    first = KioskServer(host="127.0.0.1", port=port, hub=parts["hub"], actions=parts["actions"],
+                        cards=parts["cards"], page=page)
+    first.start()
+    try:
+        second = KioskServer(host="127.0.0.1", port=port, hub=parts["hub"], actions=parts["actions"],
+                             cards=parts["cards"], page=page)
+        with pytest.raises(ConfigError, match=r"kiosk_screen\.port"):
+            second.start()
+    finally:
+        first.stop()
