@@ -25,6 +25,9 @@ from edge.core.types import Calibration, Candidate
 if TYPE_CHECKING:
     from edge.catalog.store import Store
 
+DEFAULT_TARGET = 0.95  # share of known-product queries the chosen thresholds accept
+DEFAULT_HOLDOUT = 0.2  # share of enrolled products treated as not enrolled
+
 
 @dataclass(frozen=True)
 class QueryScores:
@@ -103,7 +106,7 @@ def read_labelled(source: Path, *, classes: Path | None = None) -> list[tuple[Pa
     """Labelled query images: a split file (``path, fine_label, ...``, labels mapped to skus through
     ``classes.csv`` beside it, as the Grocery Store importer names products) or a ``<root>/<sku>/*.jpg`` folder."""
     if source.is_dir():
-        from edge.catalog.importers.tables import IMAGE_SUFFIXES
+        from edge.models.preprocess import IMAGE_SUFFIXES
 
         return [(p, sub.name) for sub in sorted(d for d in source.iterdir() if d.is_dir())
                 for p in sorted(sub.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -127,8 +130,8 @@ def read_labelled(source: Path, *, classes: Path | None = None) -> list[tuple[Pa
     return out
 
 
-def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, target: float = 0.95,
-                    holdout: float = 0.2, seed: int = 0, batch: int = 32,
+def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, target: float = DEFAULT_TARGET,
+                    holdout: float = DEFAULT_HOLDOUT, seed: int = 0, batch: int = 32,
                     progress: bool = True) -> tuple[Calibration, list[str]]:
     """Embed labelled images, simulate held-out products, choose thresholds. Returns (result, problems)."""
     from tqdm import tqdm

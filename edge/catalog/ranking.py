@@ -28,6 +28,7 @@ import numpy as np
 from edge.core.types import Candidate
 
 Aggregate = Literal["max", "mean"]
+DEFAULT_K = 5  # products a search returns when the caller does not say
 MEAN_TOP = 3
 RRF_K = 60
 

@@ -20,7 +20,7 @@ import numpy as np
 from edge.catalog import index as ix
 from edge.catalog.db import Catalog
 from edge.catalog.importers.tables import ImportIssue, ProductRecord
-from edge.catalog.ranking import Aggregate, Ranked, aggregate_hits, rrf
+from edge.catalog.ranking import DEFAULT_K, Aggregate, Ranked, aggregate_hits, rrf
 from edge.catalog.writer import IMAGE, TEXT, CatalogWriter, ImportReport
 from edge.core.config import CatalogSettings
 from edge.core.errors import InputError
@@ -152,17 +152,17 @@ class Store:
         """Batched image matching of already embedded crops: per row, up to ``k`` products best first."""
         return [[r.candidate() for r in row] for row in self._image_ranked(embs, k)]
 
-    def search_image(self, images: Sequence[np.ndarray], k: int = 5) -> list[list[Ranked]]:
+    def search_image(self, images: Sequence[np.ndarray], k: int = DEFAULT_K) -> list[list[Ranked]]:
         """Embed BGR images and rank products for each."""
         if self.image_encoder is None:
             raise InputError("no image encoder is loaded", hint="configure model.image_bundle")
         return self._image_ranked(self.image_encoder.embed(list(images)), k)
 
-    def search_text(self, query: str, k: int = 5) -> list[Ranked]:
+    def search_text(self, query: str, k: int = DEFAULT_K) -> list[Ranked]:
         """Hybrid text search: FTS5 BM25 and text-embedding rankings fused by reciprocal rank fusion."""
         return self._fuse(self._text_rankings(query, k), k)
 
-    def search(self, *, image: np.ndarray | None = None, text: str | None = None, k: int = 5) -> list[Ranked]:
+    def search(self, *, image: np.ndarray | None = None, text: str | None = None, k: int = DEFAULT_K) -> list[Ranked]:
         """Image, text, or both fused (RRF over the image ranking, BM25 and text embedding)."""
         if image is None and not text:
             raise InputError("nothing to search for", hint="give an image, a text query, or both")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.catalog.calibration import read_labelled, run_calibration
+from edge.catalog.calibration import DEFAULT_HOLDOUT, DEFAULT_TARGET, read_labelled, run_calibration
 from edge.cli.common import add_common, open_store
 
 
@@ -22,8 +22,10 @@ def register(sub: Any) -> None:
     p.add_argument("labelled", type=Path, help="split file (`path, class_id, ...` + classes.csv beside it) or "
                    "<root>/<sku>/*.jpg folder")
     p.add_argument("--classes", type=Path, default=None, help="classes.csv for a split file (default: beside it)")
-    p.add_argument("--target", type=float, default=0.95, help="share of known-product photos to accept (0.95)")
-    p.add_argument("--holdout", type=float, default=0.2, help="share of enrolled products to hold out (0.2)")
+    p.add_argument("--target", type=float, default=DEFAULT_TARGET,
+                   help=f"share of known-product photos to accept ({DEFAULT_TARGET})")
+    p.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT,
+                   help=f"share of enrolled products to hold out ({DEFAULT_HOLDOUT})")
     p.add_argument("--seed", type=int, default=0, help="which products are held out")
     p.add_argument("--dry-run", action="store_true", help="report, do not store the thresholds")
     p.add_argument("--fusion", action="store_true", help="also fit the OCR fusion weight (edge.text.fusion) on the "

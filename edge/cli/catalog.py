@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.catalog.importers.gsd import read_grocery_store
+from edge.catalog.importers.gsd import DEFAULT_SPLIT, PHOTOS_PER_PRODUCT, read_grocery_store
 from edge.catalog.importers.tables import detect_format, read_folder, read_table
 from edge.catalog.writer import ImportReport
 from edge.cli.common import add_common, open_store
@@ -48,9 +48,10 @@ def register(sub: Any) -> None:
                         "reported with file and line, skipped, and counted; the rest is imported.")
     i.add_argument("source", type=Path, help="table file or folder")
     i.add_argument("--format", choices=["auto", "table", "folder", "grocery-store"], default="auto")
-    i.add_argument("--split", default="train.txt",
+    i.add_argument("--split", default=DEFAULT_SPLIT,
                    help="grocery-store: split file whose photos become reference images ('' = iconic only)")
-    i.add_argument("--max-images", type=int, default=10, help="grocery-store: photos per product (default 10)")
+    i.add_argument("--max-images", type=int, default=PHOTOS_PER_PRODUCT,
+                   help=f"grocery-store: photos per product (default {PHOTOS_PER_PRODUCT})")
     i.add_argument("--replace", action="store_true", help="update skus already in the catalog instead of skipping")
     i.add_argument("--strict", action="store_true", help="exit 3 when any row was skipped")
     i.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.common import settings_from_args
+from edge.text.profiles import PHOTOS_PER_PRODUCT
 
 
 def register(sub: Any) -> None:
@@ -21,7 +22,8 @@ def register(sub: Any) -> None:
     r.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG)")
     r.add_argument("-k", type=int, default=3, help="products to list per image (default 3)")
     e = verbs.add_parser("enroll", help="OCR reference photos into the catalog's product text")
-    e.add_argument("--max-photos", type=int, default=8, help="reference photos read a product (default 8)")
+    e.add_argument("--max-photos", type=int, default=PHOTOS_PER_PRODUCT,
+                   help=f"reference photos read a product (default {PHOTOS_PER_PRODUCT})")
     e.add_argument("--sku", action="append", default=None, help="only this product (repeatable)")
     for q in (r, e):
         q.add_argument("--config", type=Path, default=None, help="TOML config ([ocr] and catalog.data_dir)")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge.catalog.ranking import DEFAULT_K
 from edge.cli.common import add_common, open_store
 from edge.core.errors import InputError
 from edge.models.preprocess import read_image
@@ -20,7 +21,8 @@ def register(sub: Any) -> None:
         "the top hit clears the catalog's unknown-product thresholds.")
     p.add_argument("--image", type=Path, default=None, metavar="PATH", help="query photo")
     p.add_argument("--text", default=None, metavar="QUERY", help="query words")
-    p.add_argument("-k", type=int, default=5, help="how many products (clamped to the catalog size; default 5)")
+    p.add_argument("-k", type=int, default=DEFAULT_K,
+                   help=f"how many products (clamped to the catalog size; default {DEFAULT_K})")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_common(p)
     p.set_defaults(func=run)

@@ -2,7 +2,7 @@
 
 Flow of a durable message (``match``, ``planogram``): :meth:`MqttLink.send` writes it to the
 :class:`~edge.comms.outbox.Outbox` and wakes the link's worker thread, which hands outbox rows to
-paho in write order (at most ``inflight_window`` un-acknowledged at a time, so a long outage
+paho in write order (at most ``mqtt.max_inflight`` un-acknowledged at a time, so a long outage
 never piles messages up in RAM — they wait on disk). paho queues what it cannot send yet and
 re-sends un-acknowledged messages itself after a reconnect; each PUBACK deletes its row. After
 a process restart nothing has been handed to paho yet, so every row left is replayed in order.
@@ -12,7 +12,7 @@ worker's queue; all outbox and publish work happens on the one worker thread (no
 deadlocks, no busy loops: the worker sleeps on its queue). Reconnects use paho's exponential
 backoff (``reconnect_min_s`` .. ``reconnect_max_s``).
 
-Topics (see DESIGN.md): ``<prefix>/available`` (retained online/offline, Last Will offline),
+Topics: ``<prefix>/available`` (retained online/offline, Last Will offline),
 ``<prefix>/status`` (retained), ``<prefix>/stats``, ``<prefix>/<camera>/match|planogram``,
 ``<prefix>/cmd/<verb>`` in and ``<prefix>/cmd/<verb>/reply`` out.
 """
@@ -37,6 +37,12 @@ from edge.core.config import MqttSettings
 
 log = logging.getLogger("storelens.mqtt")
 
+IDLE_WAKE_S = 5.0  # the outbox worker looks at the outbox this often even without events
+PRUNE_EVERY_S = 60.0  # how often messages older than outbox_max_age_s are dropped
+FLUSH_POLL_S = 0.05  # shutdown: how often the flush checks that the outbox drained
+OFFLINE_WAIT_MIN_S = 0.2  # shutdown: least time given to the retained `offline` to reach the broker
+WORKER_JOIN_S = 2.0
+
 TopicHandler = Callable[[str, bytes, Any], None]
 """``handler(topic, payload, properties)``: called on paho's network thread; must return quickly."""
 
@@ -60,12 +66,10 @@ class LinkStats:
 class MqttLink:
     """One MQTT connection for the device: durable results, retained presence/status, commands."""
 
-    def __init__(self, *, settings: MqttSettings, prefix: str, outbox: Outbox, client_id: str,
-                 inflight_window: int = 500) -> None:
+    def __init__(self, *, settings: MqttSettings, prefix: str, outbox: Outbox, client_id: str) -> None:
         self.settings = settings
         self.prefix = prefix.rstrip("/")
         self.outbox = outbox
-        self.inflight_window = inflight_window
         self.stats = LinkStats()
         self._handlers: list[tuple[str, TopicHandler]] = []
         self._status: bytes | None = None
@@ -106,23 +110,24 @@ class MqttLink:
         self._client.loop_start()
         self._events.put(("kick", None))
 
-    def stop(self, *, flush_timeout_s: float = 5.0) -> int:
+    def stop(self, *, flush_timeout_s: float | None = None) -> int:
         """Flush the outbox (bounded), publish ``offline``, disconnect. Returns messages left in the outbox."""
-        deadline = time.monotonic() + flush_timeout_s
+        wait = self.settings.flush_timeout_s if flush_timeout_s is None else flush_timeout_s
+        deadline = time.monotonic() + wait
         self._events.put(("kick", None))
         while self.stats.connected and time.monotonic() < deadline and self.outbox.stats().depth > 0:
-            self._idle.wait(0.05)
+            self._idle.wait(FLUSH_POLL_S)
         left = self.outbox.stats().depth
         if self.stats.connected:
             info = self._client.publish(self.available_topic, b"offline", qos=1, retain=True)
             try:
-                info.wait_for_publish(max(0.2, deadline - time.monotonic()))
+                info.wait_for_publish(max(OFFLINE_WAIT_MIN_S, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as e:
                 log.warning("could not publish offline: %s", e)
         self._stopping = True
         self._events.put(("stop", None))
         if self._worker:
-            self._worker.join(2.0)
+            self._worker.join(WORKER_JOIN_S)
         self._client.disconnect()
         self._client.loop_stop()
         if left:
@@ -169,8 +174,8 @@ class MqttLink:
             client.tls_insecure_set(s.tls.insecure)
         client.will_set(self.available_topic, b"offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=max(1, round(s.reconnect_min_s)), max_delay=round(s.reconnect_max_s))
-        client.max_inflight_messages_set(100)
-        client.max_queued_messages_set(0)
+        client.max_inflight_messages_set(s.max_inflight)
+        client.max_queued_messages_set(0)  # unbounded: the outbox already bounds what is handed over
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
@@ -225,7 +230,7 @@ class MqttLink:
         last_prune = 0.0
         while True:
             try:
-                kind, arg = self._events.get(timeout=5.0)
+                kind, arg = self._events.get(timeout=IDLE_WAKE_S)
             except queue.Empty:
                 kind, arg = "kick", None
             if kind == "stop":
@@ -238,15 +243,15 @@ class MqttLink:
                         self.stats.rejected += 1
                         log.error("broker rejected a message; dropped from the outbox", extra={"seq": seq})
                     self.outbox.ack(seq)
-            if time.monotonic() - last_prune > 60:
+            if time.monotonic() - last_prune > PRUNE_EVERY_S:
                 last_prune = time.monotonic()
                 if (n := self.outbox.prune()) > 0:
                     log.warning("outbox dropped messages older than outbox_max_age_s", extra={"dropped": n})
             self._pump()
 
     def _pump(self) -> None:
-        """Hand outbox rows to paho in order, keeping at most ``inflight_window`` un-acknowledged."""
-        room = self.inflight_window - len(self._mid_to_seq)
+        """Hand outbox rows to paho in order, keeping at most ``max_inflight`` un-acknowledged."""
+        room = self.settings.max_inflight - len(self._mid_to_seq)
         if room > 0:
             for m in self.outbox.pending(after_seq=self._handed_seq, limit=room):
                 info = self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from edge.core.config import MqttSettings
 from edge.core.errors import StoreLensError
 from edge.core.sqlite import connect, transaction
 
 Durability = Literal["process", "power"]
+_DEFAULTS = MqttSettings()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -75,8 +77,9 @@ class OutboxStats:
 class Outbox:
     """A bounded, ordered, durable message queue in one SQLite file (thread-safe)."""
 
-    def __init__(self, *, path: Path, max_messages: int = 100_000, max_age_s: float = 7 * 86400,
-                 durability: Durability = "process") -> None:
+    def __init__(self, *, path: Path, max_messages: int = _DEFAULTS.outbox_max_messages,
+                 max_age_s: float = _DEFAULTS.outbox_max_age_s,
+                 durability: Durability = _DEFAULTS.outbox_durability) -> None:
         self.path = Path(path)
         self.max_messages = max_messages
         self.max_age_s = max_age_s

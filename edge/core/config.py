@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.core.errors import ConfigError
@@ -98,6 +99,19 @@ class CameraSettings(Section):
         max_length=64,
     )
 
+    @model_validator(mode="after")
+    def _rois_fit_the_mode(self) -> CameraSettings:
+        names = [r.name for r in self.rois]
+        if len(names) != len(set(names)):
+            raise PydanticCustomError("duplicate_roi", "region names of camera {camera} must be unique, got {names}",
+                                      {"camera": self.name, "names": names})
+        planned = [r.name for r in self.rois if r.expected_sku is not None]
+        if planned and self.mode != "shelf":
+            raise PydanticCustomError("expected_sku_needs_shelf",
+                                      "expected_sku of {rois} only applies to mode = \"shelf\" cameras",
+                                      {"rois": planned})
+        return self
+
 
 class GateSettings(Section):
     change_threshold: float = Field(0.02, ge=0, le=1, description="Mean abs pixel change (0-1) that counts as change")
@@ -127,7 +141,9 @@ class DecisionSettings(Section):
     @model_validator(mode="after")
     def _min_le_window(self) -> DecisionSettings:
         if self.min_frames > self.window:
-            raise ValueError("min_frames must not exceed window")
+            raise PydanticCustomError("min_frames_over_window",
+                                      "min_frames ({min_frames}) must not exceed window ({window})",
+                                      {"min_frames": self.min_frames, "window": self.window})
         return self
 
 
@@ -137,6 +153,19 @@ class TlsSettings(Section):
     cert_file: Path | None = Field(None, description="Client certificate (mutual TLS)")
     key_file: Path | None = Field(None, description="Client key (mutual TLS)")
     insecure: bool = Field(False, description="Skip hostname verification (testing only)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
+            raise PydanticCustomError("tls_client_pair", "{given} is set without {missing}: mutual TLS needs both",
+                                      {"given": given, "missing": missing})
+        ignored = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
+        ignored += ["insecure"] if self.insecure else []
+        if ignored and not self.enabled:
+            raise PydanticCustomError("tls_disabled", "{fields} would be ignored: set enabled = true to use TLS",
+                                      {"fields": ", ".join(ignored)})
+        return self
 
 
 class MqttSettings(Section):
@@ -165,6 +194,19 @@ class MqttSettings(Section):
     reconnect_min_s: float = Field(1.0, ge=1, le=60, description="First reconnect delay (doubles up to the max)")
     reconnect_max_s: float = Field(30.0, ge=1, le=3600, description="Longest reconnect delay")
     flush_timeout_s: float = Field(5.0, ge=0, le=300, description="Shutdown: how long to wait for the outbox to drain")
+    max_inflight: int = Field(100, ge=1, le=65535,
+                              description="QoS 1/2 messages handed to the broker and not yet acknowledged, at most")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSettings:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise PydanticCustomError("reconnect_range",
+                                      "reconnect_min_s ({min}) must not exceed reconnect_max_s ({max})",
+                                      {"min": self.reconnect_min_s, "max": self.reconnect_max_s})
+        if self.password is not None and not self.username:
+            raise PydanticCustomError("password_without_username",
+                                      "password is set without username: the broker would never see it", {})
+        return self
 
 
 class RecommendSettings(Section):
@@ -256,7 +298,7 @@ class Settings(BaseSettings):
     def _unique_names(self) -> Settings:
         names = [c.name for c in self.cameras]
         if len(names) != len(set(names)):
-            raise ValueError(f"camera names must be unique, got {names}")
+            raise PydanticCustomError("duplicate_camera", "camera names must be unique, got {names}", {"names": names})
         return self
 
     @property
@@ -341,9 +383,20 @@ class SettingsError(ConfigError):
         probs = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"]) or "<root>"
-            value = "<missing>" if err["type"] == "missing" else repr(err.get("input"))
-            if "password" in key:
-                value = "'**********'"
+            value = "<missing>" if err["type"] == "missing" else repr(_masked(key, err.get("input")))
             msg = "unknown key (not a StoreLens setting)" if err["type"] == "extra_forbidden" else err["msg"]
             probs.append((key, value, msg))
         return cls(probs, source)
+
+
+SECRET_KEYS = ("password", "command_token")
+MASK = "**********"
+
+
+def _masked(key: str, value: Any) -> Any:
+    """``value`` with every secret replaced by :data:`MASK` (an error's input may be a whole section)."""
+    if key.rsplit(".", 1)[-1] in SECRET_KEYS:
+        return MASK
+    if isinstance(value, dict):
+        return {k: _masked(str(k), v) for k, v in value.items()}
+    return value

@@ -18,6 +18,7 @@ import numpy as np
 
 from edge.core.errors import ImageError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # files read as images (catalog, cameras)
 ResizePolicy = Literal["short-side-center-crop", "stretch"]
 
 

@@ -28,11 +28,13 @@ import numpy as np
 
 from edge.core.config import CameraSettings
 from edge.core.errors import CaptureError, ImageError
-from edge.models.preprocess import read_image
+from edge.models.preprocess import IMAGE_SUFFIXES, read_image
 
 log = logging.getLogger("storelens.capture")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+REOPEN_MIN_S = 0.5  # first delay before reopening a dropped source; doubles up to REOPEN_MAX_S
+REOPEN_MAX_S = 30.0
+
 
 
 class FrameSource(Protocol):
@@ -87,7 +89,7 @@ class ImageFolderSource:
     def __init__(self, *, name: str, paths: list[Path], loop: bool = False) -> None:
         if not paths:
             raise CaptureError(f"camera {name!r}: no images found",
-                               hint=f"put {'/'.join(sorted(IMAGE_SUFFIXES))} files in the folder or fix the glob")
+                               hint=f"put {'/'.join(IMAGE_SUFFIXES)} files in the folder or fix the glob")
         self.name = name
         self.paths = paths
         self.loop = loop
@@ -167,7 +169,7 @@ class CameraThread:
     """Reads one camera at its fps cap; ``latest()`` gives the newest frame not yet taken."""
 
     def __init__(self, *, settings: CameraSettings, factory: SourceFactory | None = None,
-                 backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
+                 backoff_min_s: float = REOPEN_MIN_S, backoff_max_s: float = REOPEN_MAX_S,
                  on_frame: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self.name = settings.name

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from edge.catalog.ranking import DEFAULT_K
 from edge.comms.commands import CommandRouter, load_images, optional_int, reject_unknown_keys, require_str
 from edge.core.errors import CommandError, InputError
 from edge.models.encoders.base import ImageEncoder
@@ -30,7 +31,6 @@ SNAPSHOT_JPEG_QUALITY = 80
 NAME_MAX_CHARS = 256
 SEARCH_TEXT_MAX_CHARS = 1000
 SEARCH_K = (1, 100)  # allowed range of a search's k
-SEARCH_DEFAULT_K = 5
 RECOMMEND_KEYS = ("sku", "skus", "kind", "k", "in_stock_only", "same_category", "price_band")
 
 
@@ -94,7 +94,7 @@ class RuntimeCommands:
         return {"sku": sku, "removed": True, "catalog_version": self.rt.matcher.catalog_version}
 
     def search(self, args: dict[str, Any]) -> dict[str, Any]:
-        k = optional_int(args, "k", SEARCH_DEFAULT_K, *SEARCH_K)
+        k = optional_int(args, "k", DEFAULT_K, *SEARCH_K)
         if "text" in args:
             text = require_str(args, "text", max_len=SEARCH_TEXT_MAX_CHARS)
             cands: Sequence[Any] = _optional(self.rt.matcher, "search_text")(text, k)

@@ -28,6 +28,7 @@ from edge.recommend.similar import NO_FILTERS, Filters, ProductVectors, similar
 
 Kind = Literal["together", "similar", "blend"]
 KINDS: tuple[str, ...] = ("together", "similar", "blend")
+CACHE_SIZE = 4096  # cached answers (kind, products, k, filters), least recently used dropped first
 
 log = logging.getLogger("storelens.recommend")
 
@@ -49,7 +50,7 @@ class Recommender:
     """Serves together / similar / blend from a :class:`BasketStore` and optional product vectors."""
 
     def __init__(self, *, store: BasketStore, settings: RecommendSettings, products: ProductVectors | None = None,
-                 cache_size: int = 4096, background_refresh: bool = True,
+                 cache_size: int = CACHE_SIZE, background_refresh: bool = True,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.settings = settings

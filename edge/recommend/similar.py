@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.config import RecommendSettings
 from edge.core.errors import InputError
+
+_DEFAULTS = RecommendSettings()
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class ProductVectors:
 
     @classmethod
     def build(cls, *, skus: Sequence[str], image: np.ndarray | None, text: np.ndarray | None,
-              image_weight: float = 0.5, names: Sequence[str] | None = None,
+              image_weight: float = _DEFAULTS.image_weight, names: Sequence[str] | None = None,
               categories: Sequence[str | None] | None = None, prices: Sequence[float | None] | None = None,
               in_stock: Sequence[bool] | None = None) -> ProductVectors:
         """Fuse per-product image and text unit vectors: ``[√w·img, √(1-w)·txt]``, renormalised.
@@ -72,7 +75,7 @@ class ProductVectors:
 
     @classmethod
     def from_catalog(cls, catalog: Any, *, image_fingerprint: str | None, text_fingerprint: str | None,
-                     image_weight: float = 0.5) -> ProductVectors:
+                     image_weight: float = _DEFAULTS.image_weight) -> ProductVectors:
         """Fused vectors of every catalog product that has any (:meth:`edge.catalog.db.Catalog.product_vectors`).
 
         Attributes come from the product row: ``price``, and from its free ``attributes``:
@@ -102,7 +105,7 @@ class ProductVectors:
                          prices=[p.price for p in products], in_stock=[stocked(p.attributes) for p in products])
 
     @classmethod
-    def from_store(cls, store: Any, *, image_weight: float = 0.5) -> ProductVectors:
+    def from_store(cls, store: Any, *, image_weight: float = _DEFAULTS.image_weight) -> ProductVectors:
         """Fused vectors under the encoders an :class:`edge.catalog.store.Store` has loaded (call again on reload)."""
         img, txt = getattr(store, "image_encoder", None), getattr(store, "text_encoder", None)
         return cls.from_catalog(store.catalog, image_fingerprint=img.fingerprint if img is not None else None,

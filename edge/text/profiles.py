@@ -48,6 +48,7 @@ FUZZY_CUTOFF = 0.8
 FUZZY_MIN_LEN = 5
 COMPOUND_MIN_PART = 4
 DESCRIPTION_WEIGHT = 0.5
+PHOTOS_PER_PRODUCT = 8  # reference photos OCR reads per product
 OCR_SOURCE = "ocr"  # extra-text source of the words read off reference photos
 
 
@@ -180,7 +181,8 @@ def photo_text(reads: Sequence[OcrResult]) -> str:
     return "\n".join(" ".join(r.tokens) for r in reads)
 
 
-def read_reference_photos(store: Store, engine: OcrEngine, *, max_photos: int = 8, skus: Sequence[str] | None = None,
+def read_reference_photos(store: Store, engine: OcrEngine, *, max_photos: int = PHOTOS_PER_PRODUCT,
+                          skus: Sequence[str] | None = None,
                           progress: bool = True) -> dict[str, int]:
     """OCR up to ``max_photos`` reference images of each product into its ``ocr`` text; return counts.
 

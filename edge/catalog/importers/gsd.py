@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 from edge.catalog.importers.tables import ImportIssue, ProductRecord, read_text_file
 from edge.core.errors import CatalogError
 
+DEFAULT_SPLIT = "train.txt"  # the split whose photos become reference images
+PHOTOS_PER_PRODUCT = 10  # reference photos per product (besides the iconic image)
 SWEDISH_DESCRIPTION = "description_sv"  # extra-text source of a GSD product's *_Description_Swedish.txt
 
 # Lines of a GSD *_Information.txt that are product text (nutrition tables are not):
@@ -72,7 +74,7 @@ def description_lines(raw: str) -> list[str]:
     return [ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.strip().startswith("http")]
 
 
-def read_grocery_store(root: Path, *, split: str | None = "train.txt", max_images: int | None = 10,
+def read_grocery_store(root: Path, *, split: str | None = DEFAULT_SPLIT, max_images: int | None = PHOTOS_PER_PRODUCT,
                        iconic: bool = True) -> Iterator[ProductRecord | ImportIssue]:
     """The Grocery Store dataset: one product per fine class (sku = class name).
 

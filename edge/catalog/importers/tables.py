@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.errors import CatalogError
+from edge.models.preprocess import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _CORE = ("sku", "name", "description", "price", "location", "barcode")
 _IMAGE_COLUMNS = ("images", "image", "image_paths", "image_path")
 

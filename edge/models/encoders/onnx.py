@@ -12,9 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.config import ModelSettings
 from edge.core.errors import BackendError, ModelMismatchError
 from edge.models.bundle import Bundle, check_io
 from edge.models.encoders.common import BundleImageEncoder, check_image_contract, check_output, l2_normalise
+
+_DEFAULTS = ModelSettings()
 
 
 def open_session(path: Path, threads: int) -> Any:
@@ -41,7 +44,8 @@ class OnnxImageEncoder(BundleImageEncoder):
 
     backend = "onnxruntime"
 
-    def __init__(self, *, bundle: Bundle, precision: str = "int8", threads: int = 1, warmup: bool = True) -> None:
+    def __init__(self, *, bundle: Bundle, precision: str = _DEFAULTS.precision, threads: int = _DEFAULTS.threads,
+                 warmup: bool = True) -> None:
         super().__init__(bundle=bundle, precision=precision)
         self._session = open_session(self.model_path, threads)
         check_io(bundle, self.model_path,

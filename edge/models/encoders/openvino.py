@@ -12,9 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.config import ModelSettings
 from edge.core.errors import BackendError, ModelMismatchError
 from edge.models.bundle import Bundle, check_io
 from edge.models.encoders.common import BundleImageEncoder, check_image_contract
+
+_DEFAULTS = ModelSettings()
 
 
 def compile_model(path: Path, threads: int) -> Any:
@@ -54,7 +57,8 @@ class OpenVinoImageEncoder(BundleImageEncoder):
 
     backend = "openvino"
 
-    def __init__(self, *, bundle: Bundle, precision: str = "int8", threads: int = 1, warmup: bool = True) -> None:
+    def __init__(self, *, bundle: Bundle, precision: str = _DEFAULTS.precision, threads: int = _DEFAULTS.threads,
+                 warmup: bool = True) -> None:
         super().__init__(bundle=bundle, precision=precision)
         self._compiled = compile_model(self.model_path, threads)
         ins, outs = io_of(self._compiled)

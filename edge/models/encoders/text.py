@@ -13,9 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.config import ModelSettings
 from edge.core.errors import BackendError, BundleError, InputError
 from edge.models.bundle import Bundle, check_io
 from edge.models.encoders.onnx import check_output, l2_normalise, open_session
+
+_DEFAULTS = ModelSettings()
 
 
 def load_tokenizer(bundle: Bundle) -> Any:
@@ -37,7 +40,8 @@ def load_tokenizer(bundle: Bundle) -> Any:
 class BundleTextEncoder:
     """Strings -> (N, dim) float32 unit vectors (sentence embeddings)."""
 
-    def __init__(self, *, bundle: Bundle, backend: str = "onnxruntime", precision: str = "int8", threads: int = 1,
+    def __init__(self, *, bundle: Bundle, backend: str = "onnxruntime", precision: str = _DEFAULTS.precision,
+                 threads: int = _DEFAULTS.threads,
                  warmup: bool = True) -> None:
         self.bundle = bundle
         self.backend = backend

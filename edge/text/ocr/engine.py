@@ -9,8 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.config import OcrSettings
 from edge.core.errors import BackendError, ImageError
 from edge.text.normalise import tokens
+
+_DEFAULTS = OcrSettings()
+OCR_NICE = 10  # added to the OCR thread / process niceness: capture and embedding come first
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,8 @@ class OcrEngine:
     about half the cost. ``min_score`` drops lines the recogniser is unsure of.
     """
 
-    def __init__(self, *, threads: int = 1, min_score: float = 0.5, det_limit_side_len: int = 480) -> None:
+    def __init__(self, *, threads: int = _DEFAULTS.threads, min_score: float = _DEFAULTS.min_score,
+                 det_limit_side_len: int = _DEFAULTS.det_side) -> None:
         if threads < 1:
             raise BackendError(f"OCR threads must be >= 1, got {threads}", hint="set ocr.threads to 1 or more")
         self.threads = threads

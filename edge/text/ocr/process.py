@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.config import OcrSettings
 from edge.core.errors import BackendError
-from edge.text.ocr.engine import OcrEngine, OcrResult
+from edge.text.ocr.engine import OCR_NICE, OcrEngine, OcrResult
 
 log = logging.getLogger("storelens.ocr")
+_DEFAULTS = OcrSettings()
+READ_TIMEOUT_S = 60.0  # a read that takes longer is a failed read (the child is restarted)
 
 
 def _serve(conn: Connection, threads: int, min_score: float, det_side: int, nice: int) -> None:
@@ -49,8 +52,9 @@ def _serve(conn: Connection, threads: int, min_score: float, det_side: int, nice
 class ProcessOcrEngine:
     """:class:`OcrEngine` in a spawned child process (started on the first read)."""
 
-    def __init__(self, *, threads: int = 1, min_score: float = 0.5, det_limit_side_len: int = 480,
-                 nice: int = 10, timeout_s: float = 60.0) -> None:
+    def __init__(self, *, threads: int = _DEFAULTS.threads, min_score: float = _DEFAULTS.min_score,
+                 det_limit_side_len: int = _DEFAULTS.det_side, nice: int = OCR_NICE,
+                 timeout_s: float = READ_TIMEOUT_S) -> None:
         if threads < 1:
             raise BackendError(f"OCR threads must be >= 1, got {threads}", hint="set ocr.threads to 1 or more")
         self.threads, self.min_score, self.det_limit_side_len = threads, min_score, det_limit_side_len

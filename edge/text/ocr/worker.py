@@ -22,9 +22,10 @@ import numpy as np
 
 from edge.core.config import OcrSettings
 from edge.core.errors import BackendError, ImageError
-from edge.text.ocr.engine import OcrResult
+from edge.text.ocr.engine import OCR_NICE, OcrResult
 
 log = logging.getLogger("storelens.ocr")
+_DEFAULTS = OcrSettings()
 
 
 def view_signature(crop: np.ndarray) -> np.ndarray:
@@ -82,7 +83,8 @@ class OcrWorker:
     crop (inputs are never mutated or kept by reference) and returns at once.
     """
 
-    def __init__(self, *, engine: TextReader, change_threshold: float = 0.02, nice: int = 10) -> None:
+    def __init__(self, *, engine: TextReader, change_threshold: float = _DEFAULTS.change_threshold,
+                 nice: int = OCR_NICE) -> None:
         self.engine = engine
         self.change_threshold = change_threshold
         self.nice = nice  # the OCR thread yields the CPU to capture and embedding (Linux per-thread nice)
