@@ -53,7 +53,7 @@ class ModelSettings(Section):
     threads: int = Field(1, ge=1, le=64, description="Inference threads per encoder")
     text_backend: Literal["auto", "onnxruntime", "openvino"] = Field(
         "auto", description="Text encoder backend; auto = onnxruntime, which runs the text bundle's dynamic-int8 "
-        "model ~4x faster than OpenVINO does")
+        "model faster than OpenVINO does")
 
 
 class CatalogSettings(Section):
@@ -61,8 +61,7 @@ class CatalogSettings(Section):
     index_dtype: Literal["f32", "f16", "i8"] = Field("i8", description="Vector storage type of the USearch indexes")
     view: bool = Field(False, description="Memory-map indexes instead of loading them (large catalogs)")
     image_aggregate: Literal["max", "mean"] = Field(
-        "mean", description="How a product's reference-photo hits become its score: best hit, or mean of its top 3 "
-        "(shipped bundle, sessions carve R@1: mean 0.845, max 0.843; val split: 0.654, 0.673)")
+        "mean", description="How a product's reference-photo hits become its score: best hit, or mean of its top 3")
     expansion_search: int = Field(64, ge=8, le=4096,
                                   description="HNSW search breadth: higher = better recall, slower queries")
 
@@ -220,13 +219,12 @@ class RecommendSettings(Section):
         "cooccurrence (raw counts); auto = ease up to ease_max_items products, else pmi",
     )
     ease_lambda: float = Field(
-        50.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity; "
-        "default tuned on Groceries validation baskets, benchmarks/recommend.py)"
+        50.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity)"
     )
     ease_max_items: int = Field(2000, ge=2, le=20000, description="Above this many basket products auto uses pmi "
-                                "(an EASE rebuild is an n x n inverse: seconds of CPU at 2000 on a 2-core box)")
+                                "(an EASE rebuild is an n x n inverse)")
     popularity_prior: float = Field(0.1, ge=0, le=10, description="Bought together: weight of popularity "
-                                    "(support / max support) added to association scores (tuned like ease_lambda)")
+                                    "(support / max support) added to association scores")
     shrinkage: float = Field(
         20.0, ge=0, le=1e6, description="PMI shrinkage: pair weight that halves a rare pair's score"
     )

@@ -100,7 +100,7 @@ class AssociationModel:
              allowed: Callable[[str], bool] | None = None) -> list[tuple[str, float, Source]]:
         """The served order: ``association + popularity_prior * support / max(support)``, best first.
 
-        The prior (tuned on validation baskets) lets a much-bought product outrank a weak
+        The prior lets a much-bought product outrank a weak
         association; with prior 0 this is the association list followed by popular products.
         ``source`` is "together" where the association is positive, else "popular".
         """
@@ -145,8 +145,8 @@ def _ease(gram: np.ndarray, lam: float) -> np.ndarray:
         return gram
     from threadpoolctl import threadpool_limits
 
-    # One BLAS thread: on a 2-core box busy with inference, multi-threaded OpenBLAS spin-waits and an
-    # inverse of 169 products took ~800 ms instead of ~1 ms (measured); it must not steal the second core.
+    # One BLAS thread: on a 2-core box busy with inference, multi-threaded OpenBLAS spin-waits, so a
+    # small inverse takes far longer and steals the second core from capture and inference.
     with threadpool_limits(limits=1, user_api="blas"):
         p = np.linalg.inv(gram + lam * np.eye(gram.shape[0]))
     b = -p / np.diag(p)[None, :]

@@ -45,12 +45,12 @@ def fit_weights(image: np.ndarray, labels: np.ndarray, *, ocr: np.ndarray | None
                 ocr_grid: Sequence[float] = OCR_GRID, text_grid: Sequence[float] = TEXT_GRID) -> FusionWeights:
     """Fit the weights by maximum likelihood on labelled queries (Q, P): grid over weights and a softmax scale.
 
-    Why likelihood and not recall@1: the labelled photos a store (or our carve) has are easy for
-    vision, so recall@1 flips on a handful of queries and the best weight is a coin toss (0, 0.35
-    or 0.7 on the same carve with different galleries). The log-probability of the true product
-    under ``softmax(scale * fused)`` counts every query's margin, so a text score that widens the
-    right product's lead is rewarded even where vision was already right, and one that misleads
-    is punished. Products are weighted equally (macro), as recall is reported. Ties keep the
+    Why likelihood and not recall@1: the labelled photos a store has are mostly easy for vision,
+    so recall@1 flips on a handful of queries and the best weight is a coin toss. The
+    log-probability of the true product under ``softmax(scale * fused)`` counts every query's
+    margin, so a text score that widens the right product's lead is rewarded even where vision
+    was already right, and one that misleads is punished. Products are weighted equally (macro),
+    as recall is reported. Ties keep the
     smallest weights; with no text evidence the weights are 0 (nothing to weigh).
     """
     if image.ndim != 2 or len(labels) != len(image):

@@ -56,7 +56,7 @@ def url_product_name(url: str) -> str | None:
     Why: the GSD catalogue's titles are partly English, but the store's shelf signs and labels
     are Swedish, and the page slug keeps the Swedish name ("Ananas-Klass-1-100145594_ST" ->
     "Ananas Klass 1", "Purjolok-Klass-1-..." -> "Purjolok Klass 1"). Loose fruit has no
-    Swedish description, so its sign words ("ananas", "apelsiner") matched nothing before.
+    Swedish description, so the slug is where its sign words ("ananas", "apelsiner") come from.
     """
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:

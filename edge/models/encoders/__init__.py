@@ -36,7 +36,7 @@ def load_text_encoder(model: ModelSettings, *, warmup: bool = True) -> TextEncod
     from edge.models.encoders.text import BundleTextEncoder
 
     bundle = load_bundle(_bundle_path(model.text_bundle, "text"), modality="text")
-    # The text model is onnxruntime dynamic int8 (MatMulInteger): OpenVINO runs it ~4x slower
+    # The text model is onnxruntime dynamic int8 (MatMulInteger), which OpenVINO runs slower
     # than onnxruntime, so `auto` picks onnxruntime whatever the image backend is.
     backend = "onnxruntime" if model.text_backend == "auto" else model.text_backend
     return BundleTextEncoder(bundle=bundle, backend=backend, precision=model.precision, threads=model.threads,

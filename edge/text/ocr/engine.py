@@ -55,9 +55,9 @@ class OcrResult:
 class OcrEngine:
     """rapidocr-onnxruntime (PP-OCRv4 det + rec, shipped in the wheel), loaded on first use.
 
-    ``det_limit_side_len`` is the short side the detector works at: the library default (736)
-    upsamples small crops and dominates latency; 480 reads carton brand words as well at
-    about half the cost. ``min_score`` drops lines the recogniser is unsure of.
+    ``det_limit_side_len`` is the short side the detector works at (``ocr.det_side``): the
+    library's larger default upsamples small crops and dominates latency. ``min_score`` drops
+    lines the recogniser is unsure of.
     """
 
     def __init__(self, *, threads: int = _DEFAULTS.threads, min_score: float = _DEFAULTS.min_score,

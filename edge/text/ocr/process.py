@@ -1,8 +1,7 @@
 """OCR in a child process, so label reading never slows the frame loop.
 
-On its own thread, rapidocr still runs its pre/post-processing in Python under the GIL:
-measured on a 2-core box, a loop that embeds every frame ran at 0.72-0.80 of its OCR-off fps
-while reads were running (benchmarks/results/ocr_fps.json). :class:`ProcessOcrEngine` has
+On its own thread, rapidocr still runs its pre/post-processing in Python under the GIL, which
+slows a frame loop that embeds every frame (``benchmarks/ocr_fps.py``). :class:`ProcessOcrEngine` has
 the :class:`~edge.text.ocr.engine.OcrEngine` interface (``read(crop) -> OcrResult``) but runs the engine
 in a spawned, niced child: the calling thread only waits on a pipe. A child that dies is
 reported as a failed read (clear error) and started again on the next read.

@@ -32,7 +32,7 @@ def view_signature(crop: np.ndarray) -> np.ndarray:
     """A 16x16 grey thumbnail (0-1): two views are 'the same' when these barely differ.
 
     It runs on every frame with OCR on, so the crop is first subsampled to ~64 px by striding
-    (an area resize of a whole 348 px crop cost 0.27 ms, 12% of the frame loop's fps).
+    (an area resize of the whole crop is a visible share of the frame loop's time).
     """
     step = max(1, min(crop.shape[:2]) // 64)
     crop = np.ascontiguousarray(crop[::step, ::step])
@@ -213,8 +213,8 @@ class OcrWorker:
 def start_worker(settings: OcrSettings) -> OcrWorker:
     """The runtime's OCR worker as the ``[ocr]`` config section describes it.
 
-    The engine runs in a child process (edge.text.ocr.process): on a thread, OCR's Python work held
-    the GIL long enough to cost the frame loop 20-28% of its fps. Models load on the first read.
+    The engine runs in a child process (:mod:`edge.text.ocr.process`): on a thread, OCR's Python
+    work holds the GIL and slows the frame loop. Models load on the first read.
     """
     from edge.text.ocr.process import ProcessOcrEngine
 
