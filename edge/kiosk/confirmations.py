@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from edge.core.errors import StoreLensError
+from edge.core.sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS confirmations(
@@ -95,10 +96,7 @@ class ConfirmationStore:
         self._lock = threading.Lock()
         try:
             self.crops_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.folder / "confirmations.db"), check_same_thread=False,
-                                       isolation_level=None, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect(self.folder / "confirmations.db")
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise ConfirmationError(f"cannot open the confirmations store in {self.folder}: {e}",
@@ -114,16 +112,13 @@ class ConfirmationStore:
                          camera=camera, roi=roi, sku=sku, decision=decision, predicted_sku=predicted_sku,
                          source=source, crop=crop_name,
                          catalog_version=None if catalog_version is None else str(catalog_version))
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+        try:
+            with self._lock, transaction(self._db):
                 self._db.execute(f"INSERT INTO confirmations({_COLS}) VALUES({','.join('?' * 12)})", _row(c))
                 dropped = self._enforce_bound()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._unlink([crop_name])
-                raise
+        except BaseException:
+            self._unlink([crop_name])
+            raise
         self._unlink(dropped)
         return c
 

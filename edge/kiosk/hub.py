@@ -68,6 +68,7 @@ class KioskHub:
     def on_match(self, msg: dict[str, Any], *, crop: np.ndarray | None = None,
                  view_id: str | None = None) -> dict[str, Any] | None:
         """The page event for a ``match`` message, or None when it is not this screen's camera."""
+        received = time.time()
         camera = str(msg.get("camera", ""))
         with self._lock:
             if self.camera is None:
@@ -82,7 +83,7 @@ class KioskHub:
                            else None, catalog_version=_opt_str(msg.get("catalog_version")),
                            crop=None if crop is None else np.array(crop, copy=True))
         event = self._event(shown, cands, confirmed_sku=confirmed, heartbeat=bool(msg.get("heartbeat")),
-                            ts=float(msg.get("ts", time.time())))
+                            ts=float(msg.get("ts", received)), emitted=received)
         with self._lock:
             self._recent[shown.match_id] = shown
             while len(self._recent) > RECENT_MATCHES:
@@ -97,7 +98,8 @@ class KioskHub:
                 self._confirmed[shown.view_id] = sku
                 while len(self._confirmed) > RECENT_MATCHES:
                     self._confirmed.popitem(last=False)
-        event = self._event(shown, [], confirmed_sku=sku, heartbeat=False, ts=time.time())
+        now = time.time()
+        event = self._event(shown, [], confirmed_sku=sku, heartbeat=False, ts=now, emitted=now)
         with self._lock:
             if self._current is None or self._current.get("view_id") == shown.view_id \
                     or self._current.get("match_id") == shown.match_id:
@@ -105,7 +107,8 @@ class KioskHub:
         return event
 
     def _event(self, shown: ShownMatch, cands: list[dict[str, Any]], *, confirmed_sku: str | None,
-               heartbeat: bool, ts: float) -> dict[str, Any]:
+               heartbeat: bool, ts: float, emitted: float) -> dict[str, Any]:
+        """``emitted_ms``: when the decision reached the screen (the page's render time is measured from it)."""
         top = str(cands[0]["sku"]) if cands else None
         others = [c for c in cands if str(c["sku"]) != self.empty_sku]
         product = None
@@ -123,7 +126,7 @@ class KioskHub:
                 "candidates": [c for c in (self.cards.card(str(o["sku"]), name=str(o.get("name", "")),
                                                            score=o.get("score")) for o in others) if c is not None]
                 [: self.candidates],
-                "heartbeat": heartbeat, "ts": round(ts, 3), "emitted_ms": round(time.time() * 1000, 1)}
+                "heartbeat": heartbeat, "ts": round(ts, 3), "emitted_ms": round(emitted * 1000, 1)}
 
 
 def _opt_str(v: Any) -> str | None:

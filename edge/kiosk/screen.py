@@ -40,6 +40,7 @@ class KioskScreen:
         self.actions = actions
         self.server = server
         self.confirmations = confirmations
+        self._catalog_version: Any = None
         actions.set_event_sink(self.push)
 
     @property
@@ -55,6 +56,10 @@ class KioskScreen:
 
     def on_decision(self, msg: dict[str, Any], *, crop: np.ndarray | None = None, view_id: str | None = None) -> None:
         """A published ``match`` message: to the page now (cheap: a few catalog reads), recommendations after."""
+        version = msg.get("catalog_version")
+        if version != self._catalog_version:  # photos may have changed with the catalog
+            self._catalog_version = version
+            self.actions.cards.forget_photos()
         event = self.hub.on_match(msg, crop=crop, view_id=view_id)
         if event is not None:
             self.push(event)
@@ -98,3 +103,37 @@ def create_screen(settings: Settings, *, catalog: Any, publish: Publish, search:
     server = KioskServer(host=ks.host, port=ks.port, hub=hub, actions=actions, cards=cards, page=page,
                          link_status=link_status)
     return KioskScreen(hub=hub, actions=actions, server=server, confirmations=confirmations)
+
+
+class _LiveCatalog:
+    """The runtime's current catalog, looked up on every call: a reload may swap the store underneath."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._rt = runtime
+
+    def get(self, sku: str) -> Any:
+        return self._rt.matcher.catalog.get(sku)
+
+    def images(self, sku: str) -> list[str]:
+        return list(self._rt.matcher.catalog.images(sku))
+
+
+def attach_screen(runtime: Any, *, recommender: Any | None = None) -> KioskScreen:
+    """The kiosk screen for a :class:`~edge.pipeline.loop.Runtime` whose matcher is the catalog store.
+
+    Catalog, search and broker state are read through the runtime (so a model or catalog reload
+    is seen); confirmations are published with ``runtime.publish_result`` (the outbox).
+    """
+    if getattr(runtime.matcher, "catalog", None) is None:
+        raise ConfigError("kiosk_screen needs the catalog store as the matcher",
+                          hint="run it with `storelens run` on a catalog built by `storelens catalog`")
+
+    def search(query: str, k: int) -> list[Any]:
+        return list(runtime.matcher.search_text(query, k))
+
+    def link_status() -> str:
+        link = runtime.link
+        return "off" if link is None else ("online" if link.connected else "offline")
+
+    return create_screen(runtime.settings, catalog=_LiveCatalog(runtime), publish=runtime.publish_result,
+                         search=search, recommender=recommender, link_status=link_status)
