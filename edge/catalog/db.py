@@ -71,10 +71,9 @@ BM25_WEIGHTS = (4.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Product:
-    """One catalog product as stored."""
+class ProductFields:
+    """What describes a product, wherever it comes from (a catalog row, an import row)."""
 
-    key: int
     sku: str
     name: str
     description: str = ""
@@ -83,9 +82,20 @@ class Product:
     barcode: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
+        """The product fields alone, as keyword arguments for another :class:`ProductFields`."""
         return {"sku": self.sku, "name": self.name, "description": self.description, "price": self.price,
-                "location": self.location, "barcode": self.barcode, "attributes": dict(self.attributes)}
+                "location": self.location, "barcode": self.barcode, "attributes": self.attributes}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Product(ProductFields):
+    """One catalog product as stored; ``key`` is the integer the indexes hold."""
+
+    key: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.fields(), "attributes": dict(self.attributes)}
 
 
 class Catalog:

@@ -158,9 +158,7 @@ class CatalogWriter:
                 issues.append(ImportIssue(source=rec.source, line=rec.line, sku=rec.sku, message=f"image skipped: {e}"))
         if rec.images and not good:
             return skip(f"no readable image for sku {rec.sku!r}")
-        key = self.catalog.upsert_product(db, Product(
-            key=0, sku=rec.sku, name=rec.name, description=rec.description, price=rec.price,
-            location=rec.location, barcode=rec.barcode, attributes=rec.attributes))
+        key = self.catalog.upsert_product(db, Product(key=0, **rec.fields()))
         if existing is not None:
             self.catalog.clear_media(db, key)
             batch.remove.add(key)

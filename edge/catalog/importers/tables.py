@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.catalog.db import ProductFields
 from edge.core.errors import CatalogError
 from edge.models.preprocess import IMAGE_SUFFIXES
 
@@ -25,16 +26,9 @@ _IMAGE_COLUMNS = ("images", "image", "image_paths", "image_path")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProductRecord:
+class ProductRecord(ProductFields):
     """One product to enroll, as read from an import source."""
 
-    sku: str
-    name: str
-    description: str = ""
-    price: float | None = None
-    location: str | None = None
-    barcode: str | None = None
-    attributes: Mapping[str, Any] = field(default_factory=dict)
     images: tuple[Path, ...] = ()
     extra_text: Mapping[str, str] = field(default_factory=dict)
     source: str = ""  # file the row came from

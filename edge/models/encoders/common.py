@@ -40,7 +40,21 @@ def check_output(out: np.ndarray, dim: int, model_path: Path) -> np.ndarray:
     return out
 
 
-class BundleImageEncoder:
+class BundleEncoder:
+    """What every bundle encoder reports: its dimension and the fingerprint indexes record."""
+
+    bundle: Bundle
+
+    @property
+    def dim(self) -> int:
+        return self.bundle.embedding_dim
+
+    @property
+    def fingerprint(self) -> str:
+        return self.bundle.fingerprint
+
+
+class BundleImageEncoder(BundleEncoder):
     """BGR uint8 images -> (N, dim) float32 unit vectors; subclasses open the model and ``_infer``."""
 
     backend = ""
@@ -59,14 +73,6 @@ class BundleImageEncoder:
     def _warmup(self) -> None:
         """One call at load so the first shopper does not pay for lazy allocations."""
         self.embed([np.zeros((self.spec.input_size, self.spec.input_size, 3), np.uint8)])
-
-    @property
-    def dim(self) -> int:
-        return self.bundle.embedding_dim
-
-    @property
-    def fingerprint(self) -> str:
-        return self.bundle.fingerprint
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if len(images) == 0:

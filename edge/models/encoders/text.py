@@ -16,9 +16,16 @@ import numpy as np
 from edge.core.config import ModelSettings
 from edge.core.errors import BackendError, BundleError, InputError
 from edge.models.bundle import Bundle, check_io
+from edge.models.encoders.common import BundleEncoder
 from edge.models.encoders.onnx import check_output, l2_normalise, open_session
 
 _DEFAULTS = ModelSettings()
+MAX_TOKENS = 128  # the sentence-transformers model's own limit, when the manifest does not say
+
+
+def max_tokens(bundle: Bundle) -> int:
+    """Tokens a text is truncated to (the manifest's ``text.max_length``)."""
+    return int(bundle.text.get("max_length", MAX_TOKENS))
 
 
 def load_tokenizer(bundle: Bundle) -> Any:
@@ -31,13 +38,12 @@ def load_tokenizer(bundle: Bundle) -> Any:
         raise BundleError(f"text bundle {bundle.root} has no tokenizer file",
                           hint="rebuild it with storelens export text")
     tok = Tokenizer.from_file(str(bundle.path_of(tok_files[0])))
-    max_len = int(bundle.text.get("max_length", 128))
-    tok.enable_truncation(max_length=max_len)
+    tok.enable_truncation(max_length=max_tokens(bundle))
     tok.no_padding()  # texts run one at a time (see BundleTextEncoder.embed)
     return tok
 
 
-class BundleTextEncoder:
+class BundleTextEncoder(BundleEncoder):
     """Strings -> (N, dim) float32 unit vectors (sentence embeddings)."""
 
     def __init__(self, *, bundle: Bundle, backend: str = "onnxruntime", precision: str = _DEFAULTS.precision,
@@ -46,7 +52,7 @@ class BundleTextEncoder:
         self.bundle = bundle
         self.backend = backend
         self.tokenizer = load_tokenizer(bundle)
-        self.max_length = int(bundle.text.get("max_length", 128))
+        self.max_length = max_tokens(bundle)
         self.truncated = 0
         models = [f for f in bundle.files if f.role == "model"]
         # The committed text bundle ships int8 only (size budget); a config asking fp32 for the
@@ -76,14 +82,6 @@ class BundleTextEncoder:
         if warmup:
             self.embed(["warm-up"])
             self.truncated = 0
-
-    @property
-    def dim(self) -> int:
-        return self.bundle.embedding_dim
-
-    @property
-    def fingerprint(self) -> str:
-        return self.bundle.fingerprint
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str):
