@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks._gsd import gsd_product_text
 from benchmarks.ocr_cache import cache_key, latency_summary, load_cache
 from edge.core.config import ModelSettings
 from edge.core.errors import InputError, StoreLensError
@@ -46,7 +47,7 @@ from edge.models.preprocess import read_image
 from edge.text.calibration import fit_weights
 from edge.text.fusion import FusionWeights, fuse, semantic_scores
 from edge.text.ocr.engine import OcrResult
-from edge.text.profiles import ProductText, TextProfiles, gsd_product_text
+from edge.text.profiles import ProductText, TextProfiles
 from export.data import ClassInfo, Sample, read_classes, read_split
 
 MODALITIES = ("image", "image+ocr", "image+ocr+text")

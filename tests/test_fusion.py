@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks._gsd import gsd_product_text
 from edge.catalog.importers.gsd import information_texts, url_product_name
 from edge.core.errors import CatalogError, InputError
 from edge.core.types import Candidate
 from edge.text.calibration import fit_weights, macro_recall_at_1
 from edge.text.fusion import FusionWeights, fuse, fuse_candidates, semantic_scores
 from edge.text.ocr.engine import OcrEngine
-from edge.text.profiles import ProductText, TextProfiles, gsd_product_text
+from edge.text.profiles import ProductText, TextProfiles
 from tests.test_ocr import label
 
 CATALOG = [

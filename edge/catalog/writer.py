@@ -172,7 +172,7 @@ class CatalogWriter:
                                         vector=v, image_id=image_id)
                 batch.add[IMAGE].append((key, v))
         if self.text_encoder is not None:
-            v = self.text_encoder.embed([product_text(rec.name, rec.description)])[0]
+            v = self.text_encoder.embed([text_to_embed(rec.name, rec.description)])[0]
             self.catalog.add_vector(db, key, modality=TEXT, fingerprint=self.text_encoder.fingerprint, vector=v)
             batch.add[TEXT].append((key, v))
         return "replaced" if existing is not None else "added"
@@ -238,7 +238,7 @@ class CatalogWriter:
                                         vector=vec, image_id=image_id)
                 added += 1
             for p in self.catalog.products():
-                vec = self.text_encoder.embed([product_text(p.name, p.description)])[0]
+                vec = self.text_encoder.embed([text_to_embed(p.name, p.description)])[0]
                 self.catalog.add_vector(db, p.key, modality=TEXT, fingerprint=self.text_encoder.fingerprint,
                                         vector=vec)
         self.rebuild_indexes()
@@ -293,6 +293,6 @@ class CatalogWriter:
         return path
 
 
-def product_text(name: str, description: str) -> str:
+def text_to_embed(name: str, description: str) -> str:
     """The text a product's text embedding is computed from."""
     return f"{name}. {description}".strip() if description else name

@@ -29,13 +29,12 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.catalog.importers.gsd import DESCRIPTION_KEYS, TITLE_KEYS, description_lines, information_texts
-from edge.core.errors import CatalogError, InputError
+from edge.catalog.importers.gsd import DESCRIPTION_KEYS, TITLE_KEYS, information_texts
+from edge.core.errors import InputError
 from edge.models.preprocess import read_image
 from edge.text.normalise import tokens
 from edge.text.ocr.engine import OcrEngine, OcrResult
@@ -57,7 +56,7 @@ class ProductText:
     """What a product's word profile is built from."""
 
     sku: str
-    titles: tuple[str, ...] = ()  # text that names it: name, brand, catalogue title, manufacturer line
+    titles: tuple[str, ...] = ()  # text that names it: name, brand, catalog title, manufacturer line
     texts: tuple[str, ...] = ()  # text that describes it: descriptions (any language), ingredients
     photo_reads: tuple[tuple[str, ...], ...] = ()  # OCR'd word tokens of each reference photo
 
@@ -161,8 +160,8 @@ def _with_compound_parts(profile: Mapping[str, float], vocab: set[str]) -> dict[
     """Add the parts of compound words ("apelsinjuice" -> "apelsin", "juice") at the compound's weight.
 
     Swedish (and German, Dutch...) labels print a compound's parts on separate lines, so OCR reads
-    "APELSIN" / "JUICE" while the catalogue says "apelsinjuice". A word of 8+ letters is split
-    where one side is a word of some product's profile (catalogue text or photo reads) and both
+    "APELSIN" / "JUICE" while the catalog says "apelsinjuice". A word of 8+ letters is split
+    where one side is a word of some product's profile (catalog text or photo reads) and both
     sides have 4+ letters.
     """
     out = dict(profile)
@@ -229,28 +228,3 @@ def catalog_profiles(catalog: Catalog) -> TextProfiles:
     """Word profiles of every product in the catalog (ordered by sku)."""
     return TextProfiles.build(product_text_of(catalog, p.key, p.sku, p.name, p.description)
                               for p in catalog.products())
-
-
-def gsd_product_text(product_dir: Path, name: str, *, sku: str | None = None) -> ProductText:
-    """The catalogue text of one GSD product folder (catalogue-only enrollment needs nothing else).
-
-    Titles: the folder name and the Information file's title and manufacturer lines;
-    texts: the English and Swedish descriptions and the Information description and
-    ingredients. Missing files are absent (fruit has no Swedish description); a file that is
-    not UTF-8 is a :class:`CatalogError` naming it.
-    """
-    titles, texts = [name.replace("-", " ")], []
-    for suffix in ("_Description.txt", "_Description_Swedish.txt", "_Information.txt"):
-        path = product_dir / f"{name}{suffix}"
-        if not path.is_file():
-            continue
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise CatalogError(f"{path}: not UTF-8 text", hint="re-save the file as UTF-8") from e
-        if suffix == "_Information.txt":
-            titles.extend(information_texts(raw, TITLE_KEYS))
-            texts.extend(information_texts(raw, DESCRIPTION_KEYS))
-        else:
-            texts.extend(description_lines(raw))
-    return ProductText(sku=sku or name, titles=tuple(titles), texts=tuple(dict.fromkeys(texts)))

@@ -53,7 +53,7 @@ _SLUG_ID = re.compile(r"[-_](?:id[-_]p[-_])?\d{5,}(?:_[A-Za-z]+)?$")  # article 
 def url_product_name(url: str) -> str | None:
     """The product name in a shop page's slug, in the shop's language; None if the URL has none.
 
-    Why: the GSD catalogue's titles are partly English, but the store's shelf signs and labels
+    Why: the GSD catalog's titles are partly English, but the store's shelf signs and labels
     are Swedish, and the page slug keeps the Swedish name ("Ananas-Klass-1-100145594_ST" ->
     "Ananas Klass 1", "Purjolok-Klass-1-..." -> "Purjolok Klass 1"). Loose fruit has no
     Swedish description, so the slug is where its sign words ("ananas", "apelsiner") come from.
