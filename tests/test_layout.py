@@ -1,4 +1,4 @@
-"""The shape of edge/: no import cycle between its modules, and no build-time dependency (torch, export/).
+"""The shape of edge/: no import cycle, no build-time dependency (torch, export/), rooms of a readable size.
 
 Read from the source (AST), not from ``sys.modules``: every ``import`` statement counts, at module
 level, inside functions, and under ``TYPE_CHECKING``, so a cycle hidden in a lazy import is found too.
@@ -14,6 +14,8 @@ import pytest
 
 EDGE = Path(__file__).resolve().parents[1] / "edge"
 FORBIDDEN = ("torch", "export")  # build-time only: the store box installs neither
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def module_name(path: Path) -> str:
@@ -82,3 +84,18 @@ def test_edge_never_imports_build_time_packages(forbidden: str) -> None:
     offenders = sorted(name for name, path in edge_modules().items()
                        if any(t == forbidden or t.startswith(forbidden + ".") for t in imported_names(path)))
     assert offenders == [], f"edge/ modules import {forbidden}: {offenders}"
+
+
+def test_modules_and_functions_stay_readable() -> None:
+    """A module over ~400 lines or a function over ~60 is a room doing too much: split it."""
+    long_modules, long_functions = [], []
+    for name, path in edge_modules().items():
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{name} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{name}.{node.name} ({n} lines)")
+    assert long_modules == [] and long_functions == [], (long_modules, long_functions)
