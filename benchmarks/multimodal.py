@@ -45,7 +45,7 @@ from edge.models.encoders import load_image_encoder, load_text_encoder
 from edge.models.encoders.base import ImageEncoder, TextEncoder
 from edge.models.preprocess import read_image
 from edge.text.calibration import fit_weights
-from edge.text.fusion import FusionWeights, fuse, semantic_scores
+from edge.text.fusion import FusionWeights, fuse
 from edge.text.ocr.engine import OcrResult
 from edge.text.profiles import ProductText, TextProfiles
 from export.data import ClassInfo, Sample, read_classes, read_split
@@ -53,6 +53,13 @@ from export.data import ClassInfo, Sample, read_classes, read_split
 MODALITIES = ("image", "image+ocr", "image+ocr+text")
 GROUPS = ("Fruit", "Vegetables", "Packages")
 SEED = 0  # profile photo draw
+
+
+def semantic_scores(query_vec: np.ndarray | None, product_vecs: np.ndarray) -> np.ndarray:
+    """Cosine of the query text embedding with each product's text embedding, clipped at 0."""
+    if query_vec is None:
+        return np.zeros(len(product_vecs), np.float32)
+    return np.clip(product_vecs @ np.asarray(query_vec, np.float32).reshape(-1), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True)

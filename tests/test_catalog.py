@@ -162,7 +162,8 @@ def test_missing_table_and_header_are_errors(tmp_path: Path) -> None:
 
 def test_product_vectors_are_unit_means(store: Store) -> None:
     store.enroll("M", name="Mango", images=[product_image(5), product_image(5, noise=30)])
-    emb = store.product_embeddings("image")
+    assert store.image_encoder is not None and store.text_encoder is not None
+    emb = store.catalog.product_vectors("image", store.image_encoder.fingerprint)
     assert list(emb) == ["M"]
     assert float(np.linalg.norm(emb["M"])) == pytest.approx(1.0, abs=1e-5)
-    assert store.product_embeddings("text")["M"].shape == (64,)
+    assert store.catalog.product_vectors("text", store.text_encoder.fingerprint)["M"].shape == (64,)

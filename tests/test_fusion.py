@@ -12,7 +12,8 @@ from edge.catalog.importers.gsd import information_texts, url_product_name
 from edge.core.errors import CatalogError, InputError
 from edge.core.types import Candidate
 from edge.text.calibration import fit_weights, macro_recall_at_1
-from edge.text.fusion import FusionWeights, fuse, fuse_candidates, semantic_scores
+from edge.text.fusion import FusionWeights, fuse, fuse_candidates
+from edge.text.normalise import tokens
 from edge.text.ocr.engine import OcrEngine
 from edge.text.profiles import ProductText, TextProfiles
 from tests.test_ocr import label
@@ -58,7 +59,7 @@ def test_a_frame_without_text_leaves_the_image_ranking_exactly_unchanged(profile
     assert not ocr.any()
     image = np.random.default_rng(0).uniform(-1, 1, (50, len(SKUS))).astype(np.float32)
     weights = FusionWeights(ocr=0.5, text=0.3)
-    fused = fuse(image, ocr=np.broadcast_to(ocr, image.shape), text=semantic_scores(None, np.eye(4)),
+    fused = fuse(image, ocr=np.broadcast_to(ocr, image.shape), text=np.zeros(4, np.float32),
                  weights=weights)
     assert np.array_equal(fused, image)
     shortlist = [Candidate(sku="banana", name="Banana", score=0.4), Candidate(sku="arla-mjolk", name="M", score=0.3)]
@@ -77,10 +78,10 @@ def test_a_product_named_by_text_but_missing_from_the_image_shortlist_enters_at_
 
 
 def test_ocr_misreads_and_diacritics_still_match(profiles: TextProfiles) -> None:
-    s = profiles.score_text("GRADDFLL")  # one letter misread
+    s = profiles.score(tokens("GRADDFLL"))  # one letter misread
     assert SKUS[int(np.argmax(s))] == "arla-graddfil" and 0.8 < s.max() < 1.0
-    assert SKUS[int(np.argmax(profiles.score_text("mellanmjolk")))] == "arla-mjolk"
-    assert not profiles.score_text("gra").any()  # short fragments are not fuzzy-matched
+    assert SKUS[int(np.argmax(profiles.score(tokens("mellanmjolk"))))] == "arla-mjolk"
+    assert not profiles.score(tokens("gra")).any()  # short fragments are not fuzzy-matched
 
 
 def test_words_read_off_reference_photos_weigh_by_the_share_of_photos() -> None:

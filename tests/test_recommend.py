@@ -644,7 +644,7 @@ def test_recommender_reads_similar_products_from_a_real_store(tmp_path: Path, ti
     rec = recommender_for(settings, store=store)
     assert rec.products is not None and sorted(rec.products.skus) == ["BLUE", "GREEN", "RED", "YELLOW"]
     got = rec.recommend("RED", kind="similar", k=3)
-    vecs = {s: store.product_embeddings("image")[s] for s in rec.products.skus}
+    vecs = store.catalog.product_vectors("image", enc.fingerprint)
     want = sorted((s for s in vecs if s != "RED"), key=lambda s: -float(vecs[s] @ vecs["RED"]))
     assert [r.sku for r in got] == want and got[0].name == want[0].title()
     assert "BLUE" not in [r.sku for r in rec.recommend("RED", kind="similar", k=3, filters=Filters(in_stock_only=True))]

@@ -177,13 +177,6 @@ class Store:
             return self._ranked([(key, s, {IMAGE: s}) for key, s in rankings[IMAGE][:k]])
         return self._fuse(rankings, k)
 
-    def product_embeddings(self, modality: str = IMAGE) -> dict[str, np.ndarray]:
-        """sku -> unit mean of that product's vectors for ``modality`` under the loaded encoder."""
-        enc = self.image_encoder if modality == IMAGE else self.text_encoder
-        if enc is None:
-            raise InputError(f"no {modality} encoder is loaded", hint=f"configure model.{modality}_bundle")
-        return self.catalog.product_vectors(modality, enc.fingerprint)
-
     def _image_keys(self, embs: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         idx = self._indexes[IMAGE]
         n = len(np.atleast_2d(embs)) if np.size(embs) else 0

@@ -2,11 +2,12 @@
 
 ``fused(p) = image(p) + w_ocr * ocr(p) + w_text * text(p)``, where ``image(p)`` is the
 product's image score, ``ocr(p)`` the coverage score of the words read off the crop
-(:mod:`edge.text.profiles`) and ``text(p)`` the optional semantic score (cosine of MiniLM
-embeddings of query text and product text, clipped at 0). The frame loop fuses the OCR term
-only; the weights are fitted by ``storelens calibrate --fusion`` (:mod:`edge.text.calibration`)
-and stored with the catalog. Without text evidence every text term is 0, so the fused ranking
-is exactly the image ranking: fusion is never worse than image-only on unreadable products.
+(:mod:`edge.text.profiles`) and ``text(p)`` an optional semantic score a caller supplies (the
+multimodal benchmark: cosine of MiniLM embeddings, clipped at 0). The frame loop and
+``storelens calibrate --fusion`` use the OCR term only. The weights are fitted by
+:mod:`edge.text.calibration` and stored with the catalog. Without text evidence every text
+term is 0, so the fused ranking is exactly the image ranking: fusion is never worse than
+image-only on unreadable products.
 """
 
 from __future__ import annotations
@@ -28,13 +29,6 @@ if TYPE_CHECKING:
     from edge.catalog.db import Catalog
 
 WEIGHTS_META = "fusion_weights"  # catalog meta key of the stored weights
-
-
-def semantic_scores(query_vec: np.ndarray | None, product_vecs: np.ndarray) -> np.ndarray:
-    """Cosine of the query text embedding with each product's text embedding, clipped at 0."""
-    if query_vec is None:
-        return np.zeros(len(product_vecs), np.float32)
-    return np.clip(product_vecs @ np.asarray(query_vec, np.float32).reshape(-1), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -149,9 +149,6 @@ class TextProfiles:
             i += 1
         return out
 
-    def score_text(self, text: str) -> np.ndarray:
-        return self.score(tokens(text))
-
     def to_dict(self) -> dict[str, Any]:
         return {"skus": list(self.skus), "weights": [{w: round(v, 4) for w, v in p.items()} for p in self._weights]}
 

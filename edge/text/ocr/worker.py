@@ -138,13 +138,6 @@ class OcrWorker:
         st.done.wait(timeout)
         return self.latest(roi)
 
-    def invalidate(self, roi: str) -> None:
-        """Forget the cached reading of ``roi`` (e.g. the gate saw the product change)."""
-        with self._cv:
-            st = self._rois.get(roi)
-            if st is not None:
-                st.result, st.signature = None, None
-
     def stats(self) -> OcrStats:
         with self._cv:
             pending = sum(1 for s in self._rois.values() if s.pending is not None)
