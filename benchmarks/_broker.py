@@ -82,7 +82,8 @@ class Broker:
             wait_port(self.port)
         except TimeoutError:
             self.stop()
-            raise TimeoutError(f"mosquitto did not start on port {self.port}; see {self.workdir}/mosquitto.log") from None
+            log = self.workdir / "mosquitto.log"
+            raise TimeoutError(f"mosquitto did not start on port {self.port}; see {log}") from None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
