@@ -1,4 +1,4 @@
-"""The compact product image encoder (plain torch, no pretrained weights exist here).
+"""The product image encoders: compact from-scratch CNNs, or a pretrained backbone (export/backbones.py).
 
 Two shapes, both sized for a 2-core store box (int8 inference in a couple of milliseconds
 a crop), both ending in an L2-normalised embedding so nearest-neighbour search (cosine)
@@ -23,6 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.backbones import BACKBONES, LiteNet
+
+# Lite's "same" padding is fixed at construction; it is identical for every input size that is a
+# multiple of 32 (all stride-2 convs then see even sizes), which export/finetune.py requires.
+LITE_PADDING_SIZE = 224
+
 
 @dataclass(frozen=True)
 class EncoderArch:
@@ -32,7 +38,7 @@ class EncoderArch:
     blocks: tuple[int, ...] = (1, 2, 2, 2)  # plain: 3x3 convs a stage; resnet: residual blocks a stage
     stem: int = 32
     embedding_dim: int = 256
-    kind: str = "plain"  # plain | resnet
+    kind: str = "plain"  # plain | resnet | a pretrained backbone of export/backbones.py
 
     def to_dict(self) -> dict[str, object]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -82,10 +88,16 @@ class ProductEncoder(nn.Module):
 
     def __init__(self, arch: EncoderArch = EncoderArch()) -> None:
         super().__init__()
-        if arch.kind not in ("plain", "resnet"):
-            raise ValueError(f"unknown encoder kind {arch.kind!r}: use plain or resnet")
         self.arch = arch
-        self.net = PlainNet(arch) if arch.kind == "plain" else ResNet(arch)
+        self.net: nn.Module
+        if arch.kind == "plain":
+            self.net = PlainNet(arch)
+        elif arch.kind == "resnet":
+            self.net = ResNet(arch)
+        elif arch.kind in BACKBONES:
+            self.net = LiteNet(arch.kind, arch.embedding_dim, LITE_PADDING_SIZE)
+        else:
+            raise ValueError(f"unknown encoder kind {arch.kind!r}: use plain, resnet or {', '.join(BACKBONES)}")
         self._register_load_state_dict_pre_hook(_nest_legacy_keys)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
