@@ -82,7 +82,7 @@ def locate_weights(name: str) -> tuple[PretrainedWeights, Path]:
     except (ImportError, metadata.PackageNotFoundError) as e:
         raise InputError(f"backbone {name}: package {package} or {code_package} is not installed ({e})",
                          hint=hint) from e
-    files = sorted((Path(mod.__file__).parent / "models").glob("*.pth"))
+    files = sorted((Path(str(mod.__file__)).parent / "models").glob("*.pth"))
     if len(files) != 1:
         raise InputError(f"backbone {name}: expected one .pth inside {package}, found {len(files)}", hint=hint)
     return PretrainedWeights(backbone=name, package=package, version=version, file=files[0].name,

@@ -208,6 +208,7 @@ def build_image_bundle(*, checkpoint: Path, samples: Sequence[Sample], out: Path
             "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
             "training": {k: v for k, v in ck.report.items() if k not in ("skipped", "history")},
+            "pretrained": ck.report.get("pretrained"),  # package, version, sha256, licence and ImageNet terms
             "whitening": whitening_info,
             "data": {"source": data_source, "images": len(samples), "digest": data_digest(samples)},
             "calibration": {"images": len(calib), "selection": "spread over products, from the parity gallery",

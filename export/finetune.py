@@ -218,12 +218,13 @@ def finetune(samples: list[Sample], class_names: dict[int, str], out: Path, cfg:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             correct += int((logits.argmax(1) == y[idx]).sum())
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                                "train_acc": correct / (steps * cfg.batch_size), "epoch_s": time.time() - te}
         if cv:
-            gal_e, q_e = embed_cached(net, clean[tr], cfg.freeze_blocks), embed_cached(net, clean[cv], cfg.freeze_blocks)
+            k = cfg.freeze_blocks
+            gal_e, q_e = embed_cached(net, clean[tr], k), embed_cached(net, clean[cv], k)
             row["carved_val"] = retrieval_metrics(q_e, small.labels[cv], gal_e, small.labels[tr])
             if row["carved_val"]["macro_r1"] > best["r1"]:
                 best = {"r1": row["carved_val"]["macro_r1"], "epoch": epoch + 1,

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from edge.core.errors import InputError
 from edge.models.preprocess import PreprocessSpec, normalise
 from export.augment import AugmentConfig, augment
+from export.backbones import BACKBONES
 from export.carve import carve_random, carve_sessions, thumbnails
 from export.data import DecodedSet, Sample, decode_samples, read_classes, read_folder, read_split
 from export.model import CosineHead, EncoderArch, ProductEncoder, embed_batches
@@ -468,6 +469,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "--embedding-dim", type=int, default=a.embedding_dim, help="embedding length (default: %(default)s)"
     )
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--backbone", choices=("plain", *sorted(BACKBONES)), default="plain",
+                   help="plain: this from-scratch recipe; a pretrained backbone fine-tunes it instead, with its own "
+                   "flags (see `storelens export train --backbone efficientnet-lite0 --help`)")
     return p
 
 
@@ -487,6 +491,13 @@ def arch_from_args(args: argparse.Namespace) -> EncoderArch:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--backbone", default="plain")
+    known, _ = pre.parse_known_args(argv)
+    if known.backbone != "plain":  # a pretrained backbone has its own recipe and flags (export/finetune.py)
+        from export.finetune import main as finetune_main
+
+        return finetune_main(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
     samples, names = load_samples(args)
