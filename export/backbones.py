@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.errors import InputError
+from edge.core.errors import InputError
 
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3

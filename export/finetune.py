@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edge.errors import InputError
-from edge.preprocess import PreprocessSpec, normalise
+from edge.core.errors import InputError
+from edge.models.preprocess import PreprocessSpec, normalise
 from export.augment import AugmentConfig, augment
 from export.backbones import BACKBONES, LITE_MEAN, LITE_STD, LiteNet, locate_weights
 from export.data import DecodedSet, Sample, decode_samples, read_split

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 
-from edge.errors import InputError  # noqa: E402
+from edge.core.errors import InputError  # noqa: E402
 from export.backbones import locate_weights  # noqa: E402
 from export.data import read_folder  # noqa: E402
 from export.finetune import FinetuneConfig, finetune  # noqa: E402
