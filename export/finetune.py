@@ -151,14 +151,73 @@ def _set_train(net: LiteNet, k: int) -> None:
         m.eval()
 
 
+@dataclass
+class _Data:
+    """The photos of one run: decoded sets, the carve, and the training labels."""
+
+    big: DecodedSet  # cache size, for augmented views
+    small: DecodedSet  # input size, what the edge embeds
+    pos: dict[str, int]  # path -> row of big/small
+    tr_idx: list[int]  # carve indices into samples
+    cv_idx: list[int]
+    tr: list[int]  # rows of big/small: training photos of trained products
+    cv: list[int]  # rows: carved photos of trained products
+    held: list[int]  # products held out of training (open-set)
+    y: torch.Tensor  # class index of each training row
+
+
+def _prepare(samples: list[Sample], cfg: FinetuneConfig, rng: np.random.Generator, cache_dir: Path) -> _Data:
+    all_labels = sorted({s.label for s in samples})
+    held = sorted(rng.choice(all_labels, cfg.holdout_classes, replace=False).tolist()) if cfg.holdout_classes else []
+    tr_idx, cv_idx = carve(samples, cfg, rng, cache_dir)  # type: ignore[arg-type]
+    big = decode_samples(samples, round(cfg.input_size * cfg.cache_scale), cache_dir)
+    small = decode_samples(samples, cfg.input_size, cache_dir)
+    pos = {str(s.path): i for i, s in enumerate(big.samples)}
+
+    def rows(idx: list[int]) -> list[int]:
+        return [pos[str(samples[i].path)] for i in idx if str(samples[i].path) in pos and samples[i].label not in held]
+
+    tr, cv = rows(tr_idx), rows(cv_idx)
+    label_map = {c: i for i, c in enumerate(sorted(set(big.labels[tr].tolist())))}
+    y = torch.tensor([label_map[int(c)] for c in big.labels[tr]])
+    return _Data(big, small, pos, tr_idx, cv_idx, tr, cv, held, y)
+
+
+def _train_epoch(net: LiteNet, head: CosineHead, opt: torch.optim.Optimizer, views: torch.Tensor, y: torch.Tensor,
+                 cfg: FinetuneConfig, epoch: int, g: torch.Generator) -> dict[str, Any]:
+    """One pass over the training photos, each as one of its cached views, mirrored at random."""
+    _set_train(net, cfg.freeze_blocks)
+    n = len(y)
+    steps = max(1, n // cfg.batch_size)
+    total, warm = cfg.epochs * steps, round(cfg.warmup_epochs * steps)
+    perm, pick = torch.randperm(n, generator=g), torch.randint(cfg.views, (n,), generator=g)
+    flip = torch.rand(n, generator=g) < 0.5
+    losses, correct, t0 = [], 0, time.time()
+    for b in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr):
+        f = lr_factor(epoch * steps + b, total, warm)
+        for grp in opt.param_groups:
+            grp["lr"] = cfg.lr * grp["scale"] * f
+        idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        x = views[pick[idx], idx].float()
+        x = torch.where(flip[idx].view(-1, 1, 1, 1), x.flip(3), x)
+        logits = head(net.forward_from(x, cfg.freeze_blocks), y[idx])
+        loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        correct += int((logits.argmax(1) == y[idx]).sum())
+    return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_acc": correct / (steps * cfg.batch_size),
+            "epoch_s": time.time() - t0}
+
+
 def finetune(samples: list[Sample], class_names: dict[int, str], out: Path, cfg: FinetuneConfig,
              val_split: list[Sample] | None = None, resume: bool = True) -> dict[str, Any]:
     """Train, select on the carve, write ``encoder.pt``, ``report.json`` and ``curves.png`` to ``out``."""
     cfg.check()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
+    rng, g = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = out / "cache"
     weights, wpath = locate_weights(cfg.backbone)
@@ -167,30 +226,19 @@ def finetune(samples: list[Sample], class_names: dict[int, str], out: Path, cfg:
     net: LiteNet = model.net  # type: ignore[assignment]
     net.load_pretrained(wpath)
     _freeze(net, cfg.freeze_blocks)
-
-    all_labels = sorted({s.label for s in samples})
-    held = sorted(rng.choice(all_labels, cfg.holdout_classes, replace=False).tolist()) if cfg.holdout_classes else []
-    tr_idx, cv_idx = carve(samples, cfg, rng, cache_dir)  # type: ignore[arg-type]
-    big = decode_samples(samples, round(cfg.input_size * cfg.cache_scale), cache_dir)
-    small = decode_samples(samples, cfg.input_size, cache_dir)
-    pos = {str(s.path): i for i, s in enumerate(big.samples)}
-    tr = [pos[str(samples[i].path)] for i in tr_idx if str(samples[i].path) in pos and samples[i].label not in held]
-    cv = [pos[str(samples[i].path)] for i in cv_idx if str(samples[i].path) in pos and samples[i].label not in held]
-    label_map = {c: i for i, c in enumerate(sorted(set(big.labels[tr].tolist())))}
-    y = torch.tensor([label_map[int(c)] for c in big.labels[tr]])
+    d = _prepare(samples, cfg, rng, cache_dir)
+    k = cfg.freeze_blocks
     log.info("backbone=%s sha256=%s train=%d photos/%d products carve=%d photos frozen_blocks=%d views=%d",
-             cfg.backbone, weights.sha256[:12], len(tr), len(label_map), len(cv), cfg.freeze_blocks, cfg.views)
-
+             cfg.backbone, weights.sha256[:12], len(d.tr), int(d.y.max()) + 1 if len(d.y) else 0, len(d.cv), k,
+             cfg.views)
     t0 = time.time()
-    views = _cached(out / "cache" / f"views-{cfg.seed}.pt", lambda: cache_views(net, big.pixels[tr], cfg, g))
-    clean = _cached(out / "cache" / "clean.pt", lambda: clean_features(net, small.pixels, cfg))
+    views = _cached(cache_dir / f"views-{cfg.seed}.pt", lambda: cache_views(net, d.big.pixels[d.tr], cfg, g))
+    clean = _cached(cache_dir / "clean.pt", lambda: clean_features(net, d.small.pixels, cfg))
     log.info("cached frozen features views=%s clean=%s in %.0f s", tuple(views.shape), tuple(clean.shape),
              time.time() - t0)
 
-    head = CosineHead(cfg.embedding_dim, len(label_map), cfg.scale, cfg.margin)
+    head = CosineHead(cfg.embedding_dim, int(d.y.max()) + 1 if len(d.y) else 1, cfg.scale, cfg.margin)
     opt = _optimizer(net, head, cfg)
-    steps = max(1, len(tr) // cfg.batch_size)
-    total, warm = cfg.epochs * steps, round(cfg.warmup_epochs * steps)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"r1": -1.0}
     start, ckpt = 0, out / "checkpoint.pt"
@@ -201,31 +249,10 @@ def finetune(samples: list[Sample], class_names: dict[int, str], out: Path, cfg:
         g.set_state(st["rng"])
         log.info("resumed from %s at epoch %d", ckpt, start + 1)
     for epoch in range(start, cfg.epochs):
-        _set_train(net, cfg.freeze_blocks)
-        perm = torch.randperm(len(tr), generator=g)
-        pick = torch.randint(cfg.views, (len(tr),), generator=g)
-        flip = torch.rand(len(tr), generator=g) < 0.5
-        losses, correct, te = [], 0, time.time()
-        for b in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr):
-            f = lr_factor(epoch * steps + b, total, warm)
-            for grp in opt.param_groups:
-                grp["lr"] = cfg.lr * grp["scale"] * f
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = views[pick[idx], idx].float()
-            x = torch.where(flip[idx].view(-1, 1, 1, 1), x.flip(3), x)
-            logits = head(net.forward_from(x, cfg.freeze_blocks), y[idx])
-            loss = F.cross_entropy(logits, y[idx], label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            correct += int((logits.argmax(1) == y[idx]).sum())
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                               "train_acc": correct / (steps * cfg.batch_size), "epoch_s": time.time() - te}
-        if cv:
-            k = cfg.freeze_blocks
-            gal_e, q_e = embed_cached(net, clean[tr], k), embed_cached(net, clean[cv], k)
-            row["carved_val"] = retrieval_metrics(q_e, small.labels[cv], gal_e, small.labels[tr])
+        row = _train_epoch(net, head, opt, views, d.y, cfg, epoch, g)
+        if d.cv:
+            gal_e, q_e = embed_cached(net, clean[d.tr], k), embed_cached(net, clean[d.cv], k)
+            row["carved_val"] = retrieval_metrics(q_e, d.small.labels[d.cv], gal_e, d.small.labels[d.tr])
             if row["carved_val"]["macro_r1"] > best["r1"]:
                 best = {"r1": row["carved_val"]["macro_r1"], "epoch": epoch + 1,
                         "state": copy.deepcopy(model.state_dict())}
@@ -236,27 +263,35 @@ def finetune(samples: list[Sample], class_names: dict[int, str], out: Path, cfg:
               "best": best, "epoch": epoch, "rng": g.get_state()}
         torch.save(st, ckpt.with_suffix(".tmp"))
         ckpt.with_suffix(".tmp").replace(ckpt)
-
     if "state" in best:
         model.load_state_dict(best["state"])
     model.eval()
-    spec = _spec(cfg)
-    report: dict[str, Any] = {
-        "config": asdict(cfg), "arch": arch.to_dict(), "preprocess": spec.to_dict(), "pretrained": weights.to_dict(),
+    report = _report(cfg, arch, weights.to_dict(), d, history, best)
+    report.update(_open_set_and_val(model, _spec(cfg), d, samples, val_split, class_names, cache_dir))
+    _write_run(out, model, cfg, class_names, report)
+    return report
+
+
+def _report(cfg: FinetuneConfig, arch: EncoderArch, pretrained: dict[str, Any], d: _Data,
+            history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "config": asdict(cfg), "arch": arch.to_dict(), "preprocess": _spec(cfg).to_dict(), "pretrained": pretrained,
         "selected_epoch": best.get("epoch", cfg.epochs), "selected_by": "sessions-carve macro R@1",
-        "n_train_images": len(tr), "n_train_classes": len(label_map), "heldout_classes": held,
-        "skipped": big.skipped, "history": history,
+        "n_train_images": len(d.tr), "n_train_classes": int(d.y.max()) + 1 if len(d.y) else 0,
+        "heldout_classes": d.held, "skipped": d.big.skipped, "history": history,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cpu": platform.processor() or platform.machine(), "threads": cfg.threads},
     }
-    report.update(_open_set_and_val(model, spec, big, small, samples, tr, tr_idx, cv_idx, pos, held, val_split,
-                                    class_names, cache_dir))
-    torch.save({"ema": model.state_dict(), "arch": arch.to_dict(), "preprocess": spec.to_dict(),
+
+
+def _write_run(out: Path, model: ProductEncoder, cfg: FinetuneConfig, class_names: dict[int, str],
+               report: dict[str, Any]) -> None:
+    """``encoder.pt`` in the layout export/onnx.py loads (weights under 'ema'), the report and curves."""
+    torch.save({"ema": model.state_dict(), "arch": model.arch.to_dict(), "preprocess": _spec(cfg).to_dict(),
                 "classes": {int(k): v for k, v in class_names.items()},
                 "report": {k: v for k, v in report.items() if k != "history"}}, out / "encoder.pt")
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    plot_curves(history, out / "curves.png")
-    return report
+    plot_curves(report["history"], out / "curves.png")
 
 
 def _cached(path: Path, make: Any) -> torch.Tensor:
@@ -271,21 +306,21 @@ def _cached(path: Path, make: Any) -> torch.Tensor:
     return t
 
 
-def _open_set_and_val(model: ProductEncoder, spec: PreprocessSpec, big: DecodedSet, small: DecodedSet,
-                      samples: list[Sample], tr: list[int], tr_idx: list[int], cv_idx: list[int], pos: dict[str, int],
-                      held: list[int], val_split: list[Sample] | None, names: dict[int, str],
-                      cache_dir: Path) -> dict[str, Any]:
+def _open_set_and_val(model: ProductEncoder, spec: PreprocessSpec, d: _Data, samples: list[Sample],
+                      val_split: list[Sample] | None, names: dict[int, str], cache_dir: Path) -> dict[str, Any]:
+    """Held-out products enrolled from their photos (carve queries), and the val split, reported once."""
     from export.train import embed
 
     res: dict[str, Any] = {}
-    if held:
-        enrolled = [pos[str(samples[i].path)] for i in tr_idx if str(samples[i].path) in pos]
-        qh = [pos[str(samples[i].path)] for i in cv_idx if str(samples[i].path) in pos and samples[i].label in held]
+    if d.held:
+        enrolled = [d.pos[str(samples[i].path)] for i in d.tr_idx if str(samples[i].path) in d.pos]
+        qh = [d.pos[str(samples[i].path)] for i in d.cv_idx
+              if str(samples[i].path) in d.pos and samples[i].label in d.held]
         if qh:
-            e_g, e_q = embed(model, small.pixels[enrolled], spec), embed(model, small.pixels[qh], spec)
-            res["carved_open_set"] = retrieval_metrics(e_q, small.labels[qh], e_g, small.labels[enrolled])
+            e_g, e_q = embed(model, d.small.pixels[enrolled], spec), embed(model, d.small.pixels[qh], spec)
+            res["carved_open_set"] = retrieval_metrics(e_q, d.small.labels[qh], e_g, d.small.labels[enrolled])
     if val_split:
-        res["val"] = evaluate_split(model, spec, big, small, tr, val_split, held, names, cache_dir)
+        res["val"] = evaluate_split(model, spec, d.big, d.small, d.tr, val_split, d.held, names, cache_dir)
     return res
 
 
