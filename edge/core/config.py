@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.core.errors import ConfigError
+from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, MetricsSettings
 
 ENV_PREFIX = "STORELENS_"
 
@@ -290,6 +291,9 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection and outbox")
     recommend: RecommendSettings = Field(default_factory=RecommendSettings, description="Recommendations")
     ocr: OcrSettings = Field(default_factory=OcrSettings, description="Label text reading (OCR)")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics endpoint")
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings, description="HA discovery")
+    health: HealthSettings = Field(default_factory=HealthSettings, description="Heartbeat file and health thresholds")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")
@@ -305,11 +309,8 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)  # env and file are merged by load_settings()
@@ -371,10 +372,8 @@ class SettingsError(ConfigError):
     def __init__(self, problems: list[tuple[str, str, str]], source: str) -> None:
         self.problems = problems
         lines = "; ".join(f"{k} = {v} -> {m}" for k, v, m in problems)
-        super().__init__(
-            f"{source}: {len(problems)} invalid setting(s): {lines}",
-            hint="fix the keys named (storelens validate-config FILE lists them)",
-        )
+        super().__init__(f"{source}: {len(problems)} invalid setting(s): {lines}",
+                         hint="fix the keys named (storelens validate-config FILE lists them)")
 
     @classmethod
     def from_validation(cls, e: ValidationError, source: str) -> SettingsError:

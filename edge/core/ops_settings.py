@@ -1,0 +1,47 @@
+"""The operations sections of the config: ``[metrics]``, ``[homeassistant]``, ``[health]``.
+
+Kept beside :mod:`edge.core.config` (which puts them on the root :class:`~edge.core.config.Settings`)
+so that module stays readable; the same rules apply: unknown keys are errors, values are frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics (edge.ops.metrics) at ``http://<host>:<port>/metrics``."""
+
+    enabled: bool = Field(False, description="Serve Prometheus metrics at /metrics")
+    host: str = Field("127.0.0.1", min_length=1,
+                      description="Address to listen on: 127.0.0.1 = this box only; 0.0.0.0 lets a remote Prometheus in")
+    port: int = Field(9847, ge=0, le=65535, description="TCP port of the metrics endpoint (0 = any free port, logged)")
+
+
+class HomeAssistantSettings(_Section):
+    """Home Assistant MQTT discovery (edge.ops.discovery): each camera region becomes a sensor."""
+
+    enabled: bool = Field(False, description="Publish retained Home Assistant discovery configs (needs [mqtt])")
+    discovery_prefix: str = Field("homeassistant", min_length=1, max_length=128, pattern=r"^[^#+]+$",
+                                  description="Home Assistant's MQTT discovery prefix")
+    device_name: str | None = Field(None, min_length=1, max_length=128,
+                                    description="Device name in Home Assistant; empty = StoreLens <store> <id>")
+
+
+class HealthSettings(_Section):
+    """The heartbeat file the frame loop writes and the thresholds `storelens health` judges it by."""
+
+    heartbeat_s: float = Field(1.0, gt=0, le=60, description="How often the frame loop rewrites the status file")
+    status_file: Path | None = Field(None, description="Health status file; empty = <catalog.data_dir>/health.json")
+    loop_stall_s: float = Field(30.0, gt=0, le=3600, description="Unhealthy when the frame loop has not written the "
+                                "status file for this long (the systemd watchdog restarts it after WatchdogSec)")
+    broker_down_s: float = Field(60.0, ge=0, le=86400, description="Unhealthy when the broker is unreachable this long")
+    camera_down_s: float = Field(30.0, ge=0, le=86400, description="Unhealthy when a camera is down this long")
+    outbox_ratio: float = Field(0.8, gt=0, le=1, description="Unhealthy when the outbox holds this share of "
+                                "mqtt.outbox_max_messages (it drops the oldest when full)")
