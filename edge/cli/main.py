@@ -28,6 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.cli.catalog",
     "edge.cli.search",
     "edge.cli.calibrate",
+    "edge.cli.health",
+    "edge.cli.service",
 )
 
 log = logging.getLogger("storelens")

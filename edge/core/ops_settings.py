@@ -19,8 +19,8 @@ class MetricsSettings(_Section):
     """Prometheus metrics (edge.ops.metrics) at ``http://<host>:<port>/metrics``."""
 
     enabled: bool = Field(False, description="Serve Prometheus metrics at /metrics")
-    host: str = Field("127.0.0.1", min_length=1,
-                      description="Address to listen on: 127.0.0.1 = this box only; 0.0.0.0 lets a remote Prometheus in")
+    host: str = Field("127.0.0.1", min_length=1, description="Address to listen on: 127.0.0.1 = this box only; "
+                      "0.0.0.0 lets a remote Prometheus in")
     port: int = Field(9847, ge=0, le=65535, description="TCP port of the metrics endpoint (0 = any free port, logged)")
 
 

@@ -51,6 +51,7 @@ class Frame:
     seq: int
     ts: float  # wall-clock capture time (time.time()): match messages carry it, latency is measured from it
     image: np.ndarray
+    decode_s: float = 0.0  # read + decode + resize (a live source's read also waits for its next frame)
 
 
 class VideoCaptureSource:
@@ -216,6 +217,7 @@ class CameraThread:
         next_t = time.monotonic()
         seq = 0
         while not self._stop.is_set():
+            t_read = time.perf_counter()
             try:
                 if self._source is None:  # only after a failed close; reopen below
                     raise CaptureError(f"camera {self.name!r}: source not open")
@@ -231,7 +233,8 @@ class CameraThread:
                 log.info("source ended", extra={"camera": self.name})
                 return
             seq += 1
-            frame = Frame(self.name, seq, time.time(), _resize(image, self.settings.resize_width))
+            ts, image = time.time(), _resize(image, self.settings.resize_width)
+            frame = Frame(self.name, seq, ts, image, time.perf_counter() - t_read)
             with self._lock:
                 self._latest = frame
             self.stats.frames += 1

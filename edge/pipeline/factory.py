@@ -21,6 +21,7 @@ from edge.comms.outbox import Outbox
 from edge.core.config import Settings
 from edge.core.errors import StoreLensError
 from edge.models.encoders.base import ImageEncoder
+from edge.ops.hooks import RuntimeHooks
 from edge.pipeline.capture import CameraThread, SourceFactory
 from edge.pipeline.gate import RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
@@ -57,7 +58,8 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
                            token=m.command_token.get_secret_value() if m.command_token else None)
     rt = Runtime(settings=settings, encoder=encoder, matcher=matcher, cameras=cameras,
                  regions=_regions(settings, matcher), wake=wake, outbox=outbox, link=link, router=router,
-                 out=out if out is not None else sys.stdout, recommender=recommender, reranker=reranker)
+                 out=out if out is not None else sys.stdout, recommender=recommender, reranker=reranker,
+                 hooks=RuntimeHooks.from_settings(settings, link))
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
     if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
         attach_recommender(recommender, link=link, router=router)

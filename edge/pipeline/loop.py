@@ -31,6 +31,7 @@ from edge.comms.outbox import Outbox
 from edge.core.config import CameraSettings, RoiSettings, Settings
 from edge.core.types import Candidate
 from edge.models.encoders.base import ImageEncoder
+from edge.ops.hooks import RuntimeHooks
 from edge.pipeline import messages
 from edge.pipeline.capture import CameraThread, Frame
 from edge.pipeline.gate import GateVerdict, RegionGate
@@ -89,8 +90,10 @@ class Runtime:
     def __init__(self, *, settings: Settings, encoder: ImageEncoder, matcher: Matcher,
                  cameras: list[CameraThread], regions: dict[str, list[Region]], wake: threading.Event,
                  outbox: Outbox, link: MqttLink | None, router: CommandRouter, out: IO[str],
-                 recommender: Recommender | None = None, reranker: LabelTextReranker | None = None) -> None:
+                 recommender: Recommender | None = None, reranker: LabelTextReranker | None = None,
+                 hooks: RuntimeHooks | None = None) -> None:
         self.settings = settings
+        self.hooks = hooks or RuntimeHooks()  # metrics, HA discovery, health heartbeat, systemd (edge.ops)
         self.encoder = encoder
         self.matcher = matcher
         self.prefix = settings.topic_prefix
@@ -118,6 +121,7 @@ class Runtime:
 
     def start(self) -> None:
         """Open every camera first (a wrong source is a CaptureError naming it), then the broker link."""
+        self.hooks.starting(self)
         for cam in self.cameras:
             cam.open()
         if self.settings.jsonl_out:
@@ -134,6 +138,7 @@ class Runtime:
         for cam in self.cameras:
             cam.start()
         self._next_stats = time.monotonic() + self.settings.mqtt.stats_interval_s
+        self.hooks.started(self)
 
     def run(self, stop: threading.Event, *, max_seconds: float | None = None) -> None:
         """Loop until ``stop`` is set, ``max_seconds`` pass, or every (finite) source has ended."""
@@ -142,6 +147,7 @@ class Runtime:
             self._wake.wait(WAKE_TIMEOUT_S)
             self._wake.clear()
             self.step()
+            self.hooks.tick(self)
             if self.cameras and all(c.ended for c in self.cameras):
                 self.step()
                 log.info("all sources ended")
@@ -149,6 +155,7 @@ class Runtime:
 
     def shutdown(self) -> dict[str, Any]:
         """Stop capture, decide on the frames already captured, flush the outbox (bounded), go offline."""
+        self.hooks.stopping()
         for cam in self.cameras:
             cam.stop()
         self.step()
@@ -160,6 +167,7 @@ class Runtime:
         left = self.link.stop(flush_timeout_s=self.settings.mqtt.flush_timeout_s) if self.link else \
             self.outbox.stats().depth
         summary = {**self.stats(), "outbox_left": left}
+        self.hooks.stopped(self)
         self.outbox.close()
         if self._jsonl:
             self._jsonl.close()
@@ -195,6 +203,7 @@ class Runtime:
                 continue
             self._last_frames[cam.name] = frame
             self.counts["frames"] += 1
+            self.hooks.frame(frame)
             for region in self.regions[cam.name]:
                 c = crop(frame.image, region.roi.rect)
                 verdict = region.gate.check(c)
@@ -223,7 +232,9 @@ class Runtime:
                 image_cands, cands = cands, self.reranker.rerank(region.key, c, cands)
                 if self.reranker.worker.request(region.key, c) is None:  # still reading: vote it later
                     self._awaiting_text[region.key] = (c.copy(), list(image_cands), self.settings.decision.window)
-            if (d := region.voter.add(cands, ts=frame.ts, now=now)) is not None:
+            with self.hooks.stage("vote"):
+                d = region.voter.add(cands, ts=frame.ts, now=now)
+            if d is not None:
                 self._emit(d)
         return True
 
@@ -247,6 +258,11 @@ class Runtime:
             self._emit(d)
 
     def _emit(self, d: Decision) -> None:
+        with self.hooks.stage("publish"):
+            self._publish(d)
+        self.hooks.decision(d)
+
+    def _publish(self, d: Decision) -> None:
         self.counts["decisions"] += 1
         self.counts["heartbeats"] += int(d.heartbeat)
         self.counts["unknown"] += int(d.decision == "unknown")
@@ -281,7 +297,10 @@ class Runtime:
     def match_images(self, images: Sequence[np.ndarray], k: int) -> list[list[Candidate]]:
         """Embed and match under the model lock, so a reload never splits an encoder from its index."""
         with self._model_lock:
-            return self.matcher.match_vectors(self.encoder.embed(list(images)), k)
+            with self.hooks.stage("embed"):
+                embs = self.encoder.embed(list(images))
+            with self.hooks.stage("search"):
+                return self.matcher.match_vectors(embs, k)
 
     def swap_models(self, encoder: ImageEncoder, matcher: Matcher) -> None:
         """Swap in an encoder and the matcher built for it (or the same pair) between two batches."""

@@ -1,0 +1,190 @@
+"""Health with real parts: the runtime's heartbeat file, `storelens health` as a subprocess, a real
+Mosquitto that is stopped (-> mqtt), a frame loop that hangs (-> loop), and sd_notify over a real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks._broker import Broker
+from edge.core.types import Candidate
+from edge.ops.health import Thresholds, evaluate, read_status, write_atomic
+from edge.ops.systemd import SdNotifier
+from tests.ops_helpers import SKUS, base_config, make_runtime, merged, running, storelens, wait_for, write_config
+from tests.runtime_helpers import NumpyMatcher, TinyOnnxEncoder, write_catalog, write_frames
+
+FAST = {"heartbeat_s": 0.2, "loop_stall_s": 1.5, "broker_down_s": 1.0, "camera_down_s": 1.0}
+
+
+def health(config: Path) -> tuple[int, str, dict[str, Any]]:
+    """`storelens health` twice (text and --json): exit code, text output, parsed JSON."""
+    text = storelens("health", "--config", str(config))
+    js = storelens("health", "--config", str(config), "--json")
+    assert text.returncode == js.returncode, (text.stdout, js.stdout)
+    return text.returncode, text.stdout + text.stderr, json.loads(js.stdout)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path, tiny_onnx: Path) -> Path:
+    return write_catalog(tmp_path / "catalog.json", TinyOnnxEncoder(tiny_onnx), SKUS)
+
+
+def test_broker_stopped_names_mqtt(tmp_path: Path, broker: Broker, tiny_onnx: Path, catalog: Path) -> None:
+    frames = write_frames(tmp_path / "frames", ["RED", "GREEN"], per_sku=6)
+    cfg = tmp_path / "device.toml"
+    s = write_config(cfg, merged(base_config(tmp_path, frames, broker_port=broker.port), health=FAST))
+    rt = make_runtime(s, tiny_onnx, catalog)
+    with running(rt):
+        assert wait_for(lambda: rt.link is not None and rt.link.connected)
+        time.sleep(0.5)
+        code, out, js = health(cfg)
+        assert code == 0 and out.startswith("healthy: cameras 1/1 ok, mqtt connected"), out
+        assert js["healthy"] and js["problems"] == []
+        broker.stop()
+        assert wait_for(lambda: not rt.link.connected)  # type: ignore[union-attr]
+        time.sleep(FAST["broker_down_s"] + 0.6)
+        code, out, js = health(cfg)
+        assert code == 1 and "UNHEALTHY" in out and "mqtt: MQTT broker unreachable" in out, out
+        assert [p["check"] for p in js["problems"]] == ["mqtt"]
+        broker.start()
+        assert wait_for(lambda: rt.link.connected, timeout=20)  # type: ignore[union-attr]
+        time.sleep(0.5)
+        assert health(cfg)[0] == 0  # healthy again once the broker is back
+
+
+class StallingMatcher(NumpyMatcher):
+    """The numpy matcher, except that a search blocks while ``stall`` is set: a hung frame loop."""
+
+    def __init__(self, path: Path, encoder: TinyOnnxEncoder) -> None:
+        super().__init__(path, encoder)
+        self.stall = threading.Event()
+        self.release = threading.Event()
+        self.stalled = threading.Event()
+
+    def match_vectors(self, embs: np.ndarray, k: int) -> list[list[Candidate]]:
+        if self.stall.is_set():
+            self.stalled.set()
+            self.release.wait(30)
+        return super().match_vectors(embs, k)
+
+
+def test_stalled_loop_names_the_loop_and_stops_the_watchdog(tmp_path: Path, tiny_onnx: Path, catalog: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.1)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+        frames = write_frames(tmp_path / "frames", ["RED", "GREEN", "BLUE"], per_sku=4)
+        cfg = tmp_path / "device.toml"
+        s = write_config(cfg, merged(base_config(tmp_path, frames), health=FAST))
+        matcher = StallingMatcher(catalog, TinyOnnxEncoder(tiny_onnx))
+        rt = make_runtime(s, tiny_onnx, catalog, matcher=matcher)
+        with running(rt):
+            got = _receive(sock, until=lambda m: sum("WATCHDOG=1" in x for x in m) >= 3)
+            assert "READY=1" in got[0] and any("WATCHDOG=1" in m for m in got), got
+            assert health(cfg)[0] == 0
+            matcher.stall.set()
+            assert matcher.stalled.wait(10)
+            _receive(sock, until=lambda m: False, seconds=0.3)  # drain pings sent before the stall
+            assert not [m for m in _receive(sock, until=lambda m: False, seconds=1.0) if "WATCHDOG=1" in m]
+            time.sleep(FAST["loop_stall_s"])
+            code, out, js = health(cfg)
+            assert code == 1 and "loop: frame loop stalled" in out, out
+            assert "loop" in [p["check"] for p in js["problems"]]
+            matcher.release.set()
+            matcher.stall.clear()
+            assert wait_for(lambda: health(cfg)[0] == 0, timeout=10)
+        assert any("STOPPING=1" in m for m in _receive(sock, until=lambda m: False, seconds=0.3))
+
+
+def _receive(sock: socket.socket, *, until: Any, seconds: float = 10.0) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not until(got):
+        try:
+            got.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+    return got
+
+
+def test_not_running_is_unhealthy(tmp_path: Path) -> None:
+    cfg = tmp_path / "device.toml"
+    write_config(cfg, {"device": {"store": "s1", "id": "d1"}, "catalog": {"data_dir": str(tmp_path / "none")}})
+    code, out, js = health(cfg)
+    assert code == 1 and out.startswith("UNHEALTHY") and "runtime: no status file" in out
+    assert js["healthy"] is False and js["status"] is None
+    write_atomic(tmp_path / "none" / "health.json", {"pid": 2**22 + 7, "ts": time.time()})  # no such pid
+    code, out, _ = health(cfg)
+    assert code == 1 and "runtime: not running (pid" in out
+
+
+def status(**over: Any) -> dict[str, Any]:
+    now = time.time()
+    base: dict[str, Any] = {"pid": os.getpid(), "ts": now,
+                            "cameras": {"cam": {"state": "ok", "down_since": None, "last_error": None}},
+                            "mqtt": {"enabled": True, "connected": True, "down_since": None, "last_error": None},
+                            "outbox": {"depth": 0, "max": 100}}
+    return {**base, **over}
+
+
+def test_evaluate_names_each_part() -> None:
+    th = Thresholds(loop_stall_s=5, broker_down_s=10, camera_down_s=10, outbox_ratio=0.8)
+    now = time.time()
+    assert evaluate(status(), th) == []
+    down = {"cam": {"state": "down", "down_since": now - 11, "last_error": "stream read failed"},
+            "cam2": {"state": "down", "down_since": now - 3, "last_error": "x"}}  # not down long enough yet
+    probs = evaluate(status(cameras=down, outbox={"depth": 80, "max": 100}, ts=now - 6,
+                            mqtt={"enabled": True, "connected": False, "down_since": now - 9}), th, now=now)
+    assert [p.check for p in probs] == ["loop", "camera", "outbox"]
+    assert "'cam' down for 11 s" in str(probs[1]) and "80 of 100" in str(probs[2])
+    probs = evaluate(status(mqtt={"enabled": True, "connected": False, "down_since": now - 10.5}), th, now=now)
+    assert [p.check for p in probs] == ["mqtt"]
+    assert evaluate(status(mqtt={"enabled": False, "down_since": None}), th) == []
+
+
+def test_status_file_is_replaced_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "health.json"
+    stop = threading.Event()
+    bad: list[object] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            if path.exists() and read_status(path) is None:
+                bad.append(path.read_bytes())
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(300):
+        write_atomic(path, {"i": i, "pad": "x" * 5000})
+    stop.set()
+    t.join()
+    assert bad == [] and read_status(path) == {"i": 299, "pad": "x" * 5000}
+    assert [p.name for p in tmp_path.iterdir()] == ["health.json"]  # no temporary file left behind
+
+
+def test_sd_notify_datagrams(tmp_path: Path) -> None:
+    assert not SdNotifier(env={}).ready() and not SdNotifier(env={}).watchdog()  # outside systemd: no-ops
+    path = tmp_path / "n.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(2)
+        n = SdNotifier(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())})
+        assert n.watchdog_s == 0.5
+        assert n.ready("up")
+        assert sock.recv(1024).decode().split("\n")[:2] == ["READY=1", "STATUS=up"]
+        assert n.watchdog(lambda: "3 ok") and not n.watchdog()  # rate-limited to every watchdog_s
+        assert sock.recv(1024) == b"WATCHDOG=1\nSTATUS=3 ok"
+        n.close()
+    other = SdNotifier(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_s is None  # the watchdog is meant for another process
