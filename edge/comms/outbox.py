@@ -8,7 +8,7 @@ reported in ``stats`` and ``status``, never dropped silently.
 
 Durability: SQLite in WAL mode. ``synchronous=NORMAL`` ("process", the default) survives a
 killed process, which is the failure a store box sees; ``FULL`` ("power") also survives a
-power cut at a several times higher insert cost (``benchmarks/e2e.py`` measures both).
+power cut, at the cost of an fsync per insert (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
