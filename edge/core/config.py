@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.core.errors import ConfigError
-from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, MetricsSettings
+from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, KioskScreenSettings, MetricsSettings
 
 ENV_PREFIX = "STORELENS_"
 
@@ -294,6 +294,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics endpoint")
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings, description="HA discovery")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Heartbeat file and health thresholds")
+    kiosk_screen: KioskScreenSettings = Field(default_factory=KioskScreenSettings, description="Kiosk screen page")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")

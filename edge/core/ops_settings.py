@@ -1,4 +1,4 @@
-"""The operations sections of the config: ``[metrics]``, ``[homeassistant]``, ``[health]``.
+"""The operations sections of the config: ``[metrics]``, ``[homeassistant]``, ``[health]``, ``[kiosk_screen]``.
 
 Kept beside :mod:`edge.core.config` (which puts them on the root :class:`~edge.core.config.Settings`)
 so that module stays readable; the same rules apply: unknown keys are errors, values are frozen.
@@ -7,6 +7,7 @@ so that module stays readable; the same rules apply: unknown keys are errors, va
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,3 +46,24 @@ class HealthSettings(_Section):
     camera_down_s: float = Field(30.0, ge=0, le=86400, description="Unhealthy when a camera is down this long")
     outbox_ratio: float = Field(0.8, gt=0, le=1, description="Unhealthy when the outbox holds this share of "
                                 "mqtt.outbox_max_messages (it drops the oldest when full)")
+
+
+class KioskScreenSettings(_Section):
+    """The kiosk screen (edge.kiosk): a page at ``http://<host>:<port>/`` fed live by ``storelens run``."""
+
+    enabled: bool = Field(False, description="Serve the kiosk screen from `storelens run`")
+    host: str = Field("127.0.0.1", min_length=1, max_length=255, description="Address to listen on: 127.0.0.1 = "
+                      "this box only (the kiosk's own browser); 0.0.0.0 shows the page to the network")
+    port: int = Field(8780, ge=1, le=65535, description="TCP port of the page")
+    language: Literal["en", "sv"] = Field("en", description="Language of the screen's words")
+    camera: str | None = Field(None, min_length=1, max_length=64,
+                               description="Camera whose decisions the screen shows; empty = the first kiosk camera")
+    title: str | None = Field(None, min_length=1, max_length=64, description="Heading; empty = device.store")
+    currency: str = Field("SEK", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency of catalog prices")
+    candidates: int = Field(4, ge=1, le=8, description="Candidate cards shown for an unknown item")
+    search_results: int = Field(8, ge=1, le=24, description="Cards per search")
+    recommendations: int = Field(4, ge=0, le=12, description="Cards per recommendation row (0 = none)")
+    max_request_bytes: int = Field(16384, ge=1024, le=1048576, description="Largest search/confirm request "
+                                   "(never above mqtt.command_max_bytes)")
+    confirmations_max: int = Field(5000, ge=1, le=1_000_000, description="Confirmed crops kept on the device in "
+                                   "<catalog.data_dir>/confirmations (oldest dropped)")

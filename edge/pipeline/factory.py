@@ -63,6 +63,10 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
     if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
         attach_recommender(recommender, link=link, router=router)
+    if settings.kiosk_screen.enabled:  # the shopper's page (edge.kiosk); starts and stops with the runtime
+        from edge.kiosk.screen import attach_screen
+
+        rt.screen = attach_screen(rt, recommender=recommender)
     return rt
 
 

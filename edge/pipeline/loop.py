@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,17 @@ class Matcher(Protocol):
     def match_vectors(self, embs: np.ndarray, k: int) -> list[list[Candidate]]: ...
 
     def reload(self) -> object: ...
+
+
+class DecisionScreen(Protocol):
+    """A display fed every published match message: the kiosk screen (:mod:`edge.kiosk`)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def on_decision(self, msg: dict[str, Any], *, crop: np.ndarray | None = None,
+                    view_id: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,9 @@ class Runtime:
         self.router = router
         self.recommender = recommender
         self.reranker = reranker  # label text (OCR) fused into the image candidates; None = image only
+        self.screen: DecisionScreen | None = None  # the kiosk screen (edge.kiosk), attached by the factory
+        self._views: dict[str, str] = {}  # region key -> id of the view it sees (new on each gate NEW_VIEW)
+        self._send_lock = threading.Lock()  # results are published from the screen's threads too (confirm)
         self._out = out
         self._wake = wake
         self._model_lock = threading.Lock()
@@ -135,6 +150,8 @@ class Runtime:
             log.info("mqtt disabled: decisions are printed and kept in the outbox",
                      extra={"outbox": str(self.outbox.path), "depth": self.outbox.stats().depth})
         self.router.start()
+        if self.screen is not None:
+            self.screen.start()
         for cam in self.cameras:
             cam.start()
         self._next_stats = time.monotonic() + self.settings.mqtt.stats_interval_s
@@ -159,6 +176,8 @@ class Runtime:
         for cam in self.cameras:
             cam.stop()
         self.step()
+        if self.screen is not None:
+            self.screen.stop()
         self.router.stop()
         if self.reranker is not None:
             self.reranker.worker.close()
@@ -209,6 +228,7 @@ class Runtime:
                 verdict = region.gate.check(c)
                 if verdict == GateVerdict.NEW_VIEW:
                     region.voter.reset()
+                    self._views[region.key] = uuid.uuid4().hex[:16]
                     self._awaiting_text.pop(region.key, None)
                 if verdict.passes:
                     batch.append((region, frame, c))
@@ -268,11 +288,14 @@ class Runtime:
         self.counts["unknown"] += int(d.decision == "unknown")
         msg = messages.match_message(d, device=self.settings.device.id, bundle=self.encoder.fingerprint,
                                      catalog_version=self.matcher.catalog_version)
+        msg["view_id"] = self._views.get(f"{d.camera}/{d.roi}")  # the gate's view this decision is about
         if self.recommender is not None and d.decision == "known" and d.candidates:
             recs = self.recommender.for_match(d.candidates[0].sku)  # None unless recommend.in_match_messages
             if recs is not None:
                 msg["recommendations"] = recs
         self._send(f"{d.camera}/match", msg)
+        if self.screen is not None:
+            self.screen.on_decision(msg, crop=self._view_crop(d), view_id=msg["view_id"])
         if d.planogram is not None and (d.planogram_changed or d.heartbeat):
             self.counts["planogram"] += 1
             self._send(f"{d.camera}/planogram", messages.planogram_message(
@@ -284,13 +307,24 @@ class Runtime:
     def _send(self, suffix: str, msg: dict[str, Any]) -> None:
         body = json.dumps(msg, separators=(",", ":")).encode()
         topic = f"{self.prefix}/{suffix}"
-        if self.link:
-            self.link.send(topic, body, msg_id=msg["id"])
-        else:
-            self.outbox.put(msg_id=msg["id"], topic=topic, payload=body, qos=self.settings.mqtt.qos)
-        if self._jsonl:
-            self._jsonl.write(json.dumps({"topic": topic, **msg}) + "\n")
-            self._jsonl.flush()
+        with self._send_lock:
+            if self.link:
+                self.link.send(topic, body, msg_id=msg["id"])
+            else:
+                self.outbox.put(msg_id=msg["id"], topic=topic, payload=body, qos=self.settings.mqtt.qos)
+            if self._jsonl:
+                self._jsonl.write(json.dumps({"topic": topic, **msg}) + "\n")
+                self._jsonl.flush()
+
+    def publish_result(self, suffix: str, msg: dict[str, Any]) -> None:
+        """Publish ``<prefix>/<suffix>`` like a decision (outbox first, QoS ``mqtt.qos``); from any thread."""
+        self._send(suffix, msg)
+
+    def _view_crop(self, d: Decision) -> np.ndarray | None:
+        """The decided region's crop of its camera's newest frame (what a kiosk confirmation keeps)."""
+        frame = self._last_frames.get(d.camera)
+        region = next((r for r in self.regions.get(d.camera, ()) if r.roi.name == d.roi), None)
+        return None if frame is None or region is None else crop(frame.image, region.roi.rect)
 
     # -- what command handlers use (on the command worker thread) -----------------------------------
 
