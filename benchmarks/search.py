@@ -25,7 +25,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ from edge.models.encoders import load_text_encoder
 
 QUERIES = Path(__file__).parent / "data" / "search_queries.tsv"
 GSD = Path("/work/shared/datasets/grocery-store")
+NO_SYNONYMS = Path(__file__).parent / "data" / "no_synonyms.toml"
 HALVES = ("tuning", "held-out")
+MODES = ("shopper", "plain", "no-synonyms")
 K = 3
 
 
@@ -77,7 +79,9 @@ def build_store(root: Path, data_dir: Path, *, mode: str) -> Store:
 
 
 def _mode_kwargs(mode: str) -> dict[str, Any]:
-    return {} if mode == "plain" else {"text_search": mode}
+    if mode == "no-synonyms":  # shopper search with an empty synonym layer (ablation)
+        return {"text_search": "shopper", "synonyms": NO_SYNONYMS, "default_synonyms": False}
+    return {"text_search": mode}
 
 
 @dataclass
@@ -107,6 +111,8 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for half in HALVES:
         rows = [o for o in outcomes if o.query.half == half]
+        if not rows:
+            continue
         kinds = sorted({o.query.kind for o in rows})
         report[half] = {kind: _rates([o for o in rows if o.query.kind == kind]) for kind in kinds}
         report[half]["all"] = _rates(rows)
@@ -123,11 +129,12 @@ def _rates(rows: Sequence[Outcome]) -> dict[str, float | int]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    kinds = [*sorted({k for half in HALVES for k in report[half] if k != "all"}), "all"]
-    print(f"{'kind':<10}" + "".join(f"{h + ' n':>14}{'top1':>7}{'top3':>7}" for h in HALVES))
+    halves = [h for h in HALVES if h in report]
+    kinds = [*sorted({k for half in halves for k in report[half] if k != "all"}), "all"]
+    print(f"{'kind':<10}" + "".join(f"{h + ' n':>14}{'top1':>7}{'top3':>7}" for h in halves))
     for kind in kinds:
         cells = ""
-        for half in HALVES:
+        for half in halves:
             r = report[half].get(kind, {"n": 0, "top1": 0.0, "top3": 0.0})
             cells += f"{r['n']:>14}{r['top1']:>7.3f}{r['top3']:>7.3f}"
         print(f"{kind:<10}{cells}")
@@ -147,20 +154,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", type=Path, default=GSD, help="grocery-store dataset folder")
     ap.add_argument("--queries", type=Path, default=QUERIES)
-    ap.add_argument("--mode", default="plain", help="plain: FTS5 + MiniLM RRF as before; shopper: issue 21")
+    ap.add_argument("--mode", default="shopper", choices=MODES,
+                    help="shopper (default), plain (FTS5 + MiniLM RRF as before), no-synonyms (shopper without them)")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls a query")
     ap.add_argument("--misses", action="store_true", help="list the tuning half's top-3 misses")
+    ap.add_argument("--weights", type=json.loads, default={},
+                    help='shopper ranking weights to try, JSON (e.g. \'{"text_x": 0}\'); see SearchWeights')
+    ap.add_argument("--tuning-only", action="store_true", help="run and print the tuning half only (while tuning)")
     ap.add_argument("--json", type=Path, help="write the report here")
     args = ap.parse_args(argv)
-    queries = read_queries(args.queries)
+    queries = [q for q in read_queries(args.queries) if q.half == "tuning" or not args.tuning_only]
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(args.root, Path(tmp), mode=args.mode)
+        if store.shopper is not None and args.weights:
+            store.shopper.weights = replace(store.shopper.weights, **args.weights)
         try:
             outcomes = run_queries(lambda q: [r.sku for r in store.search_text(q, k=K)], queries,
                                    repeats=args.repeats)
         finally:
             store.close()
-    report = {"mode": args.mode, "queries": str(args.queries), "k": K, **summarise(outcomes),
+    report = {"mode": args.mode, "weights": asdict(store.shopper.weights) if store.shopper else None,
+              "queries": str(args.queries), "k": K, **summarise(outcomes),
               "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}}
     print_report(report)
     if args.misses:

@@ -130,7 +130,9 @@ def test_grocery_store_layout(tmp_path: Path) -> None:
     ic = root / "iconic-images-and-descriptions" / "Fruit" / "Apple" / "Pink-Lady"
     write_jpeg(ic / "Pink-Lady_Iconic.jpg", product_image(1))
     (ic / "Pink-Lady_Description.txt").write_text("Crisp and sweet.")
-    (ic / "Pink-Lady_Information.txt").write_text("Title: Äpple Pink Lady Klass 1\nCountry: Chile\n")
+    (ic / "Pink-Lady_Information.txt").write_text(
+        "Title: Äpple Pink Lady Klass 1\nManufacturer and volume: FRUKTKOMPANIET\xa0,\xa01kg\nCountry: Chile\n"
+        "URL: https://www.hemkop.se/produkt/Apple-Pink-Lady-Klass-1-100145594_ST\n")
     (ic / "Pink-Lady_Description_Swedish.txt").write_text("Krispigt och sött.\n\nhttps://www.ica.se/x\n")
     for j in range(3):
         write_jpeg(root / "train" / "Fruit" / "Apple" / "Pink-Lady" / f"p{j}.jpg", product_image(1, noise=5))
@@ -150,6 +152,8 @@ def test_grocery_store_layout(tmp_path: Path) -> None:
     assert [p.name for p in rec.images] == ["Pink-Lady_Iconic.jpg", "p0.jpg", "p1.jpg"]
     assert "Chile" in rec.extra_text["information"]
     assert rec.extra_text[SWEDISH_DESCRIPTION] == "Krispigt och sött."  # the source URL line left out
+    assert rec.extra_text["name_sv"] == "Apple Pink Lady Klass 1"  # the shop-language name of its page URL
+    assert rec.attributes == {"class_id": 2, "coarse": "Apple", "brand": "FRUKTKOMPANIET"}
 
 
 def test_missing_table_and_header_are_errors(tmp_path: Path) -> None:

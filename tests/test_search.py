@@ -78,16 +78,22 @@ def test_enroll_rejects_unreadable_images_and_keeps_catalog(store: Store, tmp_pa
     assert store.catalog.count() == 4
 
 
-def test_hybrid_text_search_fuses_bm25_and_embeddings(store: Store) -> None:
-    got = store.search_text("tomato sauce", k=3)
+def test_hybrid_text_search_fuses_bm25_and_embeddings(store: Store, tmp_path: Path, tiny_onnx: Path) -> None:
+    plain = open_store(tmp_path / "data", tiny_onnx, text_search="plain")
+    got = plain.search_text("tomato sauce", k=3)
     assert got[0].sku == "P1"
     assert set(got[0].scores) == {"bm25", "text"}  # found by both rankings, each raw score kept
     assert got[0].score == pytest.approx(2 / 61)  # rank 1 in both under RRF (k=60)
+    # shopper search (the default): more rankings, the same answer; "tomato" also brings its synonyms
+    shopper = store.search_text("tomato sauce", k=3)
+    assert shopper[0].sku == "P1" and set(shopper[0].scores) == {"bm25", "every", "text", "same", "text_x"}
     # a typo BM25 cannot match still finds the product through the trigram embedding
-    typo = store.search_text("chocolat bar", k=1)
-    assert typo[0].sku == "P2"
+    assert plain.search_text("chocolat bar", k=1)[0].sku == "P2"
+    assert store.search_text("chocolat bar", k=1)[0].sku == "P2"
     store.writer.set_product_text("P0", "ocr", "HAVREDRYCK BARISTA")
+    assert plain.search_text("havredryck", k=1)[0].sku == "P0"
     assert store.search_text("havredryck", k=1)[0].sku == "P0"
+    plain.close()
 
 
 def test_image_and_text_together(store: Store) -> None:

@@ -10,6 +10,8 @@ Tables (one file, ``<data_dir>/catalog.db``):
   other parts (OCR, fusion) can add words without touching name/description.
 - ``products_fts``: FTS5 over name + description + all extra text (rowid = product key),
   refreshed whenever one of them changes; BM25 ranks lexical queries.
+- ``search_fts``: the same text by angle (name, Swedish name, brand, category, descriptions,
+  other) for shopper search, refreshed with ``products_fts`` (:mod:`edge.catalog.views`).
 - ``vectors``: every embedding, float32 blob, tagged with modality and encoder fingerprint.
   Indexes can be rebuilt (other dtype, crash) without re-reading images, and per-product
   embeddings are available to recommendation code (:meth:`Catalog.product_vectors`).
@@ -35,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.catalog import views
 from edge.core.errors import CatalogError
 from edge.core.sqlite import connect, transaction
 
@@ -106,7 +109,10 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = connect(self.path, foreign_keys=True, timeout_s=WRITER_WAIT_S)
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(_SCHEMA + views.SCHEMA)
+            if views.missing(self._db):  # a catalog from before search_fts: filled once
+                with transaction(self._db) as db:
+                    views.backfill(db)
         except sqlite3.DatabaseError as e:
             raise CatalogError(f"cannot open catalog database {self.path}: {e}",
                                hint="check the path and permissions, or move a corrupt file aside") from e
@@ -168,6 +174,7 @@ class Catalog:
             return None
         db.execute("DELETE FROM products_fts WHERE rowid = ?", (row[0],))
         db.execute("DELETE FROM products WHERE key = ?", (row[0],))
+        views.refresh(db, int(row[0]))
         return int(row[0])
 
     def clear_media(self, db: sqlite3.Connection, key: int) -> None:
@@ -205,6 +212,7 @@ class Catalog:
         if row is not None:
             db.execute("INSERT INTO products_fts(rowid, name, description, extra) VALUES(?, ?, ?, ?)",
                        (key, row[0], row[1], extra))
+        views.refresh(db, key)
 
     # ---- reads --------------------------------------------------------------------------
 
@@ -282,6 +290,20 @@ class Catalog:
                 "SELECT rowid, bm25(products_fts, ?, ?, ?) AS s FROM products_fts WHERE products_fts MATCH ? "
                 "ORDER BY s LIMIT ?", (*BM25_WEIGHTS, match, int(k))).fetchall()
         return [(int(r[0]), -float(r[1])) for r in rows]
+
+    def search_fields(self, match: str, k: int) -> list[tuple[int, float]]:
+        """(product key, BM25 relevance) best first for an FTS5 expression over the per-angle fields."""
+        with self._lock:
+            return views.search(self._db, match, k)
+
+    def search_vocabulary(self) -> list[tuple[str, int]]:
+        """Every word of the per-angle fields with the number of products holding it."""
+        with self._lock:
+            return views.vocabulary_rows(self._db)
+
+    def product_names(self) -> dict[int, str]:
+        with self._lock:
+            return {int(k): str(n) for k, n in self._db.execute("SELECT key, name FROM products")}
 
 
 _COLS = "key, sku, name, description, price, location, barcode, attributes"

@@ -120,17 +120,18 @@ def aggregate_hits(hits: Hits, *, k: int, rule: Aggregate = "max",
 
 
 def rrf(rankings: Mapping[str, Sequence[tuple[int, float]]], *, weights: Mapping[str, float] | None = None,
-        k: int | None = None) -> list[tuple[int, float, dict[str, float]]]:
+        k: int | None = None, rrf_k: int = RRF_K) -> list[tuple[int, float, dict[str, float]]]:
     """Reciprocal rank fusion of several (key, raw score) rankings, best first.
 
     Returns (key, fused score, {modality: raw score}) so callers keep every modality's evidence.
+    ``rrf_k``: the constant of ``w / (rrf_k + rank)`` (shopper text search uses a smaller one).
     """
     fused: dict[int, float] = {}
     raw: dict[int, dict[str, float]] = {}
     for name, ranking in rankings.items():
         w = 1.0 if weights is None else float(weights.get(name, 1.0))
         for rank, (key, score) in enumerate(ranking, start=1):
-            fused[key] = fused.get(key, 0.0) + w / (RRF_K + rank)
+            fused[key] = fused.get(key, 0.0) + w / (rrf_k + rank)
             raw.setdefault(key, {})[name] = float(score)
     order = sorted(fused, key=lambda key: (-fused[key], key))
     return [(key, fused[key], raw[key]) for key in order[: k if k is not None else len(order)]]

@@ -20,8 +20,9 @@ import numpy as np
 from edge.catalog import index as ix
 from edge.catalog.db import Catalog
 from edge.catalog.importers.tables import ImportIssue, ProductRecord
-from edge.catalog.ranking import DEFAULT_K, Aggregate, Ranked, aggregate_hits, rrf
-from edge.catalog.writer import IMAGE, TEXT, CatalogWriter, ImportReport
+from edge.catalog.ranking import DEFAULT_K, RRF_K, Aggregate, Ranked, aggregate_hits, rrf
+from edge.catalog.text_search import Ranking, ShopperSearch
+from edge.catalog.writer import IMAGE, TEXT, VIEWS, CatalogWriter, ImportReport
 from edge.core.config import CatalogSettings
 from edge.core.errors import InputError
 from edge.core.types import Calibration, Candidate, Thresholds, resolve_thresholds
@@ -39,8 +40,8 @@ class Store:
                  text_encoder: TextEncoder | None = None, dtype: str = _DEFAULTS.index_dtype, view: bool = False,
                  threshold: float | None = None, margin: float | None = None,
                  aggregate: Aggregate = _DEFAULTS.image_aggregate, expansion_search: int = _DEFAULTS.expansion_search,
-                 threads: int = 1,
-                 open_indexes: bool = True) -> None:
+                 threads: int = 1, text_search: str = _DEFAULTS.text_search, synonyms: Path | None = None,
+                 default_synonyms: bool = True, open_indexes: bool = True) -> None:
         if dtype not in ix.DTYPES:
             raise InputError(f"index dtype {dtype!r} is not one of {ix.DTYPES}", hint="set catalog.index_dtype")
         self.data_dir = Path(data_dir)
@@ -54,8 +55,11 @@ class Store:
         self.threads = threads
         self._config_thresholds = (threshold, margin)
         self._warned_stale = False
-        self._indexes: dict[str, ix.VectorIndex | None] = {IMAGE: None, TEXT: None}
+        self._indexes: dict[str, ix.VectorIndex | None] = {IMAGE: None, TEXT: None, VIEWS: None}
         self._writer: CatalogWriter | None = None
+        # shopper text search (docs/search.md); None: the plain hybrid of FTS5 BM25 and one text vector
+        self.shopper = (ShopperSearch(self.catalog, synonyms_file=synonyms, default_synonyms=default_synonyms)
+                        if text_search == "shopper" else None)
         if open_indexes:  # False: only to rebuild indexes that no longer fit the encoder or dtype
             self.reload()
 
@@ -66,7 +70,8 @@ class Store:
         c, d = settings.catalog, settings.decision
         return cls(data_dir=c.data_dir, image_encoder=image_encoder, text_encoder=text_encoder,
                    dtype=c.index_dtype, view=c.view, threshold=d.threshold, margin=d.margin,
-                   aggregate=c.image_aggregate, expansion_search=c.expansion_search)
+                   aggregate=c.image_aggregate, expansion_search=c.expansion_search, text_search=c.text_search,
+                   synonyms=c.synonyms, default_synonyms=c.default_synonyms)
 
     def close(self) -> None:
         self.catalog.close()
@@ -108,13 +113,14 @@ class Store:
 
     def reopen_indexes(self) -> None:
         """Forget the open generations and open the current ones (after a rebuild changed their build)."""
-        self._indexes = {IMAGE: None, TEXT: None}
+        self._indexes = {IMAGE: None, TEXT: None, VIEWS: None}
         self.reload()
 
     def reload(self) -> bool:
-        """Open the newest index generations (e.g. after another process swapped them); True if any changed."""
-        changed = False
-        for modality, enc in ((IMAGE, self.image_encoder), (TEXT, self.text_encoder)):
+        """Open the newest index generations (e.g. after another process swapped them) and re-read the
+        synonym files when one changed on disk; True if anything changed."""
+        changed = self.shopper.reload() if self.shopper is not None else False
+        for modality, enc in ((IMAGE, self.image_encoder), (TEXT, self.text_encoder), (VIEWS, self.text_encoder)):
             if enc is None:
                 continue
             cur = self._indexes[modality]
@@ -159,23 +165,28 @@ class Store:
         return self._image_ranked(self.image_encoder.embed(list(images)), k)
 
     def search_text(self, query: str, k: int = DEFAULT_K) -> list[Ranked]:
-        """Hybrid text search: FTS5 BM25 and text-embedding rankings fused by reciprocal rank fusion."""
-        return self._fuse(self._text_rankings(query, k), k)
+        """Text search: shopper search (:mod:`edge.catalog.text_search`), or the plain hybrid of FTS5
+        BM25 and the text embedding, fused by reciprocal rank fusion."""
+        rankings, weights, rrf_k = self._text_rankings(query, k)
+        return self._ranked(rrf(rankings, weights=weights, k=k, rrf_k=rrf_k))
 
     def search(self, *, image: np.ndarray | None = None, text: str | None = None, k: int = DEFAULT_K) -> list[Ranked]:
         """Image, text, or both fused (RRF over the image ranking, BM25 and text embedding)."""
         if image is None and not text:
             raise InputError("nothing to search for", hint="give an image, a text query, or both")
-        rankings: dict[str, list[tuple[int, float]]] = {}
+        rankings: dict[str, Ranking] = {}
+        weights: dict[str, float] = {}
+        rrf_k = RRF_K
         if image is not None:
             if self.image_encoder is None:
                 raise InputError("no image encoder is loaded", hint="configure model.image_bundle")
             rankings[IMAGE] = self._image_keys(self.image_encoder.embed([image]), 2 * k)[0]
         if text:
-            rankings.update(self._text_rankings(text, k))
+            text_rankings, weights, rrf_k = self._text_rankings(text, k)
+            rankings.update(text_rankings)
         if len(rankings) == 1 and IMAGE in rankings:  # image only: keep cosine scores, not RRF ones
             return self._ranked([(key, s, {IMAGE: s}) for key, s in rankings[IMAGE][:k]])
-        return self._fuse(rankings, k)
+        return self._ranked(rrf(rankings, weights=weights, k=k, rrf_k=rrf_k))
 
     def _image_keys(self, embs: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         idx = self._indexes[IMAGE]
@@ -193,7 +204,18 @@ class Store:
     def _image_ranked(self, embs: np.ndarray, k: int) -> list[list[Ranked]]:
         return [self._ranked([(key, s, {IMAGE: s}) for key, s in row]) for row in self._image_keys(embs, k)]
 
-    def _text_rankings(self, query: str, k: int) -> dict[str, list[tuple[int, float]]]:
+    def _text_rankings(self, query: str, k: int) -> tuple[dict[str, Ranking], dict[str, float], int]:
+        """The rankings of a text query, their RRF weights and RRF constant (shopper search unless the
+        store is plain or the query is exactly a product's name: then as before, all weights 1, k=60)."""
+        shopper = self.shopper
+        if shopper is None or shopper.exact_name(query) is not None:
+            return self._plain_rankings(query, k), {}, RRF_K
+        plan = shopper.plan(query)
+        nearest = self._nearest_text if self.text_encoder is not None else None
+        rankings, weights = shopper.rankings(plan, nearest=nearest, pool=max(3 * k, shopper.weights.pool))
+        return rankings, weights, shopper.weights.rrf_k
+
+    def _plain_rankings(self, query: str, k: int) -> dict[str, Ranking]:
         pool = max(3 * k, 20)
         out = {"bm25": self.catalog.fts_search(query, pool)}
         idx = self._indexes[TEXT]
@@ -202,8 +224,15 @@ class Store:
                                        k=pool)[0]
         return out
 
-    def _fuse(self, rankings: Mapping[str, Sequence[tuple[int, float]]], k: int) -> list[Ranked]:
-        return self._ranked(rrf(rankings, k=k))
+    def _nearest_text(self, text: str, pool: int) -> Ranking:
+        """Products nearest to a text: their best cosine over the view vectors (which include the name +
+        description one); the ``text`` index alone for a catalog embedded before views existed."""
+        idx = self._indexes[VIEWS] or self._indexes[TEXT]
+        if self.text_encoder is None or idx is None or idx.size == 0:
+            return []
+        per_product = max(1, math.ceil(idx.meta.vectors / max(1, idx.meta.products)))
+        hits = idx.search(self.text_encoder.embed([text]), pool * per_product, threads=self.threads)
+        return aggregate_hits(hits, k=pool)[0]
 
     def _ranked(self, rows: Sequence[tuple[int, float, Mapping[str, float]]]) -> list[Ranked]:
         products = self.catalog.by_keys(key for key, _, _ in rows)

@@ -132,10 +132,11 @@ class ShopperSearch:
         vocab, _, syn = self._state()
         return plan_query(query, vocab, syn)
 
-    def rankings(self, plan: QueryPlan, *,
-                 nearest: Callable[[str, int], Ranking] | None) -> tuple[dict[str, Ranking], dict[str, float]]:
-        """Every ranking of the plan, and their weights (``nearest``: text -> nearest products; None: no encoder)."""
-        pool = self.weights.pool
+    def rankings(self, plan: QueryPlan, *, nearest: Callable[[str, int], Ranking] | None,
+                 pool: int | None = None) -> tuple[dict[str, Ranking], dict[str, float]]:
+        """Every ranking of the plan (``pool`` products each), and their weights (``nearest``: text ->
+        nearest products; None: no text encoder)."""
+        pool = pool or self.weights.pool
         out: dict[str, Ranking] = {}
         for name, match in (("bm25", plan.typed), ("every", plan.every), ("same", plan.same),
                             ("purpose", plan.purpose)):

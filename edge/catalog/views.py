@@ -3,12 +3,14 @@
 Angles (:class:`TextViews`), each filled from what the catalog already keeps:
 
 * ``name`` - the product name;
-* ``name_sv`` - the shop-language name: extra text ``name_sv`` when a store gives one, else the
-  names in the product-page URLs of its GSD ``information`` text ("Citron Klass 1");
-* ``brand`` - attribute ``brand``, else the manufacturer of a GSD information text ("ARLA KO");
-* ``category`` - attribute ``category`` (else GSD ``coarse``; ``-`` read as a space) and ``group``;
-* ``description`` / ``description_sv`` - the description and the Swedish description text;
-* ``other`` - any other extra text (OCR words of reference photos, ingredients), not nutrition tables.
+* ``name_sv`` - the shop-language name, extra text ``name_sv`` (the GSD importer keeps the name
+  of the product-page URL there: "Citron Klass 1");
+* ``brand`` - attribute ``brand`` (GSD: the manufacturer line, "ARLA KO");
+* ``category`` - attribute ``category`` (else GSD ``coarse``; ``-`` read as a space);
+* ``description`` / ``description_sv`` - the description and extra text ``description_sv``;
+* ``other`` - any other extra text (OCR words of reference photos, ...) except the raw GSD
+  ``information`` file, whose product lines the fields above already hold (and whose
+  nutrition table would only add noise).
 
 The FTS5 table ``search_fts`` holds one column per angle with its own BM25 weight
 (:data:`FIELD_WEIGHTS`); the embedded views (:meth:`TextViews.vector_texts`) are the extra
@@ -18,12 +20,11 @@ vectors of a product in the ``text-views`` index, beside the name + description 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
-
-from edge.catalog.importers.gsd import information_texts
 
 FIELDS = ("name", "name_sv", "brand", "category", "description", "description_sv", "other")
 # BM25 weight of a word in each field: names and brand say most, descriptions least.
@@ -35,7 +36,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
     {", ".join(FIELDS)}, tokenize='unicode61 remove_diacritics 2');
 CREATE VIRTUAL TABLE IF NOT EXISTS search_vocab USING fts5vocab(search_fts, 'row');
 """
-_SKIP_SOURCES = ("information", "description_sv", "name_sv")
+_OWN_FIELDS = ("information", "description_sv", "name_sv")  # extra-text sources not in ``other``
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,34 +63,36 @@ class TextViews:
 
 def product_views(name: str, description: str, attributes: Mapping[str, Any], texts: Mapping[str, str]) -> TextViews:
     """The :class:`TextViews` of a product from its row and its extra texts (by source)."""
-    info = texts.get("information", "")
-    name_sv = texts.get("name_sv", "") or " \n".join(dict.fromkeys(information_texts(info, ("url",))))
-    brand = str(attributes.get("brand") or "") or _manufacturer(info)
-    category = " ".join(str(attributes.get(k) or "").replace("-", " ") for k in ("category", "group")).strip()
-    if not category:
-        category = str(attributes.get("coarse") or "").replace("-", " ")
-    other = [t for s, t in sorted(texts.items()) if s not in _SKIP_SOURCES]
-    other += information_texts(info, ("ingredients",))
-    return TextViews(name=name, name_sv=name_sv, brand=brand, category=category, description=description,
+    category = str(attributes.get("category") or attributes.get("coarse") or "")
+    other = [t for s, t in sorted(texts.items()) if s not in _OWN_FIELDS]
+    return TextViews(name=name, name_sv=texts.get("name_sv", ""), brand=str(attributes.get("brand") or ""),
+                     category=category.replace("-", " "), description=description,
                      description_sv=texts.get("description_sv", ""), other=" \n".join(other))
 
 
-def _manufacturer(info: str) -> str:
-    """The maker in a GSD ``Manufacturer and volume: ARLA KO , 1l`` line (without the volume)."""
-    for line in information_texts(info, ("manufacturer and volume",)):
-        maker = line.replace("\xa0", " ").split(",")[0].strip()
-        if maker:
-            return maker
-    return ""
-
-
-def refresh(db: sqlite3.Connection, key: int, views: TextViews | None) -> None:
-    """Replace (or with ``None`` delete) a product's row of ``search_fts``; inside the caller's transaction."""
+def refresh(db: sqlite3.Connection, key: int) -> None:
+    """Rewrite a product's ``search_fts`` row from its stored row and texts (none once it is deleted)."""
     db.execute("DELETE FROM search_fts WHERE rowid = ?", (key,))
-    if views is not None:
-        values = views.fields()
-        db.execute(f"INSERT INTO search_fts(rowid, {', '.join(FIELDS)}) VALUES(?{', ?' * len(FIELDS)})",
-                   (key, *[values[f] for f in FIELDS]))
+    row = db.execute("SELECT name, description, attributes FROM products WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        return
+    texts = {str(s): str(t) for s, t in db.execute("SELECT source, text FROM product_text WHERE key = ?", (key,))}
+    values = product_views(row[0], row[1] or "", json.loads(row[2] or "{}"), texts).fields()
+    db.execute(f"INSERT INTO search_fts(rowid, {', '.join(FIELDS)}) VALUES(?{', ?' * len(FIELDS)})",
+               (key, *[values[f] for f in FIELDS]))
+
+
+def missing(db: sqlite3.Connection) -> list[int]:
+    """Products without a ``search_fts`` row (a catalog made before the table existed)."""
+    return [int(r[0]) for r in db.execute("SELECT key FROM products WHERE key NOT IN (SELECT rowid FROM search_fts)")]
+
+
+def backfill(db: sqlite3.Connection) -> int:
+    """Fill the missing ``search_fts`` rows inside the caller's write transaction; return how many."""
+    keys = missing(db)
+    for key in keys:
+        refresh(db, key)
+    return len(keys)
 
 
 def search(db: sqlite3.Connection, match: str, k: int,

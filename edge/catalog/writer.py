@@ -23,13 +23,14 @@ import numpy as np
 from edge.catalog import index as ix
 from edge.catalog.db import Catalog, Product
 from edge.catalog.importers.tables import ImportIssue, ProductRecord
+from edge.catalog.views import VIEWS_MODALITY, product_views
 from edge.core.errors import CatalogError, ImageError, InputError
 from edge.models.encoders.base import ImageEncoder, TextEncoder
 from edge.models.preprocess import read_image
 
 log = logging.getLogger("storelens.store")
 
-IMAGE, TEXT = "image", "text"
+IMAGE, TEXT, VIEWS = "image", "text", VIEWS_MODALITY
 ENROLL_JPEG_QUALITY = 95  # reference photos sent as arrays are kept as JPEG to re-embed them later
 FEW_VECTORS = 1000  # below this many vectors the i8 scale is not estimated from the data
 
@@ -58,7 +59,7 @@ class _Batch:
     """Index changes collected inside one write transaction."""
 
     remove: set[int] = field(default_factory=set)
-    add: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=lambda: {IMAGE: [], TEXT: []})
+    add: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=lambda: {IMAGE: [], TEXT: [], VIEWS: []})
 
 
 class IndexReader(Protocol):
@@ -171,11 +172,26 @@ class CatalogWriter:
                 self.catalog.add_vector(db, key, modality=IMAGE, fingerprint=self.image_encoder.fingerprint,
                                         vector=v, image_id=image_id)
                 batch.add[IMAGE].append((key, v))
-        if self.text_encoder is not None:
-            v = self.text_encoder.embed([text_to_embed(rec.name, rec.description)])[0]
-            self.catalog.add_vector(db, key, modality=TEXT, fingerprint=self.text_encoder.fingerprint, vector=v)
-            batch.add[TEXT].append((key, v))
+        self._embed_text(db, key, batch)
         return "replaced" if existing is not None else "added"
+
+    def _modalities(self) -> tuple[tuple[str, ImageEncoder | TextEncoder | None], ...]:
+        """Each index and the encoder that fills it (the view vectors come from the text encoder)."""
+        return (IMAGE, self.image_encoder), (TEXT, self.text_encoder), (VIEWS, self.text_encoder)
+
+    def _embed_text(self, db: Any, key: int, batch: _Batch | None) -> None:
+        """A product's text vectors: name + description (``text``); that one again and its views
+        (``text-views``, :meth:`edge.catalog.views.TextViews.vector_texts`), from what the transaction stored."""
+        if self.text_encoder is None:
+            return
+        product = self.catalog.by_keys([key])[key]
+        views = product_views(product.name, product.description, product.attributes, self.catalog.texts(key))
+        vecs = self.text_encoder.embed([text_to_embed(product.name, product.description), *views.vector_texts()])
+        rows = [(TEXT, vecs[0])] + [(VIEWS, v) for v in vecs]  # one search of text-views sees every angle
+        for modality, v in rows:
+            self.catalog.add_vector(db, key, modality=modality, fingerprint=self.text_encoder.fingerprint, vector=v)
+            if batch is not None:
+                batch.add[modality].append((key, v))
 
     def remove(self, sku: str) -> bool:
         """Remove a product and its vectors; False when the sku is not in the catalog."""
@@ -203,7 +219,7 @@ class CatalogWriter:
     def rebuild_indexes(self) -> None:
         """Rebuild every index from the vectors stored in SQLite (e.g. after changing catalog.index_dtype)."""
         with ix.writer_lock(self.data_dir):
-            for modality, enc in ((IMAGE, self.image_encoder), (TEXT, self.text_encoder)):
+            for modality, enc in self._modalities():
                 if enc is None:
                     continue
                 keys, vecs = self.catalog.vectors(modality, enc.fingerprint)
@@ -225,8 +241,9 @@ class CatalogWriter:
         issues: list[ImportIssue] = []
         added = 0
         with ix.writer_lock(self.data_dir), self.catalog.transaction() as db:
-            for modality, enc in ((IMAGE, self.image_encoder), (TEXT, self.text_encoder)):
-                self.catalog.delete_vectors(db, modality=modality, fingerprint=enc.fingerprint)
+            for modality, enc in self._modalities():
+                if enc is not None:
+                    self.catalog.delete_vectors(db, modality=modality, fingerprint=enc.fingerprint)
             for key, image_id, path in tqdm(self.catalog.all_images(), desc="re-embed", unit="image",
                                             disable=not progress):
                 try:
@@ -238,9 +255,7 @@ class CatalogWriter:
                                         vector=vec, image_id=image_id)
                 added += 1
             for p in self.catalog.products():
-                vec = self.text_encoder.embed([text_to_embed(p.name, p.description)])[0]
-                self.catalog.add_vector(db, p.key, modality=TEXT, fingerprint=self.text_encoder.fingerprint,
-                                        vector=vec)
+                self._embed_text(db, p.key, None)
         self.rebuild_indexes()
         return ImportReport(rows=self.catalog.count(), images_added=added, issues=tuple(issues),
                             catalog_version=self.catalog.version)
@@ -251,7 +266,7 @@ class CatalogWriter:
         Removals need no encoder (``catalog remove`` runs without loading models); additions come
         only from a loaded encoder, whose fingerprint, dim and dtype must match the index.
         """
-        for modality, enc in ((IMAGE, self.image_encoder), (TEXT, self.text_encoder)):
+        for modality, enc in self._modalities():
             adds = batch.add[modality]
             current = ix.open_for_write(self.data_dir, modality)
             if current is None:

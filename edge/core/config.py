@@ -33,12 +33,8 @@ class DeviceSettings(Section):
     store: str = Field(
         description="Store identifier, used in MQTT topics", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
     )
-    id: str = Field(
-        description="This device's identifier within the store",
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-    )
+    id: str = Field(description="This device's identifier within the store", min_length=1, max_length=64,
+                    pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class LoggingSettings(Section):
@@ -65,6 +61,10 @@ class CatalogSettings(Section):
         "mean", description="How a product's reference-photo hits become its score: best hit, or mean of its top 3")
     expansion_search: int = Field(64, ge=8, le=4096,
                                   description="HNSW search breadth: higher = better recall, slower queries")
+    text_search: Literal["shopper", "plain"] = Field("shopper", description="Text search: shopper (synonyms, typos, "
+                                                     "Swedish/English, per-angle fields; docs/search.md) or plain")
+    synonyms: Path | None = Field(None, description="The store's own synonym file (TOML), read after the default")
+    default_synonyms: bool = Field(True, description="Read the shipped grocery synonyms (edge/text/synonyms.toml)")
 
 
 class RoiSettings(Section):

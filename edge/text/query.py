@@ -25,7 +25,8 @@ from edge.text.synonyms import Phrase, SynonymSet
 
 # A synonym's word searched as a prefix only from this length: "söt" (sweet) must not find "sötpotatis".
 EXPANSION_MIN_PREFIX = 4
-MAX_EXPANSIONS = 12  # phrases of one kind that reach FTS5 and the encoder (longest rules stay bounded)
+MAX_EXPANSIONS = 12  # phrases of one kind that reach FTS5 (the longest rules stay bounded)
+MAX_EMBEDDED = 6  # synonym/purpose phrases in the text embedded for ``text_x`` (encoder time grows with length)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,6 @@ def plan_query(text: str, vocab: Vocabulary, synonyms: SynonymSet | None) -> Que
     same = [c for p in (exp.same if exp else ())[:MAX_EXPANSIONS] for c in phrase_clause(p, vocab)]
     purpose = [c for p in (exp.purpose if exp else ())[:MAX_EXPANSIONS] for c in phrase_clause(p, vocab)]
     embed_typed = text.strip() if not fixes else " ".join(words)
-    expansion = [" ".join(p) for p in ((*exp.same, *exp.purpose) if exp else ())][:MAX_EXPANSIONS]
+    expansion = [" ".join(p) for p in ((*exp.same, *exp.purpose) if exp else ())][:MAX_EMBEDDED]
     return QueryPlan(words=tuple(words), typed=_or(typed), every=every, same=_or(same), purpose=_or(purpose),
                      embed_typed=embed_typed, embed_expansion=", ".join(expansion), corrections=tuple(fixes))

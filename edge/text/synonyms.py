@@ -66,7 +66,7 @@ class SynonymSet:
 
     files: tuple[Path, ...] = ()
     rules: list[Rule] = field(default_factory=list)
-    _mtimes: dict[Path, float | None] = field(default_factory=dict, repr=False)
+    _stamps: dict[Path, tuple[int, int] | None] = field(default_factory=dict, repr=False)
     _index: dict[str, list[tuple[tuple[str, ...], Rule]]] = field(default_factory=dict, repr=False)
     _spelling: dict[str, list[tuple[tuple[str, ...], Rule]]] = field(default_factory=dict, repr=False)
 
@@ -75,7 +75,7 @@ class SynonymSet:
         """Read the files in order; a missing or malformed file is a :class:`ConfigError` naming it."""
         out = cls(files=tuple(Path(f) for f in files))
         for path in out.files:
-            out._mtimes[path] = _mtime(path)
+            out._stamps[path] = _stamp(path)
             out.rules.extend(read_rules(path))
         for rule in out.rules:
             if rule.kind == "spelling":
@@ -96,7 +96,7 @@ class SynonymSet:
 
     def changed(self) -> bool:
         """True when a file was edited, created or removed since it was read."""
-        return any(_mtime(p) != m for p, m in self._mtimes.items())
+        return any(_stamp(p) != m for p, m in self._stamps.items())
 
     def words(self) -> set[str]:
         """Every word of every rule (typo corrections may land on them: 'yougurt' -> 'yogurt')."""
@@ -156,11 +156,13 @@ def _hits_at(index: dict[str, list[tuple[tuple[str, ...], Rule]]], keys: Sequenc
     return best
 
 
-def _mtime(path: Path) -> float | None:
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(modification time in ns, size) of a file, None when it is missing: what :meth:`SynonymSet.changed` compares."""
     try:
-        return path.stat().st_mtime_ns / 1e9
+        st = path.stat()
     except FileNotFoundError:
         return None
+    return st.st_mtime_ns, st.st_size
 
 
 def read_rules(path: Path) -> list[Rule]:

@@ -19,6 +19,7 @@ from edge.core.errors import CatalogError
 DEFAULT_SPLIT = "train.txt"  # the split whose photos become reference images
 PHOTOS_PER_PRODUCT = 10  # reference photos per product (besides the iconic image)
 SWEDISH_DESCRIPTION = "description_sv"  # extra-text source of a GSD product's *_Description_Swedish.txt
+SWEDISH_NAME = "name_sv"  # extra-text source of the shop-language names in its product-page URLs
 
 # Lines of a GSD *_Information.txt that are product text (nutrition tables are not):
 # title-like lines name the product (full weight), the others describe it (fusion.DESCRIPTION_WEIGHT).
@@ -69,6 +70,15 @@ def url_product_name(url: str) -> str | None:
     return name if any(ch.isalpha() for ch in name) else None
 
 
+def manufacturer(info: str) -> str:
+    """The maker in a GSD ``Manufacturer and volume: ARLA KO , 1l`` line, without the volume ('' if none)."""
+    for line in information_texts(info, ("manufacturer and volume",)):
+        maker = line.replace("\xa0", " ").split(",")[0].strip()
+        if maker:
+            return maker
+    return ""
+
+
 def description_lines(raw: str) -> list[str]:
     """The text lines of a description file; the source-page URL lines some of them end with are left out."""
     return [ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.strip().startswith("http")]
@@ -81,7 +91,9 @@ def read_grocery_store(root: Path, *, split: str | None = DEFAULT_SPLIT, max_ima
     Name: the ``Title:`` of ``*_Information.txt`` (else the class name); description from
     ``*_Description.txt``; the whole information text and the Swedish description (the store's
     language, what labels and OCR read) are kept as extra text (``information``,
-    ``description_sv``) for lexical search and the word profiles, as the benchmarks build them.
+    ``description_sv``) for lexical search and the word profiles, as the benchmarks build them;
+    the Swedish names of its product-page URLs as extra text ``name_sv`` and the manufacturer as
+    attribute ``brand`` (angles of shopper search, :mod:`edge.catalog.views`).
     Images: the iconic image and up to ``max_images`` photos of the class from ``split`` (paths
     relative to ``root``; ``None`` = iconic only).
     """
@@ -110,11 +122,14 @@ def read_grocery_store(root: Path, *, split: str | None = DEFAULT_SPLIT, max_ima
             images = ([iconic_path] if iconic else []) + photos.get(cid, [])[: max_images or None]
             swedish = "\n".join(description_lines(
                 read_text_file(iconic_path.parent / f"{name_cls}_Description_Swedish.txt")))
-            extra = {k: v for k, v in (("information", info), (SWEDISH_DESCRIPTION, swedish)) if v}
+            name_sv = "\n".join(dict.fromkeys(information_texts(info, ("url",))))
+            extra = {k: v for k, v in (("information", info), (SWEDISH_DESCRIPTION, swedish),
+                                       (SWEDISH_NAME, name_sv)) if v}
+            brand = {"brand": maker} if (maker := manufacturer(info)) else {}
             yield ProductRecord(
                 sku=name_cls, name=title or name_cls.replace("-", " "),
                 description=read_text_file(root / row[5].strip().lstrip("/")),
-                attributes={"class_id": cid, "coarse": coarse}, images=tuple(images),
+                attributes={"class_id": cid, "coarse": coarse, **brand}, images=tuple(images),
                 extra_text=extra, source=str(classes), line=line)
 
 
