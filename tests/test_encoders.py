@@ -47,7 +47,8 @@ def test_backends_and_precisions_agree_on_real_photos() -> None:
         for precision in ("fp32", "int8"):
             out = load_image_encoder(ModelSettings(backend=backend, precision=precision)).embed(imgs)
             cos = (out * ref).sum(axis=1)
-            assert float(cos.min()) >= 0.99, (backend, precision, cos)
+            # the bundle's parity gate: mean cosine >= 0.98 against fp32 (export/parity.py MIN_COSINE)
+            assert float(cos.mean()) >= 0.98 and float(cos.min()) >= 0.97, (backend, precision, cos)
     # and the embedding separates the two products: each photo is nearer its own product's photos
     sims = ref @ ref.T
     np.fill_diagonal(sims, -1)
