@@ -266,6 +266,17 @@ class Catalog:
         keys = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
         return keys, np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
 
+    def vector_counts(self, modality: str, fingerprint: str) -> tuple[int, int]:
+        """(stored vectors, products holding one) of a modality and encoder: what its index must hold."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM vectors WHERE modality = ? AND "
+                                   "fingerprint = ?", (modality, fingerprint)).fetchone()
+        return int(row[0]), int(row[1])
+
+    def image_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
     def product_vectors(self, modality: str, fingerprint: str) -> dict[str, np.ndarray]:
         """sku -> the unit-normalised mean of that product's vectors (for recommendations)."""
         keys, vecs = self.vectors(modality, fingerprint)

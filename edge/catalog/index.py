@@ -30,6 +30,7 @@ import fcntl
 import json
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ class IndexMeta:
     expansion_search: int = DEFAULT_EXPANSION_SEARCH
     created_utc: str = ""
     format: int = FORMAT_VERSION
+    file_bytes: int = 0  # size of the data file (0: a sidecar from before sizes were recorded)
+    file_crc32: str = ""  # its CRC-32 ("" likewise): a corrupt file is refused, not searched
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,6 +198,7 @@ def open_for_write(directory: Path, modality: str) -> tuple[IndexMeta, Index] | 
 def _load(path: Path, meta: IndexMeta, *, view: bool) -> Index:
     if not path.is_file():
         raise FileNotFoundError(path)
+    _verify(path, meta)
     index = new_usearch(meta)
     try:
         index.view(str(path)) if view else index.load(str(path))
@@ -207,6 +211,24 @@ def _load(path: Path, meta: IndexMeta, *, view: bool) -> Index:
     return index
 
 
+def file_crc32(path: Path) -> str:
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _verify(path: Path, meta: IndexMeta) -> None:
+    """Refuse a data file whose size or CRC-32 differs from what its sidecar recorded (a torn or corrupt file)."""
+    if meta.file_bytes and path.stat().st_size != meta.file_bytes:
+        raise CatalogError(f"index file {path} has {path.stat().st_size} bytes, its sidecar recorded "
+                           f"{meta.file_bytes}", hint="rebuild it with `storelens catalog reindex`")
+    if meta.file_crc32 and file_crc32(path) != meta.file_crc32:
+        raise CatalogError(f"index file {path} is corrupt: its CRC-32 differs from the one its sidecar recorded",
+                           hint="rebuild it with `storelens catalog reindex`")
+
+
 def read_meta(directory: Path, modality: str) -> IndexMeta | None:
     path = sidecar_path(directory, modality)
     try:
@@ -216,7 +238,15 @@ def read_meta(directory: Path, modality: str) -> IndexMeta | None:
     except (ValueError, UnicodeDecodeError) as e:
         raise CatalogError(f"index sidecar {path} is not valid JSON: {e}",
                            hint="rebuild it with `storelens catalog reindex`") from e
-    return IndexMeta.from_dict(data)
+    try:
+        meta = IndexMeta.from_dict(data)
+        if not isinstance(meta.file, str) or not meta.file or "/" in meta.file:
+            raise TypeError(f"file {meta.file!r} is not a data file name")
+        int(meta.ndim), int(meta.catalog_version), int(meta.vectors), int(meta.products)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CatalogError(f"index sidecar {path} is damaged: {e}",
+                           hint="rebuild it with `storelens catalog reindex`") from e
+    return meta
 
 
 def check_compatible(meta: IndexMeta, *, fingerprint: str, ndim: int, dtype: str, where: Path) -> None:
@@ -237,7 +267,10 @@ def check_compatible(meta: IndexMeta, *, fingerprint: str, ndim: int, dtype: str
 def publish(directory: Path, index: Index, meta: IndexMeta) -> IndexMeta:
     """Save ``index`` as a new generation and atomically make it current. Call under :func:`writer_lock`."""
     directory.mkdir(parents=True, exist_ok=True)
-    old = read_meta(directory, meta.modality)
+    try:
+        old = read_meta(directory, meta.modality)
+    except CatalogError:  # a damaged sidecar is being replaced: nothing of it to keep
+        old = None
     gen = f"{meta.modality}.{time.time_ns():x}.usearch"
     data_path = directory / gen
     tmp = directory / (gen + ".tmp")
@@ -245,15 +278,29 @@ def publish(directory: Path, index: Index, meta: IndexMeta) -> IndexMeta:
     _fsync(tmp)
     os.replace(tmp, data_path)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    meta = IndexMeta.from_dict({**meta.to_dict(), "file": gen, "created_utc": created, "vectors": len(index)})
+    meta = IndexMeta.from_dict({**meta.to_dict(), "file": gen, "created_utc": created, "vectors": len(index),
+                                "file_bytes": data_path.stat().st_size, "file_crc32": file_crc32(data_path)})
+    _write_sidecar(directory, meta)
+    _prune(directory, meta.modality, keep={gen, old.file if old else gen})
+    return meta
+
+
+def _write_sidecar(directory: Path, meta: IndexMeta) -> None:
     side = sidecar_path(directory, meta.modality)
     side_tmp = side.with_suffix(".json.tmp")
     side_tmp.write_text(json.dumps(meta.to_dict(), indent=2), encoding="utf-8")
     _fsync(side_tmp)
     os.replace(side_tmp, side)
     _fsync_dir(directory)
-    _prune(directory, meta.modality, keep={gen, old.file if old else gen})
-    return meta
+
+
+def restamp(directory: Path, catalog_version: int) -> None:
+    """Record that every current index also reflects ``catalog_version`` (a write that changed no vector,
+    e.g. a product's extra text). Call under :func:`writer_lock`, after the write committed."""
+    for side in sorted(directory.glob("*.index.json")):
+        meta = read_meta(directory, side.name.removesuffix(".index.json"))
+        if meta is not None and meta.catalog_version != catalog_version:
+            _write_sidecar(directory, IndexMeta.from_dict({**meta.to_dict(), "catalog_version": catalog_version}))
 
 
 def _prune(directory: Path, modality: str, keep: set[str]) -> None:

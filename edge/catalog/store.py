@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge.catalog import index as ix
+from edge.catalog.consistency import IndexRepairs, open_consistent, same_generation
 from edge.catalog.db import Catalog
 from edge.catalog.importers.tables import ImportIssue, ProductRecord
 from edge.catalog.ranking import DEFAULT_K, RRF_K, Aggregate, Ranked, aggregate_hits, rrf
@@ -55,6 +56,7 @@ class Store:
         self.threads = threads
         self._config_thresholds = (threshold, margin)
         self._warned_stale = False
+        self.repairs = IndexRepairs()  # indexes rebuilt because they disagreed with the catalog
         self._indexes: dict[str, ix.VectorIndex | None] = {IMAGE: None, TEXT: None, VIEWS: None}
         self._writer: CatalogWriter | None = None
         # shopper text search (docs/search.md); None: the plain hybrid of FTS5 BM25 and one text vector
@@ -124,11 +126,9 @@ class Store:
             if enc is None:
                 continue
             cur = self._indexes[modality]
-            meta = ix.read_meta(self.data_dir, modality)
-            if meta is not None and cur is not None and meta.file == cur.meta.file:
+            if cur is not None and same_generation(self, modality, cur):
                 continue
-            new = ix.VectorIndex.open(self.data_dir, modality, fingerprint=enc.fingerprint, ndim=enc.dim,
-                                      dtype=self.dtype, view=self.view)
+            new = open_consistent(self, modality, enc)  # checked against the catalog; rebuilt if it diverged
             self._indexes[modality] = new  # one reference swap: searches in flight keep the old object
             changed = True
         return changed

@@ -213,8 +213,10 @@ class CatalogWriter:
         product = self.catalog.get(sku)
         if product is None:
             raise InputError(f"sku {sku!r} is not in the catalog", hint="enroll it first")
-        with ix.writer_lock(self.data_dir), self.catalog.transaction() as db:
-            self.catalog.set_text(db, product.key, source, text)
+        with ix.writer_lock(self.data_dir):
+            with self.catalog.transaction() as db:
+                self.catalog.set_text(db, product.key, source, text)
+            ix.restamp(self.data_dir, self.catalog.version)  # no vector changed: the indexes reflect it too
 
     def rebuild_indexes(self) -> None:
         """Rebuild every index from the vectors stored in SQLite (e.g. after changing catalog.index_dtype)."""
@@ -297,6 +299,17 @@ class CatalogWriter:
         return ix.IndexMeta(modality=modality, ndim=enc.dim, dtype=self.dtype, fingerprint=enc.fingerprint,
                             catalog_version=self.catalog.version, vectors=0, products=0, file="", i8_scale=scale,
                             expansion_search=self.expansion_search)
+
+    def rebuild_one(self, modality: str, enc: ImageEncoder | TextEncoder) -> ix.IndexMeta:
+        """Rebuild one index from the vectors stored in SQLite; the caller holds the writer lock
+        (:mod:`edge.catalog.consistency` repairs an index that disagrees with the catalog this way)."""
+        keys, vecs = self.catalog.vectors(modality, enc.fingerprint)
+        meta = self._new_meta(modality, enc, vecs)
+        index = ix.new_usearch(meta)
+        if len(keys):
+            index.add(keys, ix.quantize(vecs, dtype=self.dtype, i8_scale=meta.i8_scale), threads=self.threads)
+        return ix.publish(self.data_dir, index, ix.IndexMeta.from_dict(
+            {**meta.to_dict(), "products": len(np.unique(keys))}))
 
     def _save_array(self, sku: str, i: int, image: np.ndarray) -> Path:
         folder = self.data_dir / "images" / hashlib.sha1(sku.encode()).hexdigest()[:16]
