@@ -34,10 +34,12 @@ pytestmark = pytest.mark.slow
 
 try:
     from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - the browser extra is not installed
-    sync_playwright = None
 
-if sync_playwright is None or chromium_path() is None:
+    HAVE_PLAYWRIGHT = True
+except ImportError:  # pragma: no cover - the browser extra is not installed
+    HAVE_PLAYWRIGHT = False
+
+if not HAVE_PLAYWRIGHT or chromium_path() is None:
     if os.environ.get("CI"):
         pytest.fail("the kiosk browser tests need playwright and chromium (.ci/run installs them)",
                     pytrace=False)
