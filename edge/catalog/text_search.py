@@ -8,16 +8,17 @@ ranking        what                                                             
 ``bm25``       typed words + spelling variants, inflections, compounds, typo fixes      1.0
                over the per-angle FTS5 fields (:mod:`edge.catalog.views`)
 ``every``      products holding every typed word (AND), multi-word queries only        1.0
-``text``       the (typo-corrected) query embedded, nearest name+description and        1.0
-               view vectors (name, Swedish name, brand + category), best per product
+``text``       the (typo-corrected) query embedded; nearest vectors of the              1.0
+               ``text-views`` index (name + description, name, Swedish name,
+               brand + category + name), best per product
 ``same``       other names of the typed words (synonym file ``same``)                  0.7
 ``purpose``    what a stated purpose calls for (synonym file ``purpose``)              0.7
-``text_x``     the synonyms and purposes embedded as one text                          0.5
+``text_x``     the first six synonyms and purposes embedded as one text                0.5
 =============  ======================================================================  ========
 
 Expansions weigh less than typed words (a product matching what was typed outranks one
-matching a synonym only). When no typed word is in the catalog but the synonym file knew
-one, the typed embedding drops to ``text_unmatched`` (the encoder's guess for a word the
+matching a synonym only). When the typed words match no FTS5 field but the synonym file
+expanded them, the typed embedding drops to ``text_unmatched`` (0.3) (the encoder's guess for a word the
 catalog lacks, like "kefir", is noise next to the synonym's answer). RRF's constant is 15,
 not 60: with six rankings a rank-1 agreement of two must beat rank-10 presence in four.
 Weights and constant were chosen on the tuning half of ``benchmarks/data/search_queries.tsv``
@@ -45,6 +46,9 @@ from edge.text.synonyms import SynonymSet, load_synonyms
 log = logging.getLogger("storelens.search")
 
 Ranking = list[tuple[int, float]]
+# Lookups over more catalog words than this are rebuilt in the background after a change (a 30k-word
+# vocabulary takes ~2 s to index for typos; a few thousand words, a few tens of ms).
+BACKGROUND_WORDS = 20_000
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,16 @@ class SearchCatalog(Protocol):
     def product_names(self) -> dict[int, str]: ...
 
 
+@dataclass(frozen=True)
+class _Lookups:
+    """What a query is planned against, for one catalog version and one synonym set."""
+
+    version: int
+    synonyms: SynonymSet
+    vocab: Vocabulary
+    names: dict[str, int]  # name_key(product name) -> product key
+
+
 def name_key(text: str) -> str:
     """How a query is compared with product names for the exact-name rule: words only, case and accents folded."""
     return " ".join(words(text))
@@ -97,10 +111,17 @@ class ShopperSearch:
         self.default_synonyms = default_synonyms
         self.synonyms: SynonymSet = load_synonyms(synonyms_file, default=default_synonyms)
         self._lock = threading.Lock()
-        self._cache: tuple[int, int, Vocabulary, dict[str, int]] | None = None
+        self._cache: _Lookups | None = None
+        self._rebuilding = False
 
     def reload(self) -> bool:
-        """Re-read the synonym files when one changed on disk; True if they did. A broken file keeps the old set."""
+        """Re-read the synonym files when one changed on disk (True if they did; a broken file keeps the old
+        set), and bring the lookups up to the catalog as it is now, so the next query does not wait for them."""
+        changed = self._reload_synonyms()
+        self._state()
+        return changed
+
+    def _reload_synonyms(self) -> bool:
         if not self.synonyms.changed():
             return False
         try:
@@ -110,27 +131,43 @@ class ShopperSearch:
             return False
         with self._lock:
             self.synonyms = fresh
-            self._cache = None
         log.info("synonyms reloaded: %d rules from %s", len(fresh.rules), ", ".join(map(str, fresh.files)))
         return True
 
-    def _state(self) -> tuple[Vocabulary, dict[str, int], SynonymSet]:
+    def _state(self) -> _Lookups:
+        """The lookups for the current catalog version and synonyms. A small catalog's are rebuilt on the
+        spot when either changed; a large one's (over :data:`BACKGROUND_WORDS` words) in the background,
+        the previous ones answering meanwhile (a product enrolled a moment ago is then found by its
+        name but not yet by its typos, compounds and exact-name rule)."""
         version = self.catalog.version
         with self._lock:
-            syn = self.synonyms
-            if self._cache is None or self._cache[:2] != (version, id(syn)):
-                vocab = vocabulary_of(self.catalog.search_vocabulary(), extra=syn.words())
-                names = {name_key(n): key for key, n in sorted(self.catalog.product_names().items())}
-                self._cache = (version, id(syn), vocab, names)
-            return self._cache[2], self._cache[3], syn
+            cache, syn = self._cache, self.synonyms
+            if cache is not None and (cache.version, cache.synonyms) == (version, syn):
+                return cache
+            if cache is not None and len(cache.vocab.counts) > BACKGROUND_WORDS:
+                if not self._rebuilding:
+                    self._rebuilding = True
+                    threading.Thread(target=self._rebuild, args=(version, syn), name="search-vocabulary",
+                                     daemon=True).start()
+                return cache
+        return self._rebuild(version, syn)
+
+    def _rebuild(self, version: int, syn: SynonymSet) -> _Lookups:
+        vocab = vocabulary_of(self.catalog.search_vocabulary(), extra=syn.words())
+        names = {name_key(n): key for key, n in sorted(self.catalog.product_names().items())}
+        built = _Lookups(version=version, synonyms=syn, vocab=vocab, names=names)
+        with self._lock:
+            self._cache = built
+            self._rebuilding = False
+        return built
 
     def exact_name(self, query: str) -> int | None:
         """The key of the product whose name the query is (case, accents and punctuation aside), else None."""
-        return self._state()[1].get(name_key(query))
+        return self._state().names.get(name_key(query))
 
     def plan(self, query: str) -> QueryPlan:
-        vocab, _, syn = self._state()
-        return plan_query(query, vocab, syn)
+        state = self._state()
+        return plan_query(query, state.vocab, state.synonyms)
 
     def rankings(self, plan: QueryPlan, *, nearest: Callable[[str, int], Ranking] | None,
                  pool: int | None = None) -> tuple[dict[str, Ranking], dict[str, float]]:
