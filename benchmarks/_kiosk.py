@@ -192,3 +192,14 @@ def wait_rendered(page: Any, *, after: int, timeout_s: float = 10.0, kind: str |
 
 def rendered_count(page: Any) -> int:
     return int(page.evaluate("window.__kiosk ? window.__kiosk.rendered.length : 0"))
+
+
+def show(page: Any, camera: TrayCamera, product: DemoProduct | None, *, kind: str, sku: str | None = None,
+         timeout_s: float = 30.0) -> dict[str, Any]:
+    """Put ``product`` on the tray and wait for the page to show it; the page's current state when it already does."""
+    last = page.evaluate("window.__kiosk ? window.__kiosk.last : null")
+    if last and last["kind"] == kind and (sku is None or last["sku"] == sku):
+        return dict(last)
+    before = rendered_count(page)
+    camera.put(product)
+    return wait_rendered(page, after=before, kind=kind, sku=sku, timeout_s=timeout_s)

@@ -159,6 +159,22 @@ def test_search_results_are_cards(parts: dict[str, Any]) -> None:
     assert [c["sku"] for c in reply["result"]["results"]] == ["COLA", "OATS", "TEA"]  # the empty entry left out
 
 
+def test_recommendations_are_complements_then_popular(tmp_path: Path, parts: dict[str, Any]) -> None:
+    from edge.core.config import RecommendSettings
+    from edge.recommend.service import open_recommender
+
+    rec = open_recommender(RecommendSettings(), data_dir=tmp_path)
+    for i, basket in enumerate([["COLA", "OATS"], ["COLA", "OATS", "EMPTY"], ["TEA", "OATS"], ["TEA", "OATS"]]):
+        rec.handle_basket_message(json.dumps({"id": i, "skus": basket}))
+    actions = KioskActions(hub=parts["hub"], cards=parts["cards"], confirmations=parts["store"],
+                           publish=lambda t, m: None, device="d1", recommender=rec)
+    cola = actions.recommendations("COLA")
+    assert [(c["sku"], c["source"]) for c in cola["together"]] == [("OATS", "together")]  # no popular fill-ins
+    assert cola["similar"] == []  # no product vectors: "similar" is off, the rest still shows
+    status, reply = actions.handle("recommend", b'{"sku": "COLA"}')
+    assert status == 200 and reply["result"]["together"][0]["name"] == "Morning Oats"
+
+
 def test_every_language_has_every_label() -> None:
     assert set(LABELS) == set(LOCALES) == {"en", "sv"}
     assert all(set(words) == set(LABELS["en"]) and all(words.values()) for words in LABELS.values())
@@ -257,3 +273,65 @@ def test_port_in_use_is_a_config_error(parts: dict[str, Any]) -> None:
             second.start()
     finally:
         first.stop()
+
+
+def test_storelens_run_serves_the_kiosk_screen(tmp_path: Path) -> None:
+    """`storelens run` with `[kiosk_screen] enabled = true` serves the page while it runs."""
+    import threading
+    import time
+
+    from edge.catalog.store import Store
+    from edge.cli.main import main
+    from edge.core.config import load_settings
+    from edge.models.encoders import load_image_encoder
+    from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
+
+    data = tmp_path / "data"
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(data)})
+    store = Store.from_settings(s, image_encoder=load_image_encoder(s.model), text_encoder=None)
+    for p in DEMO_PRODUCTS[:2]:
+        store.enroll(p.sku, name=p.name, images=reference_images(p), price=10.0)
+    store.close()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cam = VirtualCamera(DEMO_PRODUCTS[:2], hold=8, gap=0)
+    i = 0
+    while (f := cam.read()) is not None:
+        cv2.imwrite(str(frames / f"{i:03d}.png"), f)
+        i += 1
+    port = free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[device]\nstore = "s1"\nid = "d1"\n[catalog]\ndata_dir = "{data}"\n'
+                   f'[[cameras]]\nname = "cam"\nsource = "{frames}"\nfps = 10\nloop = true\n'
+                   '[decision]\nthreshold = 0.9\nmargin = 0.05\n[ocr]\nenabled = false\n'
+                   f'[kiosk_screen]\nenabled = true\nport = {port}\nlanguage = "sv"\ntitle = "Hörnbutiken"\n')
+    seen: dict[str, Any] = {}
+
+    def poll() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "html" not in seen:
+            try:
+                seen["html"] = _get(f"http://127.0.0.1:{port}/")[1].decode()
+                seen["health"] = json.loads(_get(f"http://127.0.0.1:{port}/healthz")[1])
+            except OSError:
+                time.sleep(0.1)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    assert main(["run", "--config", str(cfg), "--no-mqtt", "--duration", "8"]) == 0
+    poller.join()
+    assert "Hörnbutiken" in seen["html"] and '<html lang="sv">' in seen["html"]
+    assert seen["health"] == {"ok": True, "clients": 0, "broker": "off"}
+    with pytest.raises(OSError):  # stopped with the runtime
+        _get(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_kiosk_camera_must_be_configured(tmp_path: Path, catalog: Catalog) -> None:
+    from edge.core.config import load_settings
+    from edge.core.errors import ConfigError
+    from edge.kiosk.screen import create_screen
+
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path)},
+                      cameras=[{"name": "cam", "source": "0"}], kiosk_screen={"enabled": True, "camera": "door"})
+    with pytest.raises(ConfigError, match="not a configured camera"):
+        create_screen(s, catalog=catalog, publish=lambda t, m: None)

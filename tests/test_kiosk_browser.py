@@ -25,8 +25,9 @@ from benchmarks._kiosk import (
     chromium_path,
     kiosk_settings,
     launch_chromium,
-    rendered_count,
-    wait_rendered,
+)
+from benchmarks._kiosk import (
+    show as kiosk_show,
 )
 from tests.runtime_helpers import Collector
 
@@ -87,12 +88,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def show(rig: dict[str, Any], product: Any, *, kind: str, sku: str | None = None) -> dict[str, Any]:
     """Put ``product`` on the tray; the page render that follows (``kind`` / ``sku``), or the current one."""
-    last = rig["page"].evaluate("window.__kiosk.last")
-    if last and last["kind"] == kind and (sku is None or last["sku"] == sku):
-        return dict(last)  # already on the tray and on the page
-    before = rendered_count(rig["page"])
-    rig["camera"].put(product)
-    return wait_rendered(rig["page"], after=before, kind=kind, sku=sku, timeout_s=20)
+    return kiosk_show(rig["page"], rig["camera"], product, kind=kind, sku=sku, timeout_s=20)
 
 
 def test_showing_a_product_puts_its_name_price_and_place_on_the_page_within_a_second(rig: dict[str, Any]) -> None:

@@ -96,10 +96,12 @@ class KioskActions:
         n = self.recommend_k + len(self.cards.hidden)
         for kind in ("together", "similar"):
             try:
-                recs = self._recommender.recommend(sku, kind=kind, k=n)
+                recs = self._recommender.recommend(sku, kind=kind, k=n + len(out["together"]))
             except InputError as e:  # e.g. no product vectors: "similar" is off, the rest still shows
                 log.debug("kiosk recommendations skipped", extra={"kind": kind, "error": e.message})
                 continue
+            if kind == "together":  # only real complements, else the popular ones; never "similar" fill-ins
+                recs = [r for r in recs if r.source == "together"] or [r for r in recs if r.source == "popular"]
             seen = {sku} | {c["sku"] for c in out["together"]}
             cards: list[dict[str, Any]] = []
             for r in recs:
