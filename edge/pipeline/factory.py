@@ -93,7 +93,8 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
                                              steady_frames=g.steady_frames if c.mode == "kiosk" else 0,
                                              frames_per_view=fpv, enabled=g.enabled),
                             RegionVoter(camera=c.name, roi=r.name, params=params,
-                                        expected_sku=r.expected_sku if c.mode == "shelf" else None))
+                                        expected_sku=r.expected_sku if c.mode == "shelf" else None,
+                                        per_view=c.mode == "kiosk"))
                      for r in c.rois]
             for c in settings.cameras}
 

@@ -21,7 +21,7 @@ from edge.core.errors import CommandError, InputError
 from edge.models.encoders.base import ImageEncoder
 from edge.recommend.service import Recommender
 from edge.recommend.similar import Filters
-from edge.text.profiles import catalog_profiles
+from edge.text.profiles import TextProfiles, catalog_profiles
 
 if TYPE_CHECKING:
     from edge.pipeline.loop import Matcher, Runtime
@@ -64,14 +64,12 @@ class RuntimeCommands:
             if self._matcher_loader is None:
                 raise CommandError("the bundle changed but this runtime cannot reopen the index for it",
                                    hint="restart storelens run")
-            rt.swap_models(new_encoder, self._matcher_loader(new_encoder))
-        else:
-            rt.matcher.reload()  # atomic reference swap inside; frames in flight finish on the old index
-            rt.swap_models(rt.encoder, rt.matcher)  # new thresholds, if a calibration was stored
+            matcher = self._matcher_loader(new_encoder)
+            rt.swap_models(new_encoder, matcher, text=_label_text(rt, matcher))
+        else:  # the same matcher reopens its newest index generation, in the swap (new thresholds too)
+            rt.swap_models(rt.encoder, rt.matcher, reload=True, text=_label_text(rt, rt.matcher))
         if rt.recommender is not None:
             rt.recommender.reload_products(rt.matcher)
-        if rt.reranker is not None and hasattr(rt.matcher, "catalog"):  # new products' label words
-            rt.reranker.profiles = catalog_profiles(rt.matcher.catalog)
         rt.publish_status()
         return {"catalog_version": rt.matcher.catalog_version, "bundle": rt.encoder.fingerprint}
 
@@ -121,6 +119,13 @@ class RuntimeCommands:
 
     def _images(self, args: dict[str, Any]) -> list[np.ndarray]:
         return load_images(args.get("images"), allowed_dir=self.rt.settings.mqtt.enroll_dir)
+
+
+def _label_text(rt: Runtime, matcher: Any) -> tuple[TextProfiles, dict[str, str]] | None:
+    """The word profiles and names of ``matcher``'s catalog for the label-text reranker (None: no reranker)."""
+    if rt.reranker is None or not hasattr(matcher, "catalog"):
+        return None
+    return catalog_profiles(matcher.catalog), {p.sku: p.name for p in matcher.catalog.products()}
 
 
 def recommend_handler(recommender: Recommender) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -3,7 +3,8 @@
 One camera thread per source keeps its newest frame; the loop wakes when any camera has a
 new frame (no polling), crops each region, lets the gate drop unchanged/unsteady crops,
 embeds what is left in *one* batch across all regions and cameras, searches the index in one
-batched call, votes per region and publishes decisions when they change (plus heartbeats).
+batched call, votes per region and publishes decisions (a kiosk: one event per item shown; a
+shelf: on change; both: heartbeats).
 
 Every decision goes through the outbox: published over MQTT when a broker is configured and
 reachable, kept on disk for later delivery when not, printed, and appended to a JSONL file
@@ -18,9 +19,8 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -36,9 +36,11 @@ from edge.ops.hooks import RuntimeHooks
 from edge.pipeline import messages
 from edge.pipeline.capture import CameraThread, Frame
 from edge.pipeline.gate import GateVerdict, RegionGate
+from edge.pipeline.label_text import LabelTextVotes
 from edge.pipeline.vote import Decision, RegionVoter, VoteParams
 from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
+from edge.text.profiles import TextProfiles
 
 log = logging.getLogger("storelens.runtime")
 
@@ -117,12 +119,11 @@ class Runtime:
         self.recommender = recommender
         self.reranker = reranker  # label text (OCR) fused into the image candidates; None = image only
         self.screen: DecisionScreen | None = None  # the kiosk screen (edge.kiosk), attached by the factory
-        self._views: dict[str, str] = {}  # region key -> id of the view it sees (new on each gate NEW_VIEW)
         self._send_lock = threading.Lock()  # results are published from the screen's threads too (confirm)
         self._out = out
         self._wake = wake
-        self._model_lock = threading.Lock()
-        self._awaiting_text: dict[str, tuple[np.ndarray, list[Candidate], int]] = {}
+        self._model_lock = threading.RLock()  # encoder, matcher and label-text profiles: one snapshot per batch
+        self._text = LabelTextVotes(reranker, revotes=settings.decision.window)
         self._jsonl: IO[str] | None = None
         self._last_frames: dict[str, Frame] = {}
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -150,6 +151,8 @@ class Runtime:
             log.info("mqtt disabled: decisions are printed and kept in the outbox",
                      extra={"outbox": str(self.outbox.path), "depth": self.outbox.stats().depth})
         self.router.start()
+        if (note := messages.thresholds_note(vote_params(self.settings, self.matcher))) is not None:
+            log.warning(note)
         if self.screen is not None:
             self.screen.start()
         for cam in self.cameras:
@@ -199,8 +202,9 @@ class Runtime:
         """One round over the cameras' newest frames; returns how many crops were embedded."""
         batch, late = self._gate_frames()
         now = time.monotonic()
-        for region, frame in late:
-            self._vote_late_text(region, frame, now)
+        for region, frame in late:  # unchanged views whose label text was read since they were voted
+            if (cands := self._guarded(region, self._text.late, region.key)) is not None:
+                self._guarded(region, self._vote, region, cands, frame.ts, now)
         if batch and not self._embed_and_vote(batch, now):
             return 0
         for regions in self.regions.values():  # heartbeats of regions that saw no frame this round
@@ -227,55 +231,49 @@ class Runtime:
                 c = crop(frame.image, region.roi.rect)
                 verdict = region.gate.check(c)
                 if verdict == GateVerdict.NEW_VIEW:
-                    region.voter.reset()
-                    self._views[region.key] = uuid.uuid4().hex[:16]
-                    self._awaiting_text.pop(region.key, None)
+                    region.voter.reset()  # a new view: a new vote (and view id)
+                    self._text.forget(region.key)
                 if verdict.passes:
                     batch.append((region, frame, c))
-                elif region.key in self._awaiting_text:
+                elif self._text.waiting(region.key):
                     late.append((region, frame))
         return batch, late
 
     def _embed_and_vote(self, batch: list[tuple[Region, Frame, np.ndarray]], now: float) -> bool:
-        """Embed and match the batch in one call each, then vote every crop; False when that failed."""
-        try:
-            results = self.match_images([c for _, _, c in batch], self.settings.decision.top_k)
-        except Exception:  # a failing backend/index must not stop the cameras: counted, logged, retried
-            self.counts["errors"] += 1
-            self.counts["crops_failed"] += len(batch)
-            log.exception("embedding or search failed; these crops are skipped", extra={"crops": len(batch)})
-            return False
+        """Embed, match and fuse label text under the model lock (one snapshot of encoder, index and word
+        profiles), then vote every crop. A failed batch costs the batch (False), a failed crop that crop."""
+        with self._model_lock:
+            try:
+                results = self.match_images([c for _, _, c in batch], self.settings.decision.top_k)
+            except Exception:  # a failing backend/index must not stop the cameras: counted, logged, retried
+                self.counts["errors"] += 1
+                self.counts["crops_failed"] += len(batch)
+                log.exception("embedding or search failed; these crops are skipped", extra={"crops": len(batch)})
+                return False
+            fused = [self._guarded(region, self._text.fuse, region.key, c, cands)
+                     for (region, _, c), cands in zip(batch, results, strict=True)]
         self.counts["embedded"] += len(batch)
         self.counts["batches"] += 1
-        for (region, frame, c), cands in zip(batch, results, strict=True):
-            if self.reranker is not None:  # OCR runs on its own thread; this never waits for it
-                image_cands, cands = cands, self.reranker.rerank(region.key, c, cands)
-                if self.reranker.worker.request(region.key, c) is None:  # still reading: vote it later
-                    self._awaiting_text[region.key] = (c.copy(), list(image_cands), self.settings.decision.window)
-            with self.hooks.stage("vote"):
-                d = region.voter.add(cands, ts=frame.ts, now=now)
-            if d is not None:
-                self._emit(d)
+        for (region, frame, _), cands in zip(batch, fused, strict=True):
+            if cands is not None:
+                self._guarded(region, self._vote, region, cands, frame.ts, now)
         return True
 
-    def _vote_late_text(self, region: Region, frame: Frame, now: float) -> None:
-        """A frame the gate skipped (same view) votes again once that view's label text is read.
-
-        The gate stops embedding an unchanged view after a few frames, usually before OCR has
-        finished; without this, label text could never change a kiosk decision.
-        """
-        if self.reranker is None:  # only queued when a reranker exists
-            return
-        c, image_cands, left = self._awaiting_text[region.key]
-        if self.reranker.worker.request(region.key, c) is None:
-            return
-        if left <= 1:
-            del self._awaiting_text[region.key]
-        else:
-            self._awaiting_text[region.key] = (c, image_cands, left - 1)
-        if (d := region.voter.add(self.reranker.rerank(region.key, c, image_cands), ts=frame.ts,
-                                  now=now)) is not None:
+    def _vote(self, region: Region, cands: list[Candidate], ts: float, now: float) -> None:
+        with self.hooks.stage("vote"):
+            d = region.voter.add(cands, ts=ts, now=now)
+        if d is not None:
             self._emit(d)
+
+    def _guarded(self, region: Region, fn: Callable[..., Any], *args: Any) -> Any:
+        """One crop's step; an exception costs that crop (counted and logged), never the loop."""
+        try:
+            return fn(*args)
+        except Exception:
+            self.counts["errors"] += 1
+            self.counts["crops_failed"] += 1
+            log.exception("a crop failed after search; skipped", extra={"region": region.key})
+            return None
 
     def _emit(self, d: Decision) -> None:
         with self.hooks.stage("publish"):
@@ -288,7 +286,7 @@ class Runtime:
         self.counts["unknown"] += int(d.decision == "unknown")
         msg = messages.match_message(d, device=self.settings.device.id, bundle=self.encoder.fingerprint,
                                      catalog_version=self.matcher.catalog_version)
-        msg["view_id"] = self._views.get(f"{d.camera}/{d.roi}")  # the gate's view this decision is about
+        msg["view_id"] = d.view_id  # the gate's view (the item shown) this decision is about
         if self.recommender is not None and d.decision == "known" and d.candidates:
             recs = self.recommender.for_match(d.candidates[0].sku)  # None unless recommend.in_match_messages
             if recs is not None:
@@ -336,10 +334,16 @@ class Runtime:
             with self.hooks.stage("search"):
                 return self.matcher.match_vectors(embs, k)
 
-    def swap_models(self, encoder: ImageEncoder, matcher: Matcher) -> None:
-        """Swap in an encoder and the matcher built for it (or the same pair) between two batches."""
+    def swap_models(self, encoder: ImageEncoder, matcher: Matcher, *, reload: bool = False,
+                    text: tuple[TextProfiles, Mapping[str, str]] | None = None) -> None:
+        """Swap in an encoder and the matcher built for it (``reload``: reopen the same matcher in place) and
+        its catalog's label-text profiles, as one snapshot between two batches."""
         with self._model_lock:
+            if reload:
+                matcher.reload()
             self.encoder, self.matcher = encoder, matcher
+            if text is not None and self.reranker is not None:
+                self.reranker.swap_text(*text)
             params = vote_params(self.settings, matcher)
             for regions in self.regions.values():
                 for r in regions:
@@ -361,7 +365,9 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         return messages.status_message(device=self.settings.device, bundle=self.encoder.fingerprint,
-                                       catalog_version=self.matcher.catalog_version, cameras=self.cameras)
+                                       catalog_version=self.matcher.catalog_version, cameras=self.cameras,
+                                       thresholds=vote_params(self.settings, self.matcher),
+                                       repairs=getattr(self.matcher, "repairs", None))
 
     def publish_status(self) -> None:
         if self.link:

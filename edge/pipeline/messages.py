@@ -16,7 +16,7 @@ from edge.comms.outbox import OutboxStats
 from edge.core.config import DeviceSettings
 from edge.pipeline.capture import CameraThread
 from edge.pipeline.gate import GateStats
-from edge.pipeline.vote import Decision
+from edge.pipeline.vote import Decision, VoteParams
 
 MATCH_SCHEMA = "storelens.match/1"
 PLANOGRAM_SCHEMA = "storelens.planogram/1"
@@ -43,12 +43,34 @@ def planogram_message(d: Decision, *, match_id: str, device: str, catalog_versio
 
 
 def status_message(*, device: DeviceSettings, bundle: str, catalog_version: int | str,
-                   cameras: Sequence[CameraThread]) -> dict[str, Any]:
-    """The retained ``<prefix>/status``: who this device is, what it runs, each camera's state."""
-    return {"schema": STATUS_SCHEMA, "version": __version__, "device": device.id, "store": device.store,
-            "bundle": bundle, "catalog_version": catalog_version,
-            "cameras": {c.name: {"state": c.stats.state, "outages": c.stats.outages, "mode": c.settings.mode,
-                                 "rois": [r.name for r in c.settings.rois]} for c in cameras}}
+                   cameras: Sequence[CameraThread], thresholds: VoteParams | None = None,
+                   repairs: Any = None) -> dict[str, Any]:
+    """The retained ``<prefix>/status``: who this device is, what it runs, each camera's state; the decision
+    thresholds in use (and whether they are calibrated); indexes rebuilt because they disagreed with the catalog."""
+    out: dict[str, Any] = {
+        "schema": STATUS_SCHEMA, "version": __version__, "device": device.id, "store": device.store,
+        "bundle": bundle, "catalog_version": catalog_version,
+        "cameras": {c.name: {"state": c.stats.state, "outages": c.stats.outages, "mode": c.settings.mode,
+                             "rois": [r.name for r in c.settings.rois]} for c in cameras}}
+    if thresholds is not None:
+        out["thresholds"] = {"threshold": thresholds.threshold, "margin": thresholds.margin,
+                             "source": thresholds.source, "calibrated": thresholds.calibrated,
+                             "note": thresholds_note(thresholds)}
+    if repairs is not None:
+        out["catalog"] = repairs.to_dict()
+    return out
+
+
+def thresholds_note(p: VoteParams) -> str | None:
+    """What to tell the operator when the fallback thresholds decide (None when they do not)."""
+    if p.calibrated:
+        return None
+    why = ("the stored calibration was made with another image encoder" if p.source == "stale-calibration"
+           else "no calibration is stored with the catalog and the config sets none")
+    return (f"decision thresholds are not calibrated ({why}): the fallback threshold {p.threshold} and margin "
+            f"{p.margin} (decision.uncalibrated_*) decide, so products may come out unknown or wrongly known; "
+            "run `storelens calibrate LABELLED --config FILE` with labelled photos of enrolled products "
+            "(or set decision.threshold and decision.margin)")
 
 
 def stats_message(*, counts: Mapping[str, int], uptime_s: float, latencies_ms: Iterable[float],

@@ -3,9 +3,15 @@
 Each frame's ranked candidates get a label: the top sku when it clears the threshold *and*
 beats the best other sku by the margin, else ``unknown``. When the window holds at least
 ``min_frames`` frames and one label has ``agreement`` of them, that label is the region's
-decision; candidate scores are aggregated over the window (mean / max / median). A
-decision is emitted only when it changes, plus a heartbeat of the unchanged decision every
-``heartbeat_s`` — never on every frame.
+decision; candidate scores are aggregated over the window (mean / max / median).
+
+When a decision is emitted: a kiosk region (``per_view``) emits an event for every new *view*
+(an item shown: the gate's ``new_view``, which also restarts the window) once that view reaches
+a decision, whatever the previous view's decision was (two cartons of milk in a row are two
+events; so are two different unknown products), and again only if the decision changes while
+the view lasts. A shelf region emits when its decision changes. Both re-publish the unchanged
+decision as a heartbeat every ``heartbeat_s`` — never on every frame. Each decision carries the
+id of the view it is about (``view_id``).
 
 Shelf regions name an ``expected_sku``: the decision becomes a planogram state — ``ok``
 (the expected product), ``empty`` (the catalog's empty-slot entry), ``misplaced`` (another
@@ -15,6 +21,7 @@ product) or ``unknown`` — emitted as its own event when that state changes.
 from __future__ import annotations
 
 import statistics
+import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,15 +51,25 @@ class VoteParams:
     heartbeat_s: float = _DEFAULTS.heartbeat_s
     aggregate: Aggregate = _DEFAULTS.aggregate
     empty_sku: str = _DEFAULTS.empty_sku
+    source: str = "config"  # where threshold/margin came from: config, calibrated, uncalibrated, stale-calibration
 
     @classmethod
     def from_settings(cls, d: DecisionSettings, stored: Thresholds | None = None) -> VoteParams:
         """Thresholds by :func:`~edge.core.types.resolve_thresholds`; unset ones get the ``uncalibrated_*`` values."""
         th = resolve_thresholds(d.threshold, d.margin, stored)
+        fallback = th.score is None and th.margin is None
+        source = ("stale-calibration" if th.source == "stale-calibration" else "uncalibrated") if fallback \
+            else th.source
         return cls(window=d.window, min_frames=d.min_frames, agreement=d.agreement,
                    threshold=d.uncalibrated_threshold if th.score is None else th.score,
                    margin=d.uncalibrated_margin if th.margin is None else th.margin,
-                   top_k=d.top_k, heartbeat_s=d.heartbeat_s, aggregate=d.aggregate, empty_sku=d.empty_sku)
+                   top_k=d.top_k, heartbeat_s=d.heartbeat_s, aggregate=d.aggregate, empty_sku=d.empty_sku,
+                   source=source)
+
+    @property
+    def calibrated(self) -> bool:
+        """False when the fallback ``uncalibrated_*`` values decide (no calibration, none in config)."""
+        return self.source not in ("uncalibrated", "stale-calibration")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +88,7 @@ class Decision:
     expected_sku: str | None = None
     planogram: PlanogramState | None = None
     planogram_changed: bool = False
+    view_id: str | None = None  # the view (item shown) this decision is about
 
     @property
     def sku(self) -> str | None:
@@ -106,14 +124,18 @@ def _aggregate(scores: list[float], how: Aggregate) -> float:
 class RegionVoter:
     """The sliding window and the last published decision of one region."""
 
-    def __init__(self, *, camera: str, roi: str, params: VoteParams, expected_sku: str | None = None) -> None:
+    def __init__(self, *, camera: str, roi: str, params: VoteParams, expected_sku: str | None = None,
+                 per_view: bool = False) -> None:
         self.camera = camera
         self.roi = roi
         self.params = params
         self.expected_sku = expected_sku
+        self.per_view = per_view  # kiosk: one event per view that reaches a decision (see the module docstring)
         self._window: deque[_Vote] = deque(maxlen=params.window)
         self._current: Decision | None = None
         self._published_at: float | None = None
+        self._view_id = uuid.uuid4().hex[:16]
+        self._view_decided = False
 
     @property
     def current(self) -> Decision | None:
@@ -125,9 +147,12 @@ class RegionVoter:
             self._window = deque(self._window, maxlen=params.window)
         self.params = params
 
-    def reset(self) -> None:
-        """The view changed: forget the old frames (the published decision stays until a new one forms)."""
+    def reset(self) -> str:
+        """A new view: forget the old frames (the published decision stays until a new one forms); its id."""
         self._window.clear()
+        self._view_id = uuid.uuid4().hex[:16]
+        self._view_decided = False
+        return self._view_id
 
     def add(self, candidates: Sequence[Candidate], *, ts: float, now: float) -> Decision | None:
         """Vote one frame; return a decision to publish when it changed (or a heartbeat is due)."""
@@ -138,7 +163,9 @@ class RegionVoter:
             return self.heartbeat(now)
         prev = self._current
         changed = prev is None or (prev.decision, prev.sku) != (decided.decision, decided.sku)
-        if changed:
+        new_item = self.per_view and not self._view_decided
+        self._view_decided = True
+        if changed or new_item:
             planogram_changed = decided.planogram is not None and (prev is None or prev.planogram != decided.planogram)
             return self._publish(decided, now, changed=True, planogram_changed=planogram_changed)
         self._current = decided  # fresher candidates and ts for the next heartbeat
@@ -154,7 +181,8 @@ class RegionVoter:
                  heartbeat: bool = False) -> Decision:
         out = Decision(camera=d.camera, roi=d.roi, decision=d.decision, candidates=d.candidates, frames=d.frames,
                        agreement=d.agreement, ts=d.ts, heartbeat=heartbeat, changed=changed,
-                       expected_sku=d.expected_sku, planogram=d.planogram, planogram_changed=planogram_changed)
+                       expected_sku=d.expected_sku, planogram=d.planogram, planogram_changed=planogram_changed,
+                       view_id=d.view_id)
         self._current = out
         self._published_at = now
         return out
@@ -185,7 +213,7 @@ class RegionVoter:
                 planogram = "misplaced"
         return Decision(camera=self.camera, roi=self.roi, decision=kind, candidates=candidates, frames=n,
                         agreement=round(agreement, 4), ts=self._window[-1].ts, expected_sku=self.expected_sku,
-                        planogram=planogram)
+                        planogram=planogram, view_id=self._view_id)
 
     def _ranked(self, label: str | None) -> tuple[Candidate, ...]:
         scores: dict[str, list[float]] = {}

@@ -13,6 +13,7 @@ image-only on unreadable products.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -113,29 +114,60 @@ def fuse_candidates(image: Sequence[Candidate], *, skus: Sequence[str], names: M
 class LabelTextReranker:
     """The runtime's one call for label text: OCR off the capture thread, then fuse if there is a reading.
 
-    ``rerank(roi, crop, candidates)`` asks the :class:`~edge.text.ocr.worker.OcrWorker` for the reading of
-    this view (never blocks; the first frames of a new view have none yet) and re-ranks the
-    image candidates with :func:`fuse_candidates`. No reading, or no word that matches the
-    catalog, returns the image candidates unchanged.
+    ``rerank_read(roi, crop, candidates)`` asks the :class:`~edge.text.ocr.worker.OcrWorker` for the
+    reading of this view once (never blocks; the first frames of a new view have none yet), re-ranks
+    the image candidates with :func:`fuse_candidates` and returns the reading too, so the caller
+    knows whether one is still pending. No reading, or no word that matches the catalog, returns
+    the image candidates unchanged.
+
+    The word profiles and names are one snapshot, replaced by :meth:`swap_text` (after a catalog
+    reload) under the same lock that scoring takes: a reading scored against the old profiles is
+    never fused against the new ones (its scores have the old product count).
     """
 
     def __init__(self, *, worker: OcrWorker, profiles: TextProfiles, weights: FusionWeights,
                  names: Mapping[str, str] | None = None) -> None:
         self.worker = worker
-        self.profiles = profiles
         self.weights = weights
-        self.names = dict(names or {})
         self.fused = 0  # decisions where text evidence was added
-        self._memo: tuple[OcrResult, np.ndarray] | None = None
+        self._lock = threading.Lock()
+        self._text: tuple[TextProfiles, dict[str, str]] = (profiles, dict(names or {}))
+        self._memo: tuple[OcrResult, TextProfiles, np.ndarray] | None = None
+
+    @property
+    def profiles(self) -> TextProfiles:
+        return self._text[0]
+
+    @property
+    def names(self) -> dict[str, str]:
+        return self._text[1]
+
+    def swap_text(self, profiles: TextProfiles, names: Mapping[str, str] | None = None) -> None:
+        """New word profiles and names (a reloaded catalog), with the memo of scored readings dropped."""
+        with self._lock:
+            self._text = (profiles, dict(names if names is not None else self._text[1]))
+            self._memo = None
 
     def rerank(self, roi: str, crop: np.ndarray, candidates: Sequence[Candidate], *,
                k: int | None = None) -> list[Candidate]:
+        return self.rerank_read(roi, crop, candidates, k=k)[0]
+
+    def rerank_read(self, roi: str, crop: np.ndarray, candidates: Sequence[Candidate], *,
+                    k: int | None = None) -> tuple[list[Candidate], OcrResult | None]:
+        """The fused candidates and this view's reading (None while it is still being read)."""
         reading = self.worker.request(roi, crop)
+        return self.fuse_reading(reading, candidates, k=k), reading
+
+    def fuse_reading(self, reading: OcrResult | None, candidates: Sequence[Candidate], *,
+                     k: int | None = None) -> list[Candidate]:
+        """Re-rank ``candidates`` with an already obtained reading (the OCR worker is not asked again)."""
         if reading is None or not reading.tokens or not self.weights.ocr:
             return list(candidates)
-        if self._memo is None or self._memo[0] is not reading:  # a cached reading is scored once
-            self._memo = (reading, self.profiles.score(reading.tokens))
-        ranked = fuse_candidates(candidates, skus=self.profiles.skus, names=self.names, ocr=self._memo[1],
-                                 weights=self.weights, k=k or len(candidates))
-        self.fused += int(ranked != list(candidates))
+        with self._lock:
+            profiles, names = self._text
+            if self._memo is None or self._memo[0] is not reading or self._memo[1] is not profiles:
+                self._memo = (reading, profiles, profiles.score(reading.tokens))  # scored once per profiles
+            ranked = fuse_candidates(candidates, skus=profiles.skus, names=names, ocr=self._memo[2],
+                                     weights=self.weights, k=k or len(candidates))
+            self.fused += int(ranked != list(candidates))
         return ranked

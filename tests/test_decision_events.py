@@ -1,0 +1,125 @@
+"""The event model: one kiosk event per item shown (view), shelf events on change; thresholds said when
+uncalibrated. Real loop, tiny ONNX encoder, image-folder cameras, JSONL out (what MQTT would carry)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.pipeline.factory import assemble_runtime
+from tests.runtime_helpers import NumpyMatcher, TinyOnnxEncoder, product_image, write_catalog
+from tests.test_runtime import SKUS, run_until, settings
+
+
+@pytest.fixture
+def parts(tmp_path: Path, tiny_onnx: Path) -> tuple[TinyOnnxEncoder, NumpyMatcher]:
+    enc = TinyOnnxEncoder(tiny_onnx)
+    return enc, NumpyMatcher(write_catalog(tmp_path / "catalog.json", enc, SKUS), enc)
+
+
+def shown(folder: Path, items: list[tuple[str, int]], per_item: int = 8) -> Path:
+    """An image-folder camera: each (sku, stripe shift) held up for ``per_item`` noisy frames, one after another."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    i = 0
+    for sku, shift in items:
+        for _ in range(per_item):
+            cv2.imwrite(str(folder / f"{i:04d}.png"), product_image(sku, rng=rng, shift=shift))
+            i += 1
+    return folder
+
+
+def decisions(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher], frames: Path, **over: Any) -> list[dict]:
+    jsonl = tmp_path / "d.jsonl"
+    s = settings(tmp_path, frames, jsonl_out=str(jsonl), **over)
+    rt = assemble_runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    rt.start()
+    run_until(rt, lambda: False, timeout=20)  # ends with the folder
+    rt.shutdown()
+    return [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.exists() else []
+
+
+def test_the_same_product_shown_twice_is_two_kiosk_events(tmp_path: Path,
+                                                          parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    """Two cartons of milk at a self-checkout: same sku, two items."""
+    frames = shown(tmp_path / "frames", [("RED", 0), ("RED", 16), ("GREEN", 0)])
+    got = decisions(tmp_path, parts, frames)
+    assert [(m["decision"], m["candidates"][0]["sku"], m["heartbeat"]) for m in got] == [
+        ("known", "RED", False), ("known", "RED", False), ("known", "GREEN", False)]
+    assert len({m["view_id"] for m in got}) == 3 and all(m["view_id"] for m in got)
+
+
+def test_two_unknown_products_in_a_row_are_two_kiosk_events(tmp_path: Path,
+                                                            parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = shown(tmp_path / "frames", [("RED", 0), ("GREEN", 0)])
+    got = decisions(tmp_path, parts, frames, decision={"threshold": 1.0, "margin": 0.5})  # nothing clears it
+    assert [m["decision"] for m in got] == ["unknown", "unknown"]
+    assert got[0]["view_id"] != got[1]["view_id"]
+
+
+def test_shelf_regions_publish_on_change_only(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = shown(tmp_path / "frames", [("RED", 0), ("RED", 16), ("GREEN", 0)])
+    cams = [{"name": "cam", "source": str(frames), "fps": 30, "mode": "shelf"}]
+    got = decisions(tmp_path, parts, frames, cameras=cams)
+    assert [m["candidates"][0]["sku"] for m in got] == ["RED", "GREEN"]  # the second RED view is no change
+
+
+def test_a_heartbeat_repeats_the_decision_of_its_own_view(tmp_path: Path,
+                                                          parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = shown(tmp_path / "frames", [("RED", 0)], per_item=40)
+    cams = [{"name": "cam", "source": str(frames), "fps": 20}]
+    got = decisions(tmp_path, parts, frames, cameras=cams, decision={"heartbeat_s": 0.5})
+    assert [m["heartbeat"] for m in got][:2] == [False, True]
+    assert {m["view_id"] for m in got} == {got[0]["view_id"]}
+
+
+def test_uncalibrated_thresholds_are_said_at_start_and_in_status(
+        tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher], caplog: pytest.LogCaptureFixture) -> None:
+    frames = shown(tmp_path / "frames", [("RED", 0)])
+    rt = assemble_runtime(settings=settings(tmp_path, frames), encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    with caplog.at_level(logging.WARNING, logger="storelens.runtime"):
+        rt.start()
+    rt.shutdown()
+    th = rt.status()["thresholds"]
+    assert (th["source"], th["calibrated"], th["threshold"], th["margin"]) == ("uncalibrated", False, 0.5, 0.02)
+    assert "not calibrated" in th["note"] and "storelens calibrate" in th["note"]
+    assert any("not calibrated" in r.getMessage() and "storelens calibrate" in r.getMessage() for r in caplog.records)
+
+
+def test_configured_thresholds_are_not_warned_about(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    frames = shown(tmp_path / "frames", [("RED", 0)])
+    s = settings(tmp_path, frames, decision={"threshold": 0.9, "margin": 0.05})
+    rt = assemble_runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
+    with caplog.at_level(logging.WARNING, logger="storelens.runtime"):
+        rt.start()
+    rt.shutdown()
+    th = rt.status()["thresholds"]
+    assert (th["source"], th["calibrated"], th["note"]) == ("config", True, None)
+    assert not any("not calibrated" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stored_calibration_counts_and_a_stale_one_does_not(tmp_path: Path, tiny_onnx: Path) -> None:
+    from edge.catalog.store import Store
+    from edge.core.types import Calibration
+    from edge.pipeline.vote import VoteParams
+
+    enc = TinyOnnxEncoder(tiny_onnx)
+    store = Store(data_dir=tmp_path / "data", image_encoder=enc, dtype="f32")
+    cal = dict(score=0.8, margin=0.04, target=0.95, known_queries=10, unknown_queries=5, known_accept_rate=0.95,
+               known_top1_accuracy=0.9, accepted_precision=0.97, false_accept_rate=0.1, held_out=("X",),
+               catalog_version=1)
+    s = settings(tmp_path, tmp_path).decision
+    store.save_calibration(Calibration(**cal, fingerprint=enc.fingerprint))  # type: ignore[arg-type]
+    assert VoteParams.from_settings(s, store.thresholds).source == "calibrated"
+    store.save_calibration(Calibration(**cal, fingerprint="another-encoder"))  # type: ignore[arg-type]
+    stale = VoteParams.from_settings(s, store.thresholds)
+    assert (stale.source, stale.calibrated, stale.threshold) == ("stale-calibration", False, 0.5)
+    store.close()
