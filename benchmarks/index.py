@@ -1,13 +1,16 @@
 """Index benchmark: USearch (as edge.catalog.index uses it) vs exact search vs FAISS HNSW on clustered vectors.
 
-    python -m benchmarks.index --sizes 10000,100000 --dtypes i8,f16 [--json OUT] [--threads 2]
+    python -m benchmarks.index --sizes 10000,100000 --dtypes i8,f16 [--dim 256] [--json OUT] [--threads 2]
 
-For each size: clustered synthetic unit vectors (dim 128, the first image bundle's; the shipped
-image bundle is 256-d: 128 more bytes a vector at i8, 256 at f16), exact
+For each size: clustered synthetic unit vectors (``--dim``, default 256: the shipped image bundle's;
+the 2026-11-24 table used 128, the first bundle's), exact
 float32 top-10 by numpy matmul (ground truth, and the numpy QPS everything is compared with),
-then for each dtype: build time, bytes per vector (file and RSS), recall@10 against the exact
+then for each dtype: build time, bytes per vector (file and RSS loaded, and RSS memory-mapped
+with ``view`` right after opening and after the queries), recall@10 against the exact
 float32 top-10, single-query p50/p99 latency (1 thread), batch QPS (``--threads``), and USearch
-``exact=True`` on the same index. ``i8`` is edge.catalog.index's own rounding quantization; the row
+``exact=True`` on the same index (``--no-exact-usearch`` skips it). Builds print progress every
+``BUILD_CHUNK`` vectors (a 1M build takes tens of minutes on 2 shared cores). ``i8`` is
+edge.catalog.index's own rounding quantization; the row
 ``i8-cast`` is USearch's built-in f32->i8 cast, for comparison. FAISS ``IndexHNSWFlat`` (M=16,
 efConstruction=128, efSearch=64, the USearch defaults) runs once per size.
 
@@ -34,9 +37,10 @@ import numpy as np
 
 from edge.catalog import index as ix
 
-DIM = 128
+DIM = 256  # the shipped image bundle's (EfficientNet-Lite0, 256-d)
 QUERIES = 1000
 K = 10
+BUILD_CHUNK = 50_000  # vectors added per call, with a progress line after each
 
 
 def clustered(n: int, *, dim: int = DIM, seed: int = 0, spread: float = 0.35) -> np.ndarray:
@@ -98,13 +102,42 @@ def rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+def build_in_chunks(index: Any, vectors: np.ndarray, *, threads: int, label: str) -> float:
+    """Add ``vectors`` (keys 0..n-1) in chunks, printing progress; seconds taken."""
+    n = len(vectors)
+    t0 = time.perf_counter()
+    for a in range(0, n, BUILD_CHUNK):
+        b = min(n, a + BUILD_CHUNK)
+        index.add(np.arange(a, b, dtype=np.uint64), vectors[a:b], threads=threads)
+        if n > BUILD_CHUNK:
+            el = time.perf_counter() - t0
+            print(f"  build {label}: {b:,}/{n:,} in {el:.0f}s (eta {el / b * (n - b):.0f}s, "
+                  f"load {os.getloadavg()[0]:.1f})", flush=True)
+    return time.perf_counter() - t0
+
+
+def view_rss(meta: ix.IndexMeta, path: Path, qq: np.ndarray, *, threads: int) -> tuple[int, int]:
+    """RSS growth of a memory-mapped (``view``) index: right after opening, and after the query batch."""
+    gc.collect()
+    before = rss()
+    viewed = ix.new_usearch(meta)
+    viewed.view(str(path))
+    opened = rss() - before
+    viewed.search(qq, K, threads=threads)
+    searched = rss() - before
+    del viewed
+    gc.collect()
+    return opened, searched
+
+
 def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: str, threads: int,
-                  expansion_search: int, connectivity: int, workdir: Path) -> dict[str, Any]:
-    n = len(db)
+                  expansion_search: int, connectivity: int, workdir: Path,
+                  exact_usearch: bool = True) -> dict[str, Any]:
+    n, dim = db.shape
     cast = dtype == "i8-cast"
     store_dtype = "i8" if cast else dtype
     scale = 1.0 if cast or dtype != "i8" else ix.choose_i8_scale(db)
-    meta = ix.IndexMeta(modality="bench", ndim=DIM, dtype=store_dtype, fingerprint="bench", catalog_version=0,
+    meta = ix.IndexMeta(modality="bench", ndim=dim, dtype=store_dtype, fingerprint="bench", catalog_version=0,
                         vectors=n, products=n, file="", i8_scale=scale, connectivity=connectivity,
                         expansion_search=expansion_search)
 
@@ -112,9 +145,7 @@ def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: st
         return v if cast else ix.quantize(v, dtype=store_dtype, i8_scale=scale)
 
     index = ix.new_usearch(meta)
-    t0 = time.perf_counter()
-    index.add(np.arange(n, dtype=np.uint64), prep(db), threads=threads)
-    build_s = time.perf_counter() - t0
+    build_s = build_in_chunks(index, prep(db), threads=threads, label=f"{n:,} {dtype}")
     path = workdir / f"{dtype}.usearch"
     index.save(str(path))
     file_bytes = path.stat().st_size
@@ -129,17 +160,24 @@ def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: st
     batch_s, m = timed(lambda: index.search(qq, K, threads=threads))
     rec = recall(np.asarray(m.keys).astype(np.int64), truth)
     lat, cpu = single_query_latency(lambda i: index.search(qq[i], K, threads=1), len(q))
-    exact_s, me = timed(lambda: index.search(qq, K, threads=threads, exact=True), min_s=0.2)
-    row = {
+    del index
+    view_open, view_searched = view_rss(meta, path, qq, threads=threads)
+    row: dict[str, Any] = {
         "engine": "usearch", "dtype": dtype, "build_s": round(build_s, 2), "build_per_s": round(n / build_s),
         "bytes_per_vector": round(file_bytes / n, 1), "rss_bytes_per_vector": round(rss_bytes / n, 1),
         "recall10": round(rec, 4), "qps": round(len(q) / batch_s), "p50_ms": round(1e3 * float(np.median(lat)), 3),
         "p99_ms": round(1e3 * float(np.quantile(lat, 0.99)), 3),
         "p99_cpu_ms": round(1e3 * float(np.quantile(cpu, 0.99)), 3),
-        "exact_usearch_qps": round(len(q) / exact_s),
-        "exact_usearch_recall10": round(recall(np.asarray(me.keys).astype(np.int64), truth), 4),
-        "expansion_search": expansion_search, "connectivity": connectivity,
+        "rss_loaded_bytes": rss_bytes, "rss_view_open_bytes": view_open, "rss_view_after_queries_bytes": view_searched,
+        "expansion_search": expansion_search, "connectivity": connectivity, "dim": dim,
     }
+    if exact_usearch:
+        index = ix.new_usearch(meta)
+        index.view(str(path))
+        exact_s, me = timed(lambda: index.search(qq, K, threads=threads, exact=True), min_s=0.2)
+        row["exact_usearch_qps"] = round(len(q) / exact_s)
+        row["exact_usearch_recall10"] = round(recall(np.asarray(me.keys).astype(np.int64), truth), 4)
+        del index
     path.unlink()
     return row
 
@@ -150,7 +188,7 @@ def bench_faiss(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, threads: in
     except ImportError:
         return None
     faiss.omp_set_num_threads(threads)
-    index = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexHNSWFlat(db.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 128
     t0 = time.perf_counter()
     index.add(db)
@@ -170,18 +208,19 @@ def bench_faiss(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, threads: in
 
 
 def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: int, connectivity: int,
-        faiss_on: bool, on_row: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+        faiss_on: bool, on_row: Callable[[list[dict[str, Any]]], None], dim: int = DIM,
+        exact_usearch: bool = True) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for n in sizes:
-        data = clustered(n + QUERIES, seed=n)
+        data = clustered(n + QUERIES, dim=dim, seed=n)
         db, q = data[:n], data[n:]
         exact_s, truth = timed(functools.partial(exact_topk, db, q), min_s=0.3)
         numpy_qps = round(len(q) / exact_s)
-        print(f"\n== {n:,} vectors, dim {DIM}: numpy exact float32 {numpy_qps} QPS", flush=True)
+        print(f"\n== {n:,} vectors, dim {dim}: numpy exact float32 {numpy_qps} QPS", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             for dtype in dtypes:
                 row = bench_usearch(db, q, truth, dtype=dtype, threads=threads, expansion_search=expansion_search,
-                                    connectivity=connectivity, workdir=Path(tmp))
+                                    connectivity=connectivity, workdir=Path(tmp), exact_usearch=exact_usearch)
                 rows.append({"size": n, **row, "qps_exact_numpy": numpy_qps,
                              "qps_vs_numpy": round(row["qps"] / numpy_qps, 1)})
                 print_row(rows[-1])
@@ -199,14 +238,19 @@ def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: 
 
 
 HEAD = (f"{'size':>9} {'engine':<10} {'dtype':<7} {'recall10':>8} {'qps':>7} {'x numpy':>7} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'p99 cpu':>7} {'B/vec':>6} {'RSS B/v':>7} {'build s':>8} {'exact qps':>9}")
+        f"{'p99 ms':>7} {'p99 cpu':>7} {'B/vec':>6} {'RSS B/v':>7} {'build s':>8} {'exact qps':>9} {'view MB':>8}")
 
 
 def print_row(r: dict[str, Any]) -> None:
     print(f"{r['size']:>9,} {r['engine']:<10} {r['dtype']:<7} {r['recall10']:>8.4f} {r['qps']:>7} "
           f"{r['qps_vs_numpy']:>7} {r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['p99_cpu_ms']:>7.3f} "
           f"{r['bytes_per_vector']:>6} "
-          f"{r.get('rss_bytes_per_vector', ''):>7} {r['build_s']:>8} {r.get('exact_usearch_qps', ''):>9}", flush=True)
+          f"{r.get('rss_bytes_per_vector', ''):>7} {r['build_s']:>8} {r.get('exact_usearch_qps', ''):>9} "
+          f"{_mb(r.get('rss_view_after_queries_bytes')):>8}", flush=True)
+
+
+def _mb(n: int | None) -> str:
+    return "" if n is None else f"{n / 2**20:.1f}"
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -238,6 +282,8 @@ def main() -> None:
     ap.add_argument("--expansion-search", type=int, default=ix.DEFAULT_EXPANSION_SEARCH)
     ap.add_argument("--connectivity", type=int, default=ix.DEFAULT_CONNECTIVITY)
     ap.add_argument("--no-faiss", action="store_true", help="skip the FAISS HNSW comparison")
+    ap.add_argument("--dim", type=int, default=DIM, help=f"vector dimension (default {DIM}, the shipped bundle's)")
+    ap.add_argument("--no-exact-usearch", action="store_true", help="skip USearch's exact=True search (slow at 1M)")
     ap.add_argument("--json", type=Path, default=None, help="write {environment, rows} here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -252,7 +298,7 @@ def main() -> None:
             args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
 
     run(sizes, dtypes, threads=args.threads, expansion_search=args.expansion_search, connectivity=args.connectivity,
-        faiss_on=not args.no_faiss, on_row=save)
+        faiss_on=not args.no_faiss, on_row=save, dim=args.dim, exact_usearch=not args.no_exact_usearch)
     if args.json:
         print(f"wrote {args.json}")
 
