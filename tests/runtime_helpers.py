@@ -158,7 +158,11 @@ if __name__ == "__main__":
 
 
 class Collector:
-    """A real subscriber (paho, MQTT 3.1.1 persistent session) that records what the broker delivers."""
+    """A real subscriber (paho, MQTT 3.1.1 persistent session) that records what the broker delivers.
+
+    The constructor returns once the broker acknowledged the subscription (SUBACK): anything
+    published after that reaches it, with no sleep to guess how long subscribing takes.
+    """
 
     def __init__(self, port: int, topic: str = "#", *, client_id: str = "test-collector") -> None:
         import paho.mqtt.client as paho
@@ -169,11 +173,16 @@ class Collector:
         self._topic = topic
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
+        self._subscribed = threading.Event()
         self.client.on_connect = lambda c, *_: c.subscribe(self._topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        if not self._subscribed.wait(10):
+            self.stop()
+            raise TimeoutError(f"the broker on port {port} did not acknowledge the subscription to {topic}")
 
     def _on_message(self, _c: object, _ud: object, msg: object) -> None:
         with self._lock:

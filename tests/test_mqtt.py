@@ -28,8 +28,7 @@ def make_link(broker: Broker, tmp_path: Path, *, protocol: str = "5", client_id:
 
 @pytest.fixture
 def collector(broker: Broker) -> Iterator[Collector]:
-    c = Collector(broker.port, f"{PREFIX}/#")
-    time.sleep(0.2)
+    c = Collector(broker.port, f"{PREFIX}/#")  # returns once subscribed (SUBACK)
     yield c
     c.stop()
 
@@ -115,8 +114,7 @@ def test_extra_topic_handler_receives(broker: Broker, tmp_path: Path, collector:
     got: list[tuple[str, bytes]] = []
     link.add_topic_handler(f"{PREFIX}/events/basket", lambda t, p, _props: got.append((t, p)))
     link.start()
-    wait_connected(link)
-    time.sleep(0.2)
+    assert link.wait_subscribed(10)  # SUBACK: a message published now reaches the handler
     collector.publish(f"{PREFIX}/events/basket", b'{"items": []}')
     assert collector.wait(lambda: got == [(f"{PREFIX}/events/basket", b'{"items": []}')])
     link.stop()
@@ -135,8 +133,7 @@ def test_commands_validated_and_answered(broker: Broker, tmp_path: Path, collect
     link.add_topic_handler(router.topic_filter, router.on_message)
     router.start()
     link.start()
-    wait_connected(link)
-    time.sleep(0.2)
+    assert link.wait_subscribed(10)
     sends = [
         ("echo", b"{not json"),
         ("echo", b"[1, 2]"),
@@ -232,3 +229,47 @@ def test_tls_with_username_and_password(tmp_path: Path) -> None:
         assert bad.stop(flush_timeout_s=0.1) == 1  # not delivered, kept on disk
     finally:
         broker.stop()
+
+
+def test_wait_subscribed_means_a_message_published_next_reaches_the_handler(broker: Broker, tmp_path: Path,
+                                                                            collector: Collector) -> None:
+    """No sleep between connecting and publishing: SUBACK is the signal (repeated, so a race would show)."""
+
+    def once(attempt: int) -> None:
+        link = make_link(broker, tmp_path / f"run{attempt}", client_id=f"dev{attempt}")
+        got: list[bytes] = []
+        link.add_topic_handler(f"{PREFIX}/events/x", lambda _t, p, _props: got.append(p))
+        link.start()
+        assert link.wait_subscribed(10)
+        collector.publish(f"{PREFIX}/events/x", f"now{attempt}".encode())  # returns on PUBACK
+        assert collector.wait(lambda: got == [f"now{attempt}".encode()], timeout=5), got
+        late: list[bytes] = []  # a handler added while connected is acknowledged the same way
+        link.add_topic_handler(f"{PREFIX}/events/y", lambda _t, p, _props: late.append(p))
+        assert link.wait_subscribed(10)
+        collector.publish(f"{PREFIX}/events/y", b"later")
+        assert collector.wait(lambda: late == [b"later"], timeout=5)
+        link.stop()
+
+    for attempt in range(5):
+        once(attempt)
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("process", 1), ("power", 2)])
+def test_outbox_durability_sets_sqlite_synchronous(tmp_path: Path, tiny_onnx: Path, durability: str,
+                                                   synchronous: int) -> None:
+    """``outbox_durability = "power"`` must mean synchronous=FULL (2) on the connection the runtime writes with."""
+    from edge.core.config import load_settings
+    from edge.pipeline.factory import assemble_runtime
+    from tests.runtime_helpers import NumpyMatcher, TinyOnnxEncoder, write_catalog
+
+    ob = Outbox(path=tmp_path / "direct.db", durability=durability)  # type: ignore[arg-type]
+    assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    assert ob._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    ob.close()
+    enc = TinyOnnxEncoder(tiny_onnx)
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "data")},
+                      mqtt={"enabled": False, "outbox_durability": durability})
+    rt = assemble_runtime(settings=s, encoder=enc, matcher=NumpyMatcher(write_catalog(tmp_path / "c.json", enc,
+                                                                                     ["RED"]), enc))
+    assert rt.outbox._db.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    rt.outbox.close()

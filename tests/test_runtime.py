@@ -50,8 +50,7 @@ def parts(tmp_path: Path, tiny_onnx: Path) -> tuple[TinyOnnxEncoder, NumpyMatche
 
 @pytest.fixture
 def collector(broker: Broker) -> Iterator[Collector]:
-    c = Collector(broker.port, f"{PREFIX}/#")
-    time.sleep(0.2)
+    c = Collector(broker.port, f"{PREFIX}/#")  # returns once subscribed (SUBACK)
     yield c
     c.stop()
 
@@ -178,6 +177,8 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
     loop = threading.Thread(target=rt.run, args=(stop,), kwargs={"max_seconds": 30})
     loop.start()
     try:
+        assert rt.link is not None and rt.link.wait_subscribed(10)  # cmd/# acknowledged: commands reach the router
+
         def cmd(verb: str, body: dict[str, Any]) -> dict[str, Any]:
             n = len(collector.of(f"/cmd/{verb}/reply"))
             collector.publish(f"{PREFIX}/cmd/{verb}", json.dumps(body))

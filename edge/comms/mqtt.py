@@ -78,6 +78,9 @@ class MqttLink:
         self._handed_seq = 0  # highest outbox seq handed to paho in this process
         self._worker: threading.Thread | None = None
         self._idle = threading.Event()  # set while the outbox has nothing un-acknowledged
+        self._suback_due: set[int] = set()  # SUBSCRIBE packets of this connection not yet acknowledged
+        self._sub_lock = threading.Lock()  # add_topic_handler may subscribe from another thread
+        self._subscribed = threading.Event()  # set once the broker acknowledged every topic handler's filter
         self._stopping = False
         self._client = self._make_client(client_id)
 
@@ -100,7 +103,12 @@ class MqttLink:
         """Subscribe ``topic_filter`` (absolute, wildcards allowed) now and on every reconnect."""
         self._handlers.append((topic_filter, handler))
         if self.stats.connected:
-            self._client.subscribe(topic_filter, qos=1)
+            self._subscribe([topic_filter])
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Block until the broker acknowledged (SUBACK) every topic handler's subscription on this connection;
+        a message published after that reaches its handler. False on timeout."""
+        return self._subscribed.wait(timeout)
 
     def start(self) -> None:
         """Connect in the background (retrying with backoff until the broker answers)."""
@@ -180,6 +188,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -194,9 +203,27 @@ class MqttLink:
         client.publish(self.available_topic, b"online", qos=1, retain=True)
         if self._status is not None:
             client.publish(self.topic("status"), self._status, qos=1, retain=True)
-        for topic_filter, _ in self._handlers:
-            client.subscribe(topic_filter, qos=1)
+        self._subscribe([f for f, _ in self._handlers])
         self._events.put(("kick", None))
+
+    def _subscribe(self, filters: list[str]) -> None:
+        with self._sub_lock:
+            self._subscribed.clear()
+            for topic_filter in filters:
+                rc, mid = self._client.subscribe(topic_filter, qos=1)
+                if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+                    self._suback_due.add(mid)
+            if not self._suback_due:
+                self._subscribed.set()
+
+    def _on_subscribe(self, _c: paho.Client, _ud: Any, mid: int, reasons: Any, _props: Any) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            log.error("broker refused a subscription: %s (check its access rules)", failed)
+        with self._sub_lock:
+            self._suback_due.discard(mid)
+            if not self._suback_due:
+                self._subscribed.set()
 
     def _on_disconnect(self, _c: paho.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if self.stats.connected and not self._stopping:
@@ -205,6 +232,9 @@ class MqttLink:
         if self.stats.connected:  # keep a refused connect's reason (it is followed by a disconnect)
             self.stats.last_error = f"disconnected: {reason}"
         self.stats.connected = False
+        with self._sub_lock:
+            self._subscribed.clear()
+            self._suback_due.clear()
 
     def _on_connect_fail(self, _c: paho.Client, _ud: Any) -> None:
         if self.stats.last_error != "broker unreachable":
