@@ -335,3 +335,16 @@ def test_kiosk_camera_must_be_configured(tmp_path: Path, catalog: Catalog) -> No
                       cameras=[{"name": "cam", "source": "0"}], kiosk_screen={"enabled": True, "camera": "door"})
     with pytest.raises(ConfigError, match="not a configured camera"):
         create_screen(s, catalog=catalog, publish=lambda t, m: None)
+
+
+def test_a_late_confirmation_counts_but_does_not_take_the_screen_back(parts: dict[str, Any]) -> None:
+    hub: KioskHub = parts["hub"]
+    actions: KioskActions = parts["actions"]
+    events: list[dict[str, Any]] = []
+    actions.set_event_sink(events.append)
+    old = match("unknown", ["TEA", "OATS"])
+    hub.on_match(old, view_id="v1")
+    hub.on_match(match("known", ["COLA"]), view_id="v2")  # the tray changed before the tap arrived
+    status, _ = actions.handle("confirm", json.dumps({"match_id": old["id"], "sku": "TEA"}).encode())
+    assert status == 200 and [m["sku"] for _, m in parts["sent"]] == ["TEA"]
+    assert events == [] and hub.current is not None and hub.current["product"]["sku"] == "COLA"

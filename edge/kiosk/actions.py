@@ -147,7 +147,8 @@ class KioskActions:
         msg = confirm_message(c, device=self.device, name=card["name"] if card else sku)
         self._publish(f"{shown.camera}/confirm", msg)
         log.info("kiosk confirmation", extra={"sku": sku, "match_id": match_id, "corrected": c.corrected})
-        self._on_event(self.hub.on_confirmed(shown, sku))
+        if (event := self.hub.on_confirmed(shown, sku)) is not None:
+            self._on_event(event)
         return {"confirm_id": c.id, "match_id": match_id, "view_id": c.view_id, "sku": sku}
 
     def _keep(self, shown: ShownMatch, sku: str, source: str) -> Confirmation:

@@ -91,19 +91,22 @@ class KioskHub:
             self._current = event
         return event
 
-    def on_confirmed(self, shown: ShownMatch, sku: str) -> dict[str, Any]:
-        """Remember that the shopper confirmed ``sku`` for this view; the event that now shows it."""
+    def on_confirmed(self, shown: ShownMatch, sku: str) -> dict[str, Any] | None:
+        """Remember that the shopper confirmed ``sku`` for this view; the event that now shows it, or None
+        when the screen has moved on to another view meanwhile (the confirmation still counts)."""
         with self._lock:
             if shown.view_id:
                 self._confirmed[shown.view_id] = sku
                 while len(self._confirmed) > RECENT_MATCHES:
                     self._confirmed.popitem(last=False)
+            cur = self._current
+            if cur is not None and cur.get("match_id") != shown.match_id and \
+                    (shown.view_id is None or cur.get("view_id") != shown.view_id):
+                return None
         now = time.time()
         event = self._event(shown, [], confirmed_sku=sku, heartbeat=False, ts=now, emitted=now)
         with self._lock:
-            if self._current is None or self._current.get("view_id") == shown.view_id \
-                    or self._current.get("match_id") == shown.match_id:
-                self._current = event
+            self._current = event
         return event
 
     def _event(self, shown: ShownMatch, cands: list[dict[str, Any]], *, confirmed_sku: str | None,

@@ -284,7 +284,7 @@ class KioskServer:
                 if event is None:
                     break
                 await resp.write(sse(event))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the page went away; a shutdown's cancellation propagates
             pass
         finally:
             self._clients.discard(q)
