@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.core.errors import ConfigError
+from edge.core.fleet_settings import FleetSettings
 from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, KioskScreenSettings, MetricsSettings
 
 ENV_PREFIX = "STORELENS_"
@@ -179,9 +180,7 @@ class MqttSettings(Section):
     topic_prefix: str | None = Field(None, description="Topic prefix; empty = storelens/<store>/<device>")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of match, planogram and reply messages")
-    outbox_max_messages: int = Field(
-        100_000, ge=10, le=10_000_000, description="Outbox bound (oldest dropped, counted)"
-    )
+    outbox_max_messages: int = Field(100_000, ge=10, le=10**7, description="Outbox bound (oldest dropped, counted)")
     outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Messages older than this are dropped (counted)")
     outbox_durability: Literal["process", "power"] = Field(
         "process", description="process: survives a crash (synchronous=NORMAL); power: survives power loss (FULL)"
@@ -295,6 +294,7 @@ class Settings(BaseSettings):
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings, description="HA discovery")
     health: HealthSettings = Field(default_factory=HealthSettings, description="Heartbeat file and health thresholds")
     kiosk_screen: KioskScreenSettings = Field(default_factory=KioskScreenSettings, description="Kiosk screen page")
+    fleet: FleetSettings = Field(default_factory=FleetSettings, description="Catalog builds and snapshot updates")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")
