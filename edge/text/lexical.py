@@ -22,6 +22,7 @@ folded), as FTS5's ``unicode61 remove_diacritics 2`` tokenizer stores them.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ def query_words(text: str) -> list[str]:
     return kept or ws
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
     """A light bilingual stem: plural/definite endings, then a final e/a, then a doubled consonant.
 

@@ -69,6 +69,7 @@ class SynonymSet:
     _stamps: dict[Path, tuple[int, int] | None] = field(default_factory=dict, repr=False)
     _index: dict[str, list[tuple[tuple[str, ...], Rule]]] = field(default_factory=dict, repr=False)
     _spelling: dict[str, list[tuple[tuple[str, ...], Rule]]] = field(default_factory=dict, repr=False)
+    _add_keys: dict[Phrase, tuple[str, ...]] = field(default_factory=dict, repr=False)  # add phrase -> its key
 
     @classmethod
     def load(cls, files: Sequence[Path | str]) -> SynonymSet:
@@ -85,6 +86,8 @@ class SynonymSet:
             if rule.kind != "spelling":
                 for phrase in rule.when:
                     out._add(out._index, _key(tuple(out.canonical(phrase)[0])), rule)
+                for phrase in rule.add:
+                    out._add_keys[phrase] = _key(tuple(out.canonical(phrase)[0]))
         for index in (out._spelling, out._index):
             for entries in index.values():
                 entries.sort(key=lambda e: -len(e[0]))  # longest trigger first
@@ -137,7 +140,7 @@ class SynonymSet:
             own = tuple(keys[i : i + span])
             matched.append(tuple(words_[i : i + span]))
             for _, rule in hits:
-                found[rule.kind].extend(p for p in rule.add if _key(tuple(self.canonical(p)[0])) != own)
+                found[rule.kind].extend(p for p in rule.add if self._add_keys[p] != own)
             i += span
         return Expansion(spelling=tuple(dict.fromkeys(spelling)), same=tuple(dict.fromkeys(found["same"])),
                          purpose=tuple(dict.fromkeys(found["purpose"])), matched=tuple(matched))
