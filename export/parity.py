@@ -23,14 +23,19 @@ MAX_R1_DROP = 0.01
 
 
 # ------------------------------------------------------------------ retrieval metrics
-def product_scores(q: np.ndarray, g: np.ndarray, g_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Score of each query against each product = max cosine over the product's reference images.
+def product_scores(q: np.ndarray, g: np.ndarray, g_labels: np.ndarray, *,
+                   rule: ranking.Aggregate = "max") -> tuple[np.ndarray, np.ndarray]:
+    """Score of each query against each product over the product's reference images, by the runtime's
+    aggregation ``rule`` (:func:`edge.catalog.ranking.product_scores`): ``max`` = best cosine, ``mean`` =
+    mean of its top 3 (exact search: every reference image is a hit).
 
     Returns ``(products, scores)`` with ``scores[i, j]`` for query i and product ``products[j]``.
     """
     hits = Hits(keys=np.broadcast_to(g_labels, (len(q), len(g_labels))), scores=q @ g.T,
                 counts=np.full(len(q), len(g_labels)))
-    return ranking.product_scores(hits, rule="max")
+    labels, counts = np.unique(g_labels, return_counts=True)
+    per_key = {int(k): int(c) for k, c in zip(labels.tolist(), counts.tolist(), strict=True)}
+    return ranking.product_scores(hits, rule=rule, vectors_per_key=per_key)
 
 
 def average_precision(q: np.ndarray, g: np.ndarray, q_labels: np.ndarray, g_labels: np.ndarray) -> np.ndarray:
@@ -44,9 +49,11 @@ def average_precision(q: np.ndarray, g: np.ndarray, q_labels: np.ndarray, g_labe
 
 
 def retrieval_metrics(q: np.ndarray, q_labels: np.ndarray, g: np.ndarray, g_labels: np.ndarray, *,
-                      coarse_of: dict[int, int] | None = None, q_groups: list[str] | None = None) -> dict[str, Any]:
-    """Product-level recall (macro = mean over products, micro = over queries), mAP, coarse and group R@1."""
-    products, scores = product_scores(q, g, g_labels)
+                      coarse_of: dict[int, int] | None = None, q_groups: list[str] | None = None,
+                      rule: ranking.Aggregate = "max") -> dict[str, Any]:
+    """Product-level recall (macro = mean over products, micro = over queries), mAP, coarse and group R@1;
+    products ranked by ``rule`` (see :func:`product_scores`; mAP is image-level, the same for both)."""
+    products, scores = product_scores(q, g, g_labels, rule=rule)
     order = products[np.argsort(-scores, axis=1, kind="stable")]
     hit1 = order[:, 0] == q_labels
     hit5 = (order[:, :5] == q_labels[:, None]).any(axis=1)
