@@ -20,7 +20,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -132,6 +133,7 @@ class Runtime:
         self._started = time.monotonic()
         self._next_stats = 0.0
         self._last_states: tuple[str, ...] = ()
+        self.extra_status: dict[str, Callable[[], Any]] = {}  # more status fields (catalog_update: edge.fleet)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -349,6 +351,12 @@ class Runtime:
                 for r in regions:
                     r.voter.set_params(params)
 
+    @contextmanager
+    def models_paused(self) -> Iterator[None]:
+        """No batch is embedded or matched inside this block (a catalog snapshot's commit and index swap)."""
+        with self._model_lock:
+            yield
+
     def last_frame(self, camera: str) -> Frame | None:
         return self._last_frames.get(camera)
 
@@ -364,10 +372,11 @@ class Runtime:
             cameras=self.cameras, commands={**self.router.counts, "queued": self.router.queued}, ocr=ocr)
 
     def status(self) -> dict[str, Any]:
-        return messages.status_message(device=self.settings.device, bundle=self.encoder.fingerprint,
-                                       catalog_version=self.matcher.catalog_version, cameras=self.cameras,
-                                       thresholds=vote_params(self.settings, self.matcher),
-                                       repairs=getattr(self.matcher, "repairs", None))
+        return {**messages.status_message(device=self.settings.device, bundle=self.encoder.fingerprint,
+                                          catalog_version=self.matcher.catalog_version, cameras=self.cameras,
+                                          thresholds=vote_params(self.settings, self.matcher),
+                                          repairs=getattr(self.matcher, "repairs", None)),
+                **{k: f() for k, f in self.extra_status.items()}}
 
     def publish_status(self) -> None:
         if self.link:
