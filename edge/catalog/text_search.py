@@ -13,7 +13,8 @@ ranking        what                                                             
                brand + category + name), best per product
 ``same``       other names of the typed words (synonym file ``same``)                  0.7
 ``purpose``    what a stated purpose calls for (synonym file ``purpose``)              0.7
-``text_x``     the first six synonyms and purposes embedded as one text                0.5
+``text_x``     the first six synonyms and purposes embedded as one text, only when      0.5
+               no typed word is a catalog word or a purpose was stated
 =============  ======================================================================  ========
 
 Expansions weigh less than typed words (a product matching what was typed outranks one
@@ -21,6 +22,10 @@ matching a synonym only). When the typed words match no FTS5 field but the synon
 expanded them, the typed embedding drops to ``text_unmatched`` (0.3) (the encoder's guess for a word the
 catalog lacks, like "kefir", is noise next to the synonym's answer). RRF's constant is 15,
 not 60: with six rankings a rank-1 agreement of two must beat rank-10 presence in four.
+``text_x`` costs a second encoder run; where the typed words already reach the catalog, the
+lexical ``same`` ranking carries the synonyms and the embedding of a list of translations adds
+little (tuning half: top-3 0.993 either way, top-1 0.876 vs 0.891, thread CPU p50 2.6 vs
+5.0 ms on the loaded dev box).
 Weights and constant were chosen on the tuning half of ``benchmarks/data/search_queries.tsv``
 (``python -m benchmarks.search``; figures in docs/decisions.md).
 
@@ -181,6 +186,6 @@ class ShopperSearch:
                 out[name] = self.catalog.search_fields(match, pool)
         if nearest is not None:
             out["text"] = nearest(plan.embed_typed, pool)
-            if plan.embed_expansion:
+            if plan.embed_expansion and (not plan.typed or plan.purpose):  # see the module docstring
                 out["text_x"] = nearest(plan.embed_expansion, pool)
         return out, self.weights.for_plan(out, plan)
