@@ -4,7 +4,7 @@ Angles (:class:`TextViews`), each filled from what the catalog already keeps:
 
 * ``name`` - the product name;
 * ``name_sv`` - the shop-language name, extra text ``name_sv`` (the GSD importer keeps the name
-  of the product-page URL there: "Citron Klass 1");
+  of the product-page URL there: "Citron Klass 1"), else attribute ``name_sv`` (a table column);
 * ``brand`` - attribute ``brand`` (GSD: the manufacturer line, "ARLA KO");
 * ``category`` - attribute ``category`` (else GSD ``coarse``; ``-`` read as a space);
 * ``description`` / ``description_sv`` - the description and extra text ``description_sv``;
@@ -65,7 +65,8 @@ def product_views(name: str, description: str, attributes: Mapping[str, Any], te
     """The :class:`TextViews` of a product from its row and its extra texts (by source)."""
     category = str(attributes.get("category") or attributes.get("coarse") or "")
     other = [t for s, t in sorted(texts.items()) if s not in _OWN_FIELDS]
-    return TextViews(name=name, name_sv=texts.get("name_sv", ""), brand=str(attributes.get("brand") or ""),
+    name_sv = texts.get("name_sv") or str(attributes.get("name_sv") or "")  # a table import: a name_sv column
+    return TextViews(name=name, name_sv=name_sv, brand=str(attributes.get("brand") or ""),
                      category=category.replace("-", " "), description=description,
                      description_sv=texts.get("description_sv", ""), other=" \n".join(other))
 
