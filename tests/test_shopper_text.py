@@ -98,3 +98,18 @@ def test_plan_keeps_typed_words_apart_from_expansions() -> None:
     assert typo.every == '("grapefruit"*) AND ("yoghurt"* OR "vaniljyoghurt")'
     assert typo.embed_typed == "grapefruit yoghurt"
     assert plan_query('x" OR (', v, None).typed == ""  # FTS syntax in user input never reaches FTS5 unquoted
+
+
+def test_product_views_take_each_angle_from_texts_or_attributes() -> None:
+    from edge.catalog.views import product_views
+
+    gsd = product_views("Mjölk 3%", "Fresh standard milk.", {"coarse": "Sour-Milk", "brand": "ARLA KO"},
+                        {"name_sv": "Mjolk 3procent", "description_sv": "Färsk mjölk.", "information": "Title: x",
+                         "ocr": "ARLA MJOLK"})
+    assert gsd.fields() == {"name": "Mjölk 3%", "name_sv": "Mjolk 3procent", "brand": "ARLA KO",
+                            "category": "Sour Milk", "description": "Fresh standard milk.",
+                            "description_sv": "Färsk mjölk.", "other": "ARLA MJOLK"}
+    assert gsd.vector_texts() == ["Mjölk 3%", "Mjolk 3procent", "Arla Ko Sour Milk: Mjölk 3%"]
+    table = product_views("Oat drink", "", {"name_sv": "Havredryck", "category": "Plant drinks", "coarse": "x"}, {})
+    assert (table.name_sv, table.brand, table.category) == ("Havredryck", "", "Plant drinks")
+    assert table.vector_texts() == ["Oat drink", "Havredryck", "Plant drinks: Oat drink"]
