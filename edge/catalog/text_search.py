@@ -147,7 +147,7 @@ class ShopperSearch:
         version = self.catalog.version
         with self._lock:
             cache, syn = self._cache, self.synonyms
-            if cache is not None and (cache.version, cache.synonyms) == (version, syn):
+            if cache is not None and cache.version == version and cache.synonyms is syn:
                 return cache
             if cache is not None and len(cache.vocab.counts) > BACKGROUND_WORDS:
                 if not self._rebuilding:
