@@ -1,4 +1,4 @@
-"""``storelens catalog add|remove|import|list|reindex``: manage products without retraining."""
+"""``storelens catalog add|remove|import|list|reindex`` (and ``build|publish|rollback``, edge.cli.catalog_fleet)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from edge.catalog.importers.gsd import DEFAULT_SPLIT, PHOTOS_PER_PRODUCT, read_grocery_store
 from edge.catalog.importers.tables import detect_format, read_folder, read_table
 from edge.catalog.writer import ImportReport
+from edge.cli.catalog_fleet import register_actions
 from edge.cli.common import add_common, open_store
 from edge.core.errors import InputError
 
@@ -69,6 +70,7 @@ def register(sub: Any) -> None:
     x.add_argument("--reembed", action="store_true", help="re-read and re-embed every image and product text")
     add_common(x)
     x.set_defaults(func=run_reindex)
+    register_actions(csub, add_common)  # build, publish, rollback: catalog snapshots for a chain (edge.fleet)
 
 
 def run_add(args: argparse.Namespace) -> int:

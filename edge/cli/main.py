@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.cli.calibrate",
     "edge.cli.health",
     "edge.cli.service",
+    "edge.cli.fleet",
 )
 
 log = logging.getLogger("storelens")

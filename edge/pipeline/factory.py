@@ -116,10 +116,14 @@ def build_runtime(settings: Settings) -> Runtime:
         return Store.from_settings(settings, image_encoder=encoder, text_encoder=text)
 
     store = open_store(image)
-    return assemble_runtime(settings=settings, encoder=image, matcher=store,
-                            encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store,
-                            recommender=recommender_for(settings, store=store),
-                            reranker=label_reranker(settings, store))
+    rt = assemble_runtime(settings=settings, encoder=image, matcher=store,
+                          encoder_loader=lambda: load_image_encoder(settings.model), matcher_loader=open_store,
+                          recommender=recommender_for(settings, store=store),
+                          reranker=label_reranker(settings, store))
+    from edge.fleet.updates import attach_catalog_updates
+
+    attach_catalog_updates(rt, store)  # catalog snapshots the store announces (fleet.updates; needs [mqtt])
+    return rt
 
 
 def label_reranker(settings: Settings, store: Any) -> LabelTextReranker | None:

@@ -1,0 +1,175 @@
+"""Installing a verified catalog snapshot into a store's catalog, through the writer's path.
+
+The same steps as every catalog write (:mod:`edge.catalog.writer`): the writer lock, each
+index saved as the next generation and swapped in by :func:`edge.catalog.index.publish`, one
+SQLite transaction for the rows, then the store's :meth:`~edge.catalog.store.Store.reload`. The
+rows are replaced inside that one transaction (the snapshot's database attached, every catalog
+table emptied and refilled), so a reader sees the old catalog or the new one, never a mix. The
+catalog version becomes the snapshot's, and ``meta.snapshot`` records what is installed and the
+snapshots before it (what ``rollback`` returns to).
+
+``pause`` (the runtime's model lock) is taken only for the commit and the index reload, so the
+frame loop never matches with the new rows and the old index; the long part (copying rows,
+writing index files) runs while frames are still matched on the old catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge.catalog import index as ix
+from edge.catalog.snapshot import CATALOG_DB, SnapshotError, SnapshotManifest
+from edge.core.sqlite import connect, transaction
+
+log = logging.getLogger("storelens.snapshot")
+
+SNAPSHOT_META = "snapshot"  # meta key: {"current": {...}, "previous": [{...}, ...]}
+HISTORY = 10  # previous snapshots remembered in meta.snapshot
+_FTS_SHADOWS = ("_data", "_idx", "_content", "_docsize", "_config")
+
+
+class InstallTarget(Protocol):
+    """What an install needs from a :class:`~edge.catalog.store.Store`."""
+
+    data_dir: Path
+    dtype: str
+
+    def reload(self) -> bool: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Installed:
+    """One installed snapshot, as ``meta.snapshot`` records it."""
+
+    id: str
+    sha256: str
+    catalog_version: int
+    bundle: str
+    installed_utc: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "sha256": self.sha256, "catalog_version": self.catalog_version, "bundle": self.bundle,
+                "installed_utc": self.installed_utc}
+
+
+def installed_state(data_dir: Path) -> dict[str, Any]:
+    """``meta.snapshot`` of the catalog in ``data_dir``: ``{"current": {...} | None, "previous": [...],
+    "rolled_back_from": {...} | None}``."""
+    path = data_dir / CATALOG_DB
+    if not path.is_file():
+        return {"current": None, "previous": [], "rolled_back_from": None}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (SNAPSHOT_META,)).fetchone()
+    except sqlite3.Error:
+        row = None
+    finally:
+        db.close()
+    state = json.loads(row[0]) if row else {}
+    return {"current": state.get("current"), "previous": list(state.get("previous") or []),
+            "rolled_back_from": state.get("rolled_back_from")}
+
+
+def install(store: InstallTarget, folder: Path, manifest: SnapshotManifest, *, sha256: str,
+            pause: Callable[[], AbstractContextManager[Any]] | None = None, rollback: bool = False) -> Installed:
+    """Install the verified snapshot in ``folder`` into ``store`` (see the module docstring)."""
+    data_dir = store.data_dir
+    entry = Installed(id=manifest.id, sha256=sha256, catalog_version=manifest.catalog_version,
+                      bundle=manifest.bundle, installed_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    with ix.writer_lock(data_dir), ExitStack() as paused:
+        state = installed_state(data_dir)
+        history = _history(state, entry, rollback=rollback)
+        db = connect(data_dir / CATALOG_DB, foreign_keys=True)
+        try:
+            db.execute("ATTACH DATABASE ? AS snap", (f"file:{folder / CATALOG_DB}?mode=ro",))
+            with transaction(db):
+                _replace_rows(db)
+                for key, value in (("version", str(manifest.catalog_version)), (SNAPSHOT_META, json.dumps(history))):
+                    db.execute("INSERT INTO main.meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE "
+                               "SET value = excluded.value", (key, value))
+                _publish_indexes(data_dir, folder, manifest)  # a failure above leaves the indexes untouched
+                if pause is not None:
+                    paused.enter_context(pause())  # held from the commit to the reload below
+            db.execute("DETACH DATABASE snap")
+        finally:
+            db.close()
+        store.reload()
+    log.info("catalog snapshot installed", extra={"snapshot": manifest.id, "catalog_version": entry.catalog_version,
+                                                   "rollback": rollback})
+    return entry
+
+
+def _history(state: dict[str, Any], entry: Installed, *, rollback: bool) -> dict[str, Any]:
+    previous = [p for p in state["previous"] if p.get("id") != entry.id]
+    if state["current"] and state["current"].get("id") != entry.id and not rollback:
+        previous = [state["current"], *previous]
+    out: dict[str, Any] = {"current": entry.to_dict(), "previous": previous[:HISTORY]}
+    if rollback and state["current"]:
+        out["rolled_back_from"] = state["current"]  # its announcement is not installed again
+    return out
+
+
+def _publish_indexes(data_dir: Path, folder: Path, manifest: SnapshotManifest) -> None:
+    """Each of the snapshot's indexes as the next generation (stamped with its catalog version); a modality the
+    snapshot lacks loses its index (its vectors go with the rows)."""
+    wanted = set(manifest.modalities())
+    for modality in sorted(wanted):
+        meta = ix.read_meta(folder, modality)
+        if meta is None:
+            raise SnapshotError(f"snapshot {manifest.id}: {modality}.index.json is missing", hint="republish it")
+        index = ix.new_usearch(meta)
+        index.load(str(folder / meta.file))
+        ix.publish(data_dir, index, ix.IndexMeta.from_dict({**meta.to_dict(), "catalog_version":
+                                                            manifest.catalog_version}))
+    for side in data_dir.glob("*.index.json"):
+        if side.name.removesuffix(".index.json") not in wanted:
+            with contextlib.suppress(FileNotFoundError):
+                side.unlink()
+
+
+def _tables(db: sqlite3.Connection, schema: str) -> dict[str, bool]:
+    """Catalog tables of ``schema`` -> True for FTS5 tables (copied by column, their shadow tables skipped)."""
+    rows = db.execute(f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table'").fetchall()
+    virtual = {n for n, sql in rows if sql and sql.upper().startswith("CREATE VIRTUAL TABLE")}
+    fts = {n for n, sql in rows if n in virtual and "USING FTS5(" in sql.upper().replace(" (", "(")}
+    shadows = {f"{v}{s}" for v in virtual for s in _FTS_SHADOWS}
+    return {n: n in fts for n, _ in rows
+            if not n.startswith("sqlite_") and n not in shadows and (n not in virtual or n in fts)}
+
+
+def _columns(db: sqlite3.Connection, schema: str, table: str) -> list[str]:
+    return [r[1] for r in db.execute(f"PRAGMA {schema}.table_info({table})")]
+
+
+def _replace_rows(db: sqlite3.Connection) -> None:
+    """Every catalog table of ``main`` refilled from ``snap`` (meta merged: the snapshot's keys win)."""
+    db.execute("PRAGMA defer_foreign_keys = ON")
+    mine, theirs = _tables(db, "main"), _tables(db, "snap")
+    missing = sorted(t for t in mine if t not in theirs and t != "meta")
+    if missing:
+        log.info("snapshot lacks tables %s: their device rows are kept", missing)
+    tables = sorted(t for t in mine if t in theirs and t != "meta")
+    for table in tables:
+        if lacking := set(_columns(db, "main", table)) - set(_columns(db, "snap", table)):
+            raise SnapshotError(f"the snapshot's {table} table lacks columns {sorted(lacking)}",
+                                hint="build the snapshot with the StoreLens version the devices run")
+    for table in tables:  # every delete first: a cascade must never remove rows already copied in
+        db.execute(f"DELETE FROM main.{table}")
+    for table in tables:  # foreign keys are checked at the commit (deferred)
+        names = ", ".join(_columns(db, "main", table))
+        rowid = "rowid, " if mine[table] else ""
+        db.execute(f"INSERT INTO main.{table}({rowid}{names}) SELECT {rowid}{names} FROM snap.{table}")
+    db.execute("INSERT INTO main.meta(key, value) SELECT key, value FROM snap.meta WHERE key NOT IN ('version', ?) "
+               "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (SNAPSHOT_META,))
+    if "sqlite_sequence" in {r[0] for r in db.execute("SELECT name FROM snap.sqlite_master")}:
+        db.execute("DELETE FROM main.sqlite_sequence")
+        db.execute("INSERT INTO main.sqlite_sequence(name, seq) SELECT name, seq FROM snap.sqlite_sequence")
