@@ -160,6 +160,8 @@ class _Data:
     pos: dict[str, int]  # path -> row of big/small
     tr_idx: list[int]  # carve indices into samples
     cv_idx: list[int]
+    carved: list[int]  # rows: every training-side photo of the carve (views are cached for these)
+    keep: torch.Tensor  # mask over carved: photos of trained (not held-out) products
     tr: list[int]  # rows of big/small: training photos of trained products
     cv: list[int]  # rows: carved photos of trained products
     held: list[int]  # products held out of training (open-set)
@@ -167,20 +169,24 @@ class _Data:
 
 
 def _prepare(samples: list[Sample], cfg: FinetuneConfig, rng: np.random.Generator, cache_dir: Path) -> _Data:
-    all_labels = sorted({s.label for s in samples})
-    held = sorted(rng.choice(all_labels, cfg.holdout_classes, replace=False).tolist()) if cfg.holdout_classes else []
     tr_idx, cv_idx = carve(samples, cfg, rng, cache_dir)  # type: ignore[arg-type]
+    # Held-out products are drawn after the carve from their own generator, so an open-set run carves
+    # exactly as the closed-set run of the same seed and can reuse its cached views.
+    all_labels = sorted({s.label for s in samples})
+    held_rng = np.random.default_rng([cfg.seed, cfg.holdout_classes])
+    held = sorted(held_rng.choice(all_labels, cfg.holdout_classes, replace=False).tolist()) if cfg.holdout_classes \
+        else []
     big = decode_samples(samples, round(cfg.input_size * cfg.cache_scale), cache_dir)
     small = decode_samples(samples, cfg.input_size, cache_dir)
     pos = {str(s.path): i for i, s in enumerate(big.samples)}
 
-    def rows(idx: list[int]) -> list[int]:
-        return [pos[str(samples[i].path)] for i in idx if str(samples[i].path) in pos and samples[i].label not in held]
-
-    tr, cv = rows(tr_idx), rows(cv_idx)
+    carved = [pos[str(samples[i].path)] for i in tr_idx if str(samples[i].path) in pos]
+    tr = [r for r in carved if big.labels[r] not in held]
+    cv = [pos[str(samples[i].path)] for i in cv_idx if str(samples[i].path) in pos and samples[i].label not in held]
     label_map = {c: i for i, c in enumerate(sorted(set(big.labels[tr].tolist())))}
     y = torch.tensor([label_map[int(c)] for c in big.labels[tr]])
-    return _Data(big, small, pos, tr_idx, cv_idx, tr, cv, held, y)
+    keep = torch.tensor([big.labels[r] not in held for r in carved], dtype=torch.bool)
+    return _Data(big, small, pos, tr_idx, cv_idx, carved, keep, tr, cv, held, y)
 
 
 def _train_epoch(net: LiteNet, head: CosineHead, opt: torch.optim.Optimizer, views: torch.Tensor, y: torch.Tensor,
@@ -232,7 +238,12 @@ def finetune(samples: list[Sample], class_names: dict[int, str], out: Path, cfg:
              cfg.backbone, weights.sha256[:12], len(d.tr), int(d.y.max()) + 1 if len(d.y) else 0, len(d.cv), k,
              cfg.views)
     t0 = time.time()
-    views = _cached(cache_dir / f"views-{cfg.seed}.pt", lambda: cache_views(net, d.big.pixels[d.tr], cfg, g))
+    views_file = cache_dir / f"views-{cfg.seed}.pt"
+    views = _cached(views_file, lambda: cache_views(net, d.big.pixels[d.carved], cfg, g))
+    if len(views[0]) != len(d.carved):
+        raise InputError(f"{views_file} holds {len(views[0])} photos, the carve {len(d.carved)}",
+                         hint="delete the stale cache file (it belongs to another carve) and run again")
+    views = views[:, d.keep]
     clean = _cached(cache_dir / "clean.pt", lambda: clean_features(net, d.small.pixels, cfg))
     log.info("cached frozen features views=%s clean=%s in %.0f s", tuple(views.shape), tuple(clean.shape),
              time.time() - t0)

@@ -78,3 +78,19 @@ def test_tiny_finetune_selects_resumes_and_exports(tmp_path: Path) -> None:
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     want = ck.model(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_open_set_run_reuses_the_closed_runs_views(tmp_path: Path) -> None:
+    """Held-out products are drawn after the carve: same carve, so the cached views are reused."""
+    import shutil
+
+    make_catalog(tmp_path / "cat")
+    samples, skus = read_folder(tmp_path / "cat")
+    cfg = FinetuneConfig(**{**TINY.__dict__, "epochs": 1})
+    finetune(samples, dict(enumerate(skus)), tmp_path / "closed", cfg)
+    (tmp_path / "open" / "cache").mkdir(parents=True)
+    shutil.copy(tmp_path / "closed" / "cache" / "views-0.pt", tmp_path / "open" / "cache" / "views-0.pt")
+    report = finetune(samples, dict(enumerate(skus)), tmp_path / "open",
+                      FinetuneConfig(**{**cfg.__dict__, "holdout_classes": 1}))
+    assert len(report["heldout_classes"]) == 1 and report["n_train_classes"] == 2
+    assert report["carved_open_set"]["n_classes"] == 1
