@@ -113,3 +113,17 @@ def test_product_views_take_each_angle_from_texts_or_attributes() -> None:
     table = product_views("Oat drink", "", {"name_sv": "Havredryck", "category": "Plant drinks", "coarse": "x"}, {})
     assert (table.name_sv, table.brand, table.category) == ("Havredryck", "", "Plant drinks")
     assert table.vector_texts() == ["Oat drink", "Havredryck", "Plant drinks: Oat drink"]
+
+
+def test_validate_config_reads_the_stores_synonym_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli.main import main
+
+    own = tmp_path / "synonyms.toml"
+    own.write_text('[[same]]\nterms = ["kanelbulle", "cinnamon bun"]\n', encoding="utf-8")
+    cfg = tmp_path / "store.toml"
+    cfg.write_text(f'[device]\nstore = "s1"\nid = "k1"\n[catalog]\nsynonyms = "{own}"\n', encoding="utf-8")
+    assert main(["validate-config", str(cfg)]) == 0
+    own.write_text('[[same]]\nterms = "kanelbulle"\n', encoding="utf-8")
+    assert main(["validate-config", str(cfg)]) == 2
+    assert f"catalog.synonyms -> {own} -> synonym file {own}: [[same]] entry 1: 'terms' must be a non-empty list" \
+        in capsys.readouterr().out

@@ -10,7 +10,8 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 
 from edge.core.config import Settings, SettingsError, load_settings
-from edge.core.errors import InputError
+from edge.core.errors import ConfigError, InputError
+from edge.text.synonyms import load_synonyms
 
 
 def register(sub: Any) -> None:
@@ -68,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.file}: {len(e.problems)} problem(s)")
         for key, value, msg in e.problems:
             print(f"  {key} -> {value} -> {msg}")
+        return e.exit_code
+    try:  # the store's synonym file is read when the store opens: check it now
+        load_synonyms(settings.catalog.synonyms, default=settings.catalog.default_synonyms)
+    except ConfigError as e:
+        print(f"{args.file}: 1 problem(s)\n  catalog.synonyms -> {settings.catalog.synonyms} -> {e}")
         return e.exit_code
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
     return 0
