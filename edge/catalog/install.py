@@ -88,7 +88,7 @@ def install(store: InstallTarget, folder: Path, manifest: SnapshotManifest, *, s
     with ix.writer_lock(data_dir), ExitStack() as paused:
         state = installed_state(data_dir)
         history = _history(state, entry, rollback=rollback)
-        db = connect(data_dir / CATALOG_DB, foreign_keys=True)
+        db = connect(data_dir / CATALOG_DB)  # no cascades while refilling; checked before the commit instead
         try:
             db.execute("ATTACH DATABASE ? AS snap", (f"file:{folder / CATALOG_DB}?mode=ro",))
             with transaction(db):
@@ -152,7 +152,6 @@ def _columns(db: sqlite3.Connection, schema: str, table: str) -> list[str]:
 
 def _replace_rows(db: sqlite3.Connection) -> None:
     """Every catalog table of ``main`` refilled from ``snap`` (meta merged: the snapshot's keys win)."""
-    db.execute("PRAGMA defer_foreign_keys = ON")
     mine, theirs = _tables(db, "main"), _tables(db, "snap")
     missing = sorted(t for t in mine if t not in theirs and t != "meta")
     if missing:
@@ -162,12 +161,21 @@ def _replace_rows(db: sqlite3.Connection) -> None:
         if lacking := set(_columns(db, "main", table)) - set(_columns(db, "snap", table)):
             raise SnapshotError(f"the snapshot's {table} table lacks columns {sorted(lacking)}",
                                 hint="build the snapshot with the StoreLens version the devices run")
-    for table in tables:  # every delete first: a cascade must never remove rows already copied in
+    for table in tables:  # foreign keys are off on this connection: whole tables go without per-row cascades
         db.execute(f"DELETE FROM main.{table}")
-    for table in tables:  # foreign keys are checked at the commit (deferred)
+    for table in tables:
         names = ", ".join(_columns(db, "main", table))
         rowid = "rowid, " if mine[table] else ""
         db.execute(f"INSERT INTO main.{table}({rowid}{names}) SELECT {rowid}{names} FROM snap.{table}")
+    for table in missing:  # device-only rows of replaced products go, as the cascade would have taken them
+        for fk in db.execute(f"PRAGMA main.foreign_key_list({table})").fetchall():
+            parent, col, pcol, on_delete = fk[2], fk[3], fk[4] or "rowid", fk[6]
+            if parent in tables and on_delete.upper() == "CASCADE":
+                db.execute(f"DELETE FROM main.{table} WHERE {col} IS NOT NULL AND {col} NOT IN "
+                           f"(SELECT {pcol} FROM main.{parent})")
+    if bad := db.execute("PRAGMA main.foreign_key_check").fetchmany(3):
+        raise SnapshotError(f"the snapshot's rows break the catalog's foreign keys (e.g. {bad})",
+                            hint="rebuild the snapshot with `storelens catalog build`")
     db.execute("INSERT INTO main.meta(key, value) SELECT key, value FROM snap.meta WHERE key NOT IN ('version', ?) "
                "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (SNAPSHOT_META,))
     if "sqlite_sequence" in {r[0] for r in db.execute("SELECT name FROM snap.sqlite_master")}:

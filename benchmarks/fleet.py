@@ -1,0 +1,260 @@
+"""Chain-scale benchmarks (issue 19): Ray catalog build vs the single-process importer; snapshot shipping.
+
+    python -m benchmarks.fleet build --root ../shared/datasets/grocery-store [--photos 2640] [--json OUT]
+    python -m benchmarks.fleet snapshot [--photos 250000] [--json OUT]
+
+``build``: the same photos (the GSD train split, ``--photos`` of them) embedded by
+``storelens catalog import`` (CatalogWriter, one process: decode, embed, SQLite, index), by the
+build's local engine (one process, embedding only), and by the Ray engine with 1 and 2 workers
+(a local Ray started for each run, its start-up included in images/s; ``steady`` excludes the
+time to the first batch). Every photo's Ray vector is compared with the importer's (cosine).
+The load average is recorded before each run: on a shared 2-core box other jobs take cores.
+
+``snapshot``: a catalog of ``--photos`` synthetic photo vectors (256-d clustered unit vectors,
+10 a product, i8 index; no photo is decoded) is snapshotted and published to a folder served
+by a stdlib HTTP server on 127.0.0.1; a device store downloads, verifies and installs it (into
+an empty catalog, then the next version over the first), timing each step and how long frames
+would be paused (the model lock: commit and index reload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.catalog.importers.tables import ProductRecord
+from edge.core.config import Settings, load_settings
+
+PHOTOS_PER_PRODUCT = 10
+
+
+def gsd_records(root: Path, photos: int) -> list[ProductRecord]:
+    """Products of the GSD train split (sku = class), ``photos`` photos in all, in split order."""
+    by: dict[str, list[Path]] = {}
+    for line in (root / "train.txt").read_text().splitlines()[:photos]:
+        rel = line.split(",")[0].strip()
+        by.setdefault(rel.split("/")[-2], []).append(root / rel)
+    return [ProductRecord(sku=c, name=c.replace("-", " "), images=tuple(ps), source="bench", line=i)
+            for i, (c, ps) in enumerate(by.items(), start=1)]
+
+
+def _settings(workers: int, batch: int) -> Settings:
+    return load_settings(None, device={"store": "bench", "id": "builder"}, fleet={"workers": workers,
+                                                                              "batch_size": batch})
+
+
+def _vectors(db_path: Path) -> dict[str, np.ndarray]:
+    import sqlite3
+
+    db = sqlite3.connect(db_path)
+    try:
+        rows = db.execute("SELECT i.path, v.data FROM images i JOIN vectors v ON v.image_id = i.id "
+                          "WHERE v.modality = 'image'").fetchall()
+    finally:
+        db.close()
+    return {str(p): np.frombuffer(d, np.float32) for p, d in rows}
+
+
+def bench_build(root: Path, photos: int, batch: int, work: Path) -> dict[str, Any]:
+    from edge.catalog.store import Store
+    from edge.fleet.build import build_snapshot
+    from edge.models.encoders import load_image_encoder
+
+    records = gsd_records(root, photos)
+    n = sum(len(r.images) for r in records)
+    settings = _settings(1, batch)
+    enc = load_image_encoder(settings.model)
+    rows: list[dict[str, Any]] = []
+    load = os.getloadavg()
+    t = time.perf_counter()
+    store = Store(data_dir=work / "imported", image_encoder=enc, text_encoder=None)
+    store.import_records(records, progress=False)
+    store.close()
+    imp_s = time.perf_counter() - t
+    rows.append({"run": "importer (CatalogWriter, 1 process, end to end)", "photos": n, "seconds": round(imp_s, 2),
+                 "images_per_s": round(n / imp_s, 2), "load_avg_before": load})
+    print(rows[-1], flush=True)
+    reference = _vectors(work / "imported" / "catalog.db")
+    for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+        load = os.getloadavg()
+        rep = build_snapshot(records, settings=_settings(workers, batch), out=work / f"out-{engine}{workers}",
+                             workdir=work / f"w-{engine}{workers}", image_encoder=enc, text_encoder=None,
+                             engine=engine, progress=False)  # type: ignore[arg-type]
+        got = _vectors(Path(rep.snapshot) / "catalog.db")
+        cos = [float(v @ reference[p] / (np.linalg.norm(v) * np.linalg.norm(reference[p]))) for p, v in got.items()]
+        rows.append({"run": f"{engine} engine, {workers} worker(s), embedding only", "photos": rep.embedded,
+                     "seconds": rep.embed_s, "images_per_s": rep.images_per_s,
+                     "steady_images_per_s": rep.steady_images_per_s, "startup_s": rep.first_batch_s,
+                     "build_total_s": rep.total_s, "min_cosine_vs_importer": round(min(cos), 6),
+                     "photos_compared": len(cos), "load_avg_before": load})
+        print(rows[-1], flush=True)
+    by = {r["run"].split(",")[0] + r["run"].split(",")[1]: r for r in rows[1:]}
+    ray1, ray2 = by["ray engine 1 worker(s)"], by["ray engine 2 worker(s)"]
+    return {"rows": rows, "ray2_vs_ray1": round(ray2["images_per_s"] / ray1["images_per_s"], 2),
+            "ray2_vs_importer": round(ray2["images_per_s"] / rows[0]["images_per_s"], 2),
+            "ray2_vs_ray1_steady": round(ray2["steady_images_per_s"] / ray1["steady_images_per_s"], 2)}
+
+
+def _stored_vectors(fingerprint: str, dim: int) -> Any:
+    from edge.fleet.build import StoredVectors
+
+    return StoredVectors(fingerprint=fingerprint, dim=dim)
+
+
+def make_catalog(data_dir: Path, photos: int, *, dim: int = 256, fingerprint: str = "synthetic-256") -> None:
+    from benchmarks.index import clustered
+    from edge.catalog.db import Product
+    from edge.catalog.store import Store
+
+    vecs = clustered(photos, dim=dim, seed=7)
+    store = Store(data_dir=data_dir, image_encoder=_stored_vectors(fingerprint, dim), text_encoder=None,
+                  open_indexes=False)
+    try:
+        with store.catalog.transaction() as db:
+            for p in range(0, photos, PHOTOS_PER_PRODUCT):
+                key = store.catalog.upsert_product(db, Product(key=0, sku=f"SKU{p // PHOTOS_PER_PRODUCT:07d}",
+                                                               name=f"product {p // PHOTOS_PER_PRODUCT}"))
+                for i in range(p, min(photos, p + PHOTOS_PER_PRODUCT)):
+                    image_id = store.catalog.add_image(db, key, f"/photos/{i:07d}.jpg")
+                    store.catalog.add_vector(db, key, modality="image", fingerprint=fingerprint, vector=vecs[i],
+                                             image_id=image_id)
+        t = time.perf_counter()
+        store.writer.rebuild_indexes()
+        print(f"  index of {photos:,} vectors built in {time.perf_counter() - t:.0f}s", flush=True)
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def _serve(folder: Path) -> Iterator[str]:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _TimedLock:
+    """The pause an install takes (the runtime's model lock): how long it was held."""
+
+    def __init__(self) -> None:
+        self.held_s = 0.0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.held_s += time.perf_counter() - t
+
+
+def bench_snapshot(photos: int, work: Path) -> dict[str, Any]:
+    from edge.catalog import index as ix
+    from edge.catalog.db import Catalog
+    from edge.catalog.install import install
+    from edge.catalog.snapshot import unpack, verify, write_snapshot
+    from edge.catalog.store import Store
+    from edge.fleet.fetch import download
+    from edge.fleet.publish import publish_snapshot
+
+    stage, fp = work / "stage", "synthetic-256"
+    t = time.perf_counter()
+    make_catalog(stage, photos, fingerprint=fp)
+    catalog_s = time.perf_counter() - t
+    snaps = []
+    for version in (1, 2):
+        with ix.writer_lock(stage):  # the same rows and index as the next catalog version
+            cat = Catalog(stage / "catalog.db")
+            cat.set_meta("version", str(version))
+            cat.close()
+            ix.restamp(stage, version)
+        snaps.append(write_snapshot(stage, work / "snapshots", bundle=fp, text_bundle=None, dtype="i8",
+                                    counts={"photos": photos}, assortment=None))
+    device = Store(data_dir=work / "device", image_encoder=_stored_vectors(fp, 256), text_encoder=None)
+    rows = []
+    (work / "pub").mkdir()
+    with _serve(work / "pub") as base:
+        for folder, manifest in snaps:
+            a = publish_snapshot(folder, to=str(work / "pub"), url=f"{base}/{manifest.id}.tar")
+            before = device.catalog.count()
+            times: dict[str, float] = {}
+            t = time.perf_counter()
+            archive = work / "incoming" / f"{a.sha256}.tar"
+            download(a.url, archive, size=a.size, sha256=a.sha256, timeout_s=120, allowed_dir=None)
+            times["download_and_sha256_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            target = work / "device" / "snapshots" / manifest.id
+            unpack(archive, target)
+            archive.unlink()
+            times["unpack_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            m = verify(target, bundle=fp, dtype="i8")
+            times["verify_files_s"] = time.perf_counter() - t
+            pause = _TimedLock()
+            t = time.perf_counter()
+            install(device, target, m, sha256=a.sha256, pause=pause)
+            times["install_s"] = time.perf_counter() - t
+            times["frames_paused_s"] = pause.held_s
+            total = sum(v for k, v in times.items() if k != "frames_paused_s")
+            rows.append({"version": manifest.catalog_version, "products_before": before,
+                         "products_after": device.catalog.count(), "archive_bytes": a.size,
+                         **{k: round(v, 3) for k, v in times.items()}, "total_s": round(total, 2)})
+            print(rows[-1], flush=True)
+    hits = device.match_vectors(np.ones((1, 256), np.float32), 3)
+    device.close()
+    return {"photos": photos, "catalog_build_s": round(catalog_s, 1), "rows": rows, "search_after": len(hits[0])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    b = sub.add_parser("build", help="Ray build vs the single-process importer")
+    b.add_argument("--root", type=Path, required=True, help="the grocery-store dataset folder")
+    b.add_argument("--photos", type=int, default=2640, help="photos of the train split (default: all 2640)")
+    b.add_argument("--batch-size", type=int, default=32)
+    s = sub.add_parser("snapshot", help="download + verify + swap of a synthetic catalog snapshot")
+    s.add_argument("--photos", type=int, default=250_000)
+    for p in (b, s):
+        p.add_argument("--json", type=Path, default=None)
+        p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="storelens-fleet-"))
+    env = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        if args.what == "build":
+            result = bench_build(args.root, args.photos, args.batch_size, work)
+        else:
+            result = bench_snapshot(args.photos, work)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    out = {"environment": {**env, "load_avg_at_end": os.getloadavg()}, **result}
+    print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
