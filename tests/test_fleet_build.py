@@ -222,3 +222,28 @@ def test_install_refuse_and_rollback_through_the_writer(tmp_path: Path, snapshot
         reopened.close()
     finally:
         store.close()
+
+
+def test_cli_build_and_rollback(tmp_path: Path, snapshots: tuple[Path, Path], encoder: ImageEncoder,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edge.cli.main import main
+
+    table = write_table(tmp_path / "t", classes=2)
+    assert main(["catalog", "build", str(table), "--out", str(tmp_path / "out"), "--engine", "local", "--no-text",
+                 "--no-progress", "--json", "--batch-size", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["products"], report["unreadable_count"], report["engine"]) == (2, 2, "local")
+    assert (tmp_path / "out" / f"{report['snapshot_id']}.build.json").is_file()
+
+    pub, device = tmp_path / "pub", tmp_path / "device"
+    store = Store(data_dir=device, image_encoder=encoder, text_encoder=None)
+    fleet = load_settings(None, device={"store": "s1", "id": "d"}, fleet={"snapshot_dir": str(pub)}).fleet
+    updater = CatalogUpdater(store, fleet=fleet, store_id="s1")
+    for snap in snapshots:
+        assert updater.handle(publish_snapshot(snap, to=str(pub)).to_payload())["result"] == "installed"
+    store.close()
+    assert main(["catalog", "rollback", "--data-dir", str(device)]) == 0
+    assert f"rolled back to snapshot {snapshots[0].name}" in capsys.readouterr().out
+    assert main(["catalog", "rollback", "--data-dir", str(device)]) == 7  # nothing older: a CatalogError
