@@ -50,13 +50,26 @@ def write_table(folder: Path, *, classes: int = 5, per_class: int = 3, offset: i
 
 
 class _Quiet(SimpleHTTPRequestHandler):
+    """GET serves the folder; PUT /<name> writes a file into it (what `catalog publish --to http://...` does)."""
+
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def do_PUT(self) -> None:
+        name = self.path.strip("/")
+        if not name or "/" in name or name.startswith("."):
+            self.send_error(400, "one file name, please")
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        (Path(self.directory) / name).write_bytes(body)
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
 
 @contextmanager
 def http_server(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port); yields the base URL."""
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port; GET and PUT); yields the base URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

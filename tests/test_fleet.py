@@ -112,8 +112,9 @@ def test_three_devices_install_refuse_and_roll_back(tmp_path: Path, broker: Brok
             (tmp_path / f"{d}.log").read_text()[-2000:] for d in DEVICES]
         with http_server(pub) as base:
             v1, v2 = snaps
-            assert main(["catalog", "publish", v1.snapshot, "--to", str(pub), "--url", f"{base}/{v1.snapshot_id}.tar",
-                         "--store", "s1", "--broker", f"127.0.0.1:{broker.port}"]) == 0
+            assert main(["catalog", "publish", v1.snapshot, "--to", base, "--store", "s1",  # uploaded by HTTP PUT
+                         "--broker", f"127.0.0.1:{broker.port}"]) == 0
+            assert (pub / f"{v1.snapshot_id}.tar").is_file()
             assert all_devices(c, lambda s: s.get("catalog_version") == v1.catalog_version
                                and s["catalog_update"]["snapshot"] == v1.snapshot_id, timeout=60)
             for i, d in enumerate(DEVICES):
