@@ -381,7 +381,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     ev = [(h["epoch"], h["carved_val"]["macro_r1"]) for h in history if "carved_val" in h]
     ax[1].plot(ep, [h["train_acc"] for h in history], label="train acc (augmented)")
     if ev:
-        ax[1].plot(*zip(*ev, strict=False), marker="o", label="carved-val macro R@1 (EMA)")
+        ax[1].plot(*zip(*ev, strict=False), marker="o", label="carved-val macro R@1 (the weights exported)")
     ax[1].legend()
     ax[1].set_xlabel("epoch")
     ax[1].set_ylim(0, 1)
