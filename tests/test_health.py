@@ -21,7 +21,7 @@ from edge.ops.systemd import SdNotifier
 from tests.ops_helpers import SKUS, base_config, make_runtime, merged, running, storelens, wait_for, write_config
 from tests.runtime_helpers import NumpyMatcher, TinyOnnxEncoder, write_catalog, write_frames
 
-FAST = {"heartbeat_s": 0.2, "loop_stall_s": 1.5, "broker_down_s": 1.0, "camera_down_s": 1.0}
+FAST = {"heartbeat_s": 0.2, "loop_stall_s": 3.0, "broker_down_s": 1.0, "camera_down_s": 1.0}
 
 
 def health(config: Path) -> tuple[int, str, dict[str, Any]]:
@@ -76,46 +76,64 @@ class StallingMatcher(NumpyMatcher):
         return super().match_vectors(embs, k)
 
 
+class Systemd:
+    """The notify socket systemd would own: a thread receives every datagram, with its arrival time."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.got: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._recv, daemon=True)
+        self._thread.start()
+
+    def _recv(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def pings(self, since: float = 0.0) -> int:
+        return sum(1 for t, m in list(self.got) if t >= since and "WATCHDOG=1" in m)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
 def test_stalled_loop_names_the_loop_and_stops_the_watchdog(tmp_path: Path, tiny_onnx: Path, catalog: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    sock_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(sock_path))
-        sock.settimeout(0.1)
-        monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
-        monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
-        frames = write_frames(tmp_path / "frames", ["RED", "GREEN", "BLUE"], per_sku=4)
-        cfg = tmp_path / "device.toml"
-        s = write_config(cfg, merged(base_config(tmp_path, frames), health=FAST))
-        matcher = StallingMatcher(catalog, TinyOnnxEncoder(tiny_onnx))
-        rt = make_runtime(s, tiny_onnx, catalog, matcher=matcher)
+    systemd = Systemd(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+    frames = write_frames(tmp_path / "frames", ["RED", "GREEN", "BLUE"], per_sku=4)
+    cfg = tmp_path / "device.toml"
+    s = write_config(cfg, merged(base_config(tmp_path, frames), health=FAST))
+    matcher = StallingMatcher(catalog, TinyOnnxEncoder(tiny_onnx))
+    rt = make_runtime(s, tiny_onnx, catalog, matcher=matcher)
+    try:
         with running(rt):
-            got = _receive(sock, until=lambda m: sum("WATCHDOG=1" in x for x in m) >= 3)
-            assert "READY=1" in got[0] and any("WATCHDOG=1" in m for m in got), got
+            assert wait_for(lambda: systemd.pings() >= 3)
+            assert systemd.got[0][1].startswith("READY=1\nSTATUS=cameras 1/1 ok, mqtt off")
             assert health(cfg)[0] == 0
             matcher.stall.set()
             assert matcher.stalled.wait(10)
-            _receive(sock, until=lambda m: False, seconds=0.3)  # drain pings sent before the stall
-            assert not [m for m in _receive(sock, until=lambda m: False, seconds=1.0) if "WATCHDOG=1" in m]
+            quiet_from = time.monotonic() + 0.3  # a ping may be on its way as the loop stalls
             time.sleep(FAST["loop_stall_s"])
             code, out, js = health(cfg)
             assert code == 1 and "loop: frame loop stalled" in out, out
             assert "loop" in [p["check"] for p in js["problems"]]
+            assert systemd.pings(since=quiet_from) == 0  # a hung loop stops feeding the watchdog
             matcher.release.set()
             matcher.stall.clear()
+            assert wait_for(lambda: systemd.pings(since=quiet_from) > 0)
             assert wait_for(lambda: health(cfg)[0] == 0, timeout=10)
-        assert any("STOPPING=1" in m for m in _receive(sock, until=lambda m: False, seconds=0.3))
-
-
-def _receive(sock: socket.socket, *, until: Any, seconds: float = 10.0) -> list[str]:
-    got: list[str] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not until(got):
-        try:
-            got.append(sock.recv(4096).decode())
-        except TimeoutError:
-            continue
-    return got
+        assert wait_for(lambda: any("STOPPING=1" in m for _, m in systemd.got), timeout=5)
+    finally:
+        systemd.close()
 
 
 def test_not_running_is_unhealthy(tmp_path: Path) -> None:
@@ -185,6 +203,9 @@ def test_sd_notify_datagrams(tmp_path: Path) -> None:
         assert sock.recv(1024).decode().split("\n")[:2] == ["READY=1", "STATUS=up"]
         assert n.watchdog(lambda: "3 ok") and not n.watchdog()  # rate-limited to every watchdog_s
         assert sock.recv(1024) == b"WATCHDOG=1\nSTATUS=3 ok"
+        t = time.monotonic()
+        sent = [n.notify("WATCHDOG=1") for _ in range(5000)]  # nobody reads: the queue fills up
+        assert not all(sent) and time.monotonic() - t < 5  # pings are dropped, the caller never blocks
         n.close()
     other = SdNotifier(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
     assert other.watchdog_s is None  # the watchdog is meant for another process

@@ -39,6 +39,7 @@ def test_install_writes_a_unit_systemd_accepts(tmp_path: Path, config: Path, use
     assert ("WantedBy=default.target" in lines) == user and ("User=daemon" in lines) == (not user)
     assert stat.S_IMODE(env.stat().st_mode) == 0o600 and "STORELENS_MQTT__PASSWORD" in env.read_text()
     assert f"wrote {unit}" in res.stdout and "daemon-reload" in res.stdout
+    assert SYSTEMD_ANALYZE is None or "systemd-analyze verify: ok" in res.stdout, res.stdout
     if SYSTEMD_ANALYZE is None:
         pytest.skip("systemd-analyze is not installed here: the unit file was written but not verified by systemd")
     check = subprocess.run([SYSTEMD_ANALYZE, "verify", str(unit)], capture_output=True, text=True, check=False)

@@ -87,10 +87,10 @@ class RuntimeHooks:
             self.discovery.attach()
 
     def started(self, rt: RuntimeView) -> None:
-        """After the cameras opened and the link started: first heartbeat, READY=1 to systemd."""
-        self.tick(rt, force=True)
+        """After the cameras opened and the link started: READY=1 to systemd, then the first heartbeat."""
         if self.notifier is not None and self.notifier.ready(self._status_line(rt)):
             log.info("systemd notified: ready")
+        self.tick(rt, force=True)
 
     def stopping(self) -> None:
         if self.notifier is not None:

@@ -55,8 +55,9 @@ class SdNotifier:
         if not self.address:
             return False
         try:
-            if self._sock is None:
+            if self._sock is None:  # non-blocking: a full receive queue drops a ping, never stalls the loop
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.setblocking(False)
             self._sock.sendto("\n".join(fields).encode(), self.address)
         except OSError:
             return False
