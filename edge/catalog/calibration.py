@@ -136,9 +136,12 @@ def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, targe
     """Embed labelled images, simulate held-out products, choose thresholds. Returns (result, problems)."""
     from tqdm import tqdm
 
+    from edge.catalog.learning import learn_floor
     from edge.core.errors import ImageError
     from edge.models.preprocess import read_image
 
+    if store.image_encoder is None:
+        raise InputError("no image encoder is loaded", hint="configure model.image_bundle")
     enrolled = {p.sku for p in store.catalog.products()}
     held_out = pick_held_out([s for _, s in labelled if s in enrolled], fraction=holdout, seed=seed)
     unknown = held_out | {s for _, s in labelled if s not in enrolled}
@@ -146,6 +149,7 @@ def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, targe
     problems: list[str] = []
     rankings: list[list[Candidate]] = []
     labels: list[str] = []
+    vectors: list[np.ndarray] = []
     for i in tqdm(range(0, len(labelled), batch), desc="calibrate", unit="batch", disable=not progress):
         images, names = [], []
         for path, sku in labelled[i : i + batch]:
@@ -155,7 +159,8 @@ def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, targe
             except ImageError as e:
                 problems.append(f"skipped: {e}")
         if images:
-            rankings.extend([r.candidate() for r in row] for row in store.search_image(images, k=k))
+            vectors.append(store.image_encoder.embed(images))
+            rankings.extend(store.match_vectors(vectors[-1], k))
             labels.extend(names)
     if not labels:
         raise InputError("no labelled image could be read", hint="check the paths in the labelled list")
@@ -165,5 +170,6 @@ def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, targe
     enc = store.image_encoder
     cal = Calibration(score=score, margin=margin, target=target, known_queries=int(q.known.sum()),
                       unknown_queries=int((~q.known).sum()), held_out=tuple(sorted(unknown)),
-                      catalog_version=store.catalog_version, fingerprint=enc.fingerprint if enc else "", **s)
+                      catalog_version=store.catalog_version, fingerprint=enc.fingerprint if enc else "",
+                      learn_floor=learn_floor(store, np.concatenate(vectors), labels), **s)
     return cal, problems

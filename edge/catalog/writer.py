@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -262,13 +263,37 @@ class CatalogWriter:
         return ImportReport(rows=self.catalog.count(), images_added=added, issues=tuple(issues),
                             catalog_version=self.catalog.version)
 
-    def _publish(self, batch: _Batch) -> None:
-        """Apply a write's removals and additions to each index and swap the new generation in.
+    def change_photos(self, change: Callable[[sqlite3.Connection], Iterable[int]]) -> int:
+        """One write that adds or removes reference photos of existing products (learned photos,
+        :mod:`edge.catalog.learning`); returns the new catalog version.
+
+        ``change(db)`` runs inside the transaction and returns the keys of the products whose photos
+        it changed; their image vectors are read back and swapped into the image index (the text
+        indexes are only restamped: no text changed).
+        """
+        if self.image_encoder is None:
+            raise InputError("changing photos needs the image encoder", hint="configure model.image_bundle")
+        fp, batch = self.image_encoder.fingerprint, _Batch()
+        with ix.writer_lock(self.data_dir):
+            with self.catalog.transaction() as db:
+                batch.remove = {int(k) for k in change(db)}
+                batch.add[IMAGE] = [(key, np.frombuffer(blob, dtype=np.float32)) for key in sorted(batch.remove)
+                                    for (blob,) in db.execute("SELECT data FROM vectors WHERE key = ? AND modality "
+                                                              "= ? AND fingerprint = ? ORDER BY id", (key, IMAGE, fp))]
+            self._publish(batch, only=IMAGE)
+            ix.restamp(self.data_dir, self.catalog.version)
+        self.store.reload()
+        return self.catalog.version
+
+    def _publish(self, batch: _Batch, *, only: str | None = None) -> None:
+        """Apply a write's removals and additions to each index (or ``only`` one) and swap the new generation in.
 
         Removals need no encoder (``catalog remove`` runs without loading models); additions come
         only from a loaded encoder, whose fingerprint, dim and dtype must match the index.
         """
         for modality, enc in self._modalities():
+            if only is not None and modality != only:
+                continue
             adds = batch.add[modality]
             current = ix.open_for_write(self.data_dir, modality)
             if current is None:

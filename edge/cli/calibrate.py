@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
           f"{cal.known_top1_accuracy:.3f}, correct among accepted {cal.accepted_precision:.3f}")
     print(f"held-out products: {cal.unknown_queries} photos of {len(cal.held_out)} products, false-accept rate "
           f"{cal.false_accept_rate:.3f}")
+    if cal.learn_floor is not None:
+        print(f"learning: a confirmed crop below cosine {cal.learn_floor:.4f} to its product's photos is held")
     print("stored with the catalog" if not args.dry_run else "dry run: not stored")
     return 0
 

@@ -12,6 +12,7 @@ from edge.catalog.importers.tables import detect_format, read_folder, read_table
 from edge.catalog.writer import ImportReport
 from edge.cli.catalog_fleet import register_actions
 from edge.cli.common import add_common, open_store
+from edge.cli.learning import register_learning
 from edge.core.errors import InputError
 
 MAX_ISSUES_SHOWN = 20
@@ -71,6 +72,7 @@ def register(sub: Any) -> None:
     add_common(x)
     x.set_defaults(func=run_reindex)
     register_actions(csub, add_common)  # build, publish, rollback: catalog snapshots for a chain (edge.fleet)
+    register_learning(csub, add_common)  # learned, forget-learned: photos learned from confirmations
 
 
 def run_add(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from edge.core.errors import ConfigError
 from edge.core.fleet_settings import FleetSettings
+from edge.core.learning_settings import LearningSettings
 from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, KioskScreenSettings, MetricsSettings
 
 ENV_PREFIX = "STORELENS_"
@@ -218,9 +219,7 @@ class RecommendSettings(Section):
         description="Bought-together score: ease (item-item linear model), pmi (shrunk PMI), "
         "cooccurrence (raw counts); auto = ease up to ease_max_items products, else pmi",
     )
-    ease_lambda: float = Field(
-        50.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity)"
-    )
+    ease_lambda: float = Field(50.0, gt=0, le=1e7, description="EASE L2 regularisation (larger = closer to popularity)")
     ease_max_items: int = Field(2000, ge=2, le=20000, description="Above this many basket products auto uses pmi "
                                 "(an EASE rebuild is an n x n inverse)")
     popularity_prior: float = Field(0.1, ge=0, le=10, description="Bought together: weight of popularity "
@@ -295,6 +294,7 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings, description="Heartbeat file and health thresholds")
     kiosk_screen: KioskScreenSettings = Field(default_factory=KioskScreenSettings, description="Kiosk screen page")
     fleet: FleetSettings = Field(default_factory=FleetSettings, description="Catalog builds and snapshot updates")
+    learning: LearningSettings = Field(default_factory=LearningSettings, description="Confirmed crops as photos")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")

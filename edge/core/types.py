@@ -64,6 +64,9 @@ class Calibration:
     held_out: tuple[str, ...]
     catalog_version: int
     fingerprint: str
+    # learning (edge.catalog.learning): a confirmed crop whose best cosine to the confirmed product's photos is
+    # below this is held for review; the HOLD_QUANTILE of labelled queries' cosines to their own product's photos
+    learn_floor: float | None = None
 
     def thresholds(self) -> Thresholds:
         return Thresholds(score=self.score, margin=self.margin, source="calibrated")
