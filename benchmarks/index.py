@@ -29,7 +29,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,9 @@ def view_rss(meta: ix.IndexMeta, path: Path, qq: np.ndarray, *, threads: int) ->
 
 
 def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: str, threads: int,
-                  expansion_search: int, connectivity: int, workdir: Path,
-                  exact_usearch: bool = True) -> dict[str, Any]:
+                  expansion_search: int, connectivity: int, workdir: Path, exact_usearch: bool = True,
+                  sweep: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """One row per search breadth (``expansion_search``, then each of ``sweep``) on the same built index."""
     n, dim = db.shape
     cast = dtype == "i8-cast"
     store_dtype = "i8" if cast else dtype
@@ -154,32 +155,48 @@ def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: st
     before = rss()
     index = ix.new_usearch(meta)
     index.load(str(path))
-    index.expansion_search = expansion_search  # type: ignore[misc]
     rss_bytes = rss() - before
     qq = prep(q)
-    batch_s, m = timed(lambda: index.search(qq, K, threads=threads))
-    rec = recall(np.asarray(m.keys).astype(np.int64), truth)
-    lat, cpu = single_query_latency(lambda i: index.search(qq[i], K, threads=1), len(q))
-    del index
-    view_open, view_searched = view_rss(meta, path, qq, threads=threads)
-    row: dict[str, Any] = {
+    common: dict[str, Any] = {
         "engine": "usearch", "dtype": dtype, "build_s": round(build_s, 2), "build_per_s": round(n / build_s),
         "bytes_per_vector": round(file_bytes / n, 1), "rss_bytes_per_vector": round(rss_bytes / n, 1),
-        "recall10": round(rec, 4), "qps": round(len(q) / batch_s), "p50_ms": round(1e3 * float(np.median(lat)), 3),
-        "p99_ms": round(1e3 * float(np.quantile(lat, 0.99)), 3),
-        "p99_cpu_ms": round(1e3 * float(np.quantile(cpu, 0.99)), 3),
-        "rss_loaded_bytes": rss_bytes, "rss_view_open_bytes": view_open, "rss_view_after_queries_bytes": view_searched,
-        "expansion_search": expansion_search, "connectivity": connectivity, "dim": dim,
+        "rss_loaded_bytes": rss_bytes, "connectivity": connectivity, "dim": dim,
+        "recall10_exact_on_stored": stored_recall(prep(db), qq, truth) if not cast and dtype != "f32" else None,
     }
+    rows = []
+    for ef in dict.fromkeys([expansion_search, *sweep]):
+        index.expansion_search = ef  # type: ignore[misc]
+        batch_s, m = timed(lambda: index.search(qq, K, threads=threads))
+        lat, cpu = single_query_latency(lambda i: index.search(qq[i], K, threads=1), len(q))
+        rows.append({**common, "expansion_search": ef, "recall10": round(recall(np.asarray(m.keys).astype(np.int64),
+                                                                                truth), 4),
+                     "qps": round(len(q) / batch_s), "p50_ms": round(1e3 * float(np.median(lat)), 3),
+                     "p99_ms": round(1e3 * float(np.quantile(lat, 0.99)), 3),
+                     "p99_cpu_ms": round(1e3 * float(np.quantile(cpu, 0.99)), 3)})
+    del index
+    view_open, view_searched = view_rss(meta, path, qq, threads=threads)
+    rows[0].update(rss_view_open_bytes=view_open, rss_view_after_queries_bytes=view_searched)
     if exact_usearch:
         index = ix.new_usearch(meta)
         index.view(str(path))
         exact_s, me = timed(lambda: index.search(qq, K, threads=threads, exact=True), min_s=0.2)
-        row["exact_usearch_qps"] = round(len(q) / exact_s)
-        row["exact_usearch_recall10"] = round(recall(np.asarray(me.keys).astype(np.int64), truth), 4)
+        rows[0]["exact_usearch_qps"] = round(len(q) / exact_s)
+        rows[0]["exact_usearch_recall10"] = round(recall(np.asarray(me.keys).astype(np.int64), truth), 4)
         del index
     path.unlink()
-    return row
+    return rows
+
+
+def stored_recall(stored: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> float:
+    """Recall@10 of an exact search over the stored (quantized) vectors: what quantization alone costs."""
+    def unit(v: np.ndarray) -> np.ndarray:
+        out = np.empty(v.shape, np.float32)
+        for a in range(0, len(v), 100_000):
+            x = v[a : a + 100_000].astype(np.float32)
+            out[a : a + 100_000] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return out
+
+    return round(recall(exact_topk(unit(stored), unit(queries)), truth), 4)
 
 
 def bench_faiss(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, threads: int) -> dict[str, Any] | None:
@@ -209,7 +226,7 @@ def bench_faiss(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, threads: in
 
 def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: int, connectivity: int,
         faiss_on: bool, on_row: Callable[[list[dict[str, Any]]], None], dim: int = DIM,
-        exact_usearch: bool = True) -> list[dict[str, Any]]:
+        exact_usearch: bool = True, sweep: Sequence[int] = ()) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for n in sizes:
         data = clustered(n + QUERIES, dim=dim, seed=n)
@@ -219,11 +236,12 @@ def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: 
         print(f"\n== {n:,} vectors, dim {dim}: numpy exact float32 {numpy_qps} QPS", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             for dtype in dtypes:
-                row = bench_usearch(db, q, truth, dtype=dtype, threads=threads, expansion_search=expansion_search,
-                                    connectivity=connectivity, workdir=Path(tmp), exact_usearch=exact_usearch)
-                rows.append({"size": n, **row, "qps_exact_numpy": numpy_qps,
-                             "qps_vs_numpy": round(row["qps"] / numpy_qps, 1)})
-                print_row(rows[-1])
+                for row in bench_usearch(db, q, truth, dtype=dtype, threads=threads,
+                                         expansion_search=expansion_search, connectivity=connectivity,
+                                         workdir=Path(tmp), exact_usearch=exact_usearch, sweep=sweep):
+                    rows.append({"size": n, **row, "qps_exact_numpy": numpy_qps,
+                                 "qps_vs_numpy": round(row["qps"] / numpy_qps, 1)})
+                    print_row(rows[-1])
                 on_row(rows)
         if faiss_on:
             frow = bench_faiss(db, q, truth, threads=threads)
@@ -237,12 +255,13 @@ def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: 
     return rows
 
 
-HEAD = (f"{'size':>9} {'engine':<10} {'dtype':<7} {'recall10':>8} {'qps':>7} {'x numpy':>7} {'p50 ms':>7} "
+HEAD = (f"{'size':>9} {'engine':<10} {'dtype':<7} {'ef':>4} {'recall10':>8} {'qps':>7} {'x numpy':>7} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'p99 cpu':>7} {'B/vec':>6} {'RSS B/v':>7} {'build s':>8} {'exact qps':>9} {'view MB':>8}")
 
 
 def print_row(r: dict[str, Any]) -> None:
-    print(f"{r['size']:>9,} {r['engine']:<10} {r['dtype']:<7} {r['recall10']:>8.4f} {r['qps']:>7} "
+    print(f"{r['size']:>9,} {r['engine']:<10} {r['dtype']:<7} {r.get('expansion_search', ''):>4} "
+          f"{r['recall10']:>8.4f} {r['qps']:>7} "
           f"{r['qps_vs_numpy']:>7} {r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f} {r['p99_cpu_ms']:>7.3f} "
           f"{r['bytes_per_vector']:>6} "
           f"{r.get('rss_bytes_per_vector', ''):>7} {r['build_s']:>8} {r.get('exact_usearch_qps', ''):>9} "
@@ -284,6 +303,8 @@ def main() -> None:
     ap.add_argument("--no-faiss", action="store_true", help="skip the FAISS HNSW comparison")
     ap.add_argument("--dim", type=int, default=DIM, help=f"vector dimension (default {DIM}, the shipped bundle's)")
     ap.add_argument("--no-exact-usearch", action="store_true", help="skip USearch's exact=True search (slow at 1M)")
+    ap.add_argument("--sweep", default="", help="more expansion_search values measured on the same index, e.g. "
+                    "128,256 (a row each)")
     ap.add_argument("--json", type=Path, default=None, help="write {environment, rows} here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -298,7 +319,8 @@ def main() -> None:
             args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
 
     run(sizes, dtypes, threads=args.threads, expansion_search=args.expansion_search, connectivity=args.connectivity,
-        faiss_on=not args.no_faiss, on_row=save, dim=args.dim, exact_usearch=not args.no_exact_usearch)
+        faiss_on=not args.no_faiss, on_row=save, dim=args.dim, exact_usearch=not args.no_exact_usearch,
+        sweep=[int(x) for x in args.sweep.split(",") if x])
     if args.json:
         print(f"wrote {args.json}")
 
