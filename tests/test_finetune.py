@@ -67,8 +67,9 @@ def test_tiny_finetune_selects_resumes_and_exports(tmp_path: Path) -> None:
     _, path = locate_weights("efficientnet-lite0")
     ck = load_checkpoint(out / "encoder.pt")
     ref = torch.load(path, map_location="cpu", weights_only=True)
-    assert torch.equal(ck.model.net.trunk._blocks[3]._depthwise_conv.weight, ref["_blocks.3._depthwise_conv.weight"])
-    assert not torch.equal(ck.model.net.trunk._blocks[14]._project_conv.weight, ref["_blocks.14._project_conv.weight"])
+    state = ck.model.state_dict()
+    assert torch.equal(state["net.trunk._blocks.3._depthwise_conv.weight"], ref["_blocks.3._depthwise_conv.weight"])
+    assert not torch.equal(state["net.trunk._blocks.14._project_conv.weight"], ref["_blocks.14._project_conv.weight"])
     # export: ONNX matches torch, with the Lite scaling recorded in the preprocessing
     assert ck.spec.mean[0] == pytest.approx(127 / 255) and ck.spec.input_size == 64
     import onnxruntime as ort
