@@ -36,6 +36,8 @@ def get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError) as e:  # not listening (yet, or any more)
+        return 0, str(e)
 
 
 class Prometheus:
@@ -55,6 +57,9 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port, timeout=30)
+        # it listens before its storage is open; the API answers 503 until /-/ready says 200
+        ready = wait_for(lambda: get(f"http://127.0.0.1:{self.port}/-/ready")[0] == 200, timeout=60, interval=0.2)
+        assert ready, (workdir / "prometheus.log").read_text()[-2000:]
 
     def query(self, promql: str) -> list[dict]:
         status, body = get(f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
