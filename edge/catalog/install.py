@@ -89,6 +89,7 @@ def install(store: InstallTarget, folder: Path, manifest: SnapshotManifest, *, s
         state = installed_state(data_dir)
         history = _history(state, entry, rollback=rollback)
         db = connect(data_dir / CATALOG_DB)  # no cascades while refilling; checked before the commit instead
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # the commit must not copy the whole catalog while paused
         try:
             db.execute("ATTACH DATABASE ? AS snap", (f"file:{folder / CATALOG_DB}?mode=ro",))
             with transaction(db):
@@ -103,9 +104,20 @@ def install(store: InstallTarget, folder: Path, manifest: SnapshotManifest, *, s
         finally:
             db.close()
         store.reload()
+    _checkpoint(data_dir / CATALOG_DB)  # after the pause: frames are matched again while the WAL is copied back
     log.info("catalog snapshot installed", extra={"snapshot": manifest.id, "catalog_version": entry.catalog_version,
                                                    "rollback": rollback})
     return entry
+
+
+def _checkpoint(path: Path) -> None:
+    db = connect(path)
+    try:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    except sqlite3.Error as e:  # a reader holding an old snapshot: the next checkpoint catches up
+        log.info("catalog checkpoint after a snapshot install deferred: %s", e)
+    finally:
+        db.close()
 
 
 def _history(state: dict[str, Any], entry: Installed, *, rollback: bool) -> dict[str, Any]:
