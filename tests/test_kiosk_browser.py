@@ -102,7 +102,9 @@ def test_showing_a_product_puts_its_name_price_and_place_on_the_page_within_a_se
     assert page.locator("#p-price").inner_text().replace("\u00a0", " ") == "SEK 14.90"
     assert page.locator("#p-loc").inner_text() == "Aisle 3 · Drinks"
     assert page.locator("#p-photo img").evaluate("img => img.complete && img.naturalWidth > 0")
-    match = next(m for m in reversed(rig["collector"].json_of("/cam/match")) if m["id"] == _shown_match(page))
+    shown_id = _shown_match(page)
+    assert rig["collector"].wait(lambda: any(m["id"] == shown_id for m in rig["collector"].json_of("/cam/match")))
+    match = next(m for m in reversed(rig["collector"].json_of("/cam/match")) if m["id"] == shown_id)
     assert match["decision"] == "known" and match["candidates"][0]["sku"] == cola.sku
 
 
@@ -125,6 +127,8 @@ def test_unknown_item_shows_candidates_and_a_tap_confirms_over_mqtt(rig: dict[st
     shown = show(rig, MYSTERY, kind="unknown")
     cards = page.locator("#u-cards .card")
     assert cards.count() >= 2 and page.locator("#u-title").inner_text() == "Is it one of these?"
+    # the page can render before the MQTT copy of the same match reaches the subscriber: wait for it
+    assert collector.wait(lambda: any(m["id"] == shown["match_id"] for m in collector.json_of("/cam/match")))
     unknown = next(m for m in collector.json_of("/cam/match") if m["id"] == shown["match_id"])
     assert unknown["decision"] == "unknown"
     tapped = cards.nth(1).get_attribute("data-sku")
