@@ -250,6 +250,14 @@ class Learner:
         self._db.execute("DELETE FROM learned_images WHERE NOT EXISTS (SELECT 1 FROM images i WHERE i.id = "
                          "learned_images.image_id AND i.key = learned_images.key AND i.path = learned_images.path)")
 
+    def sku_for_barcode(self, barcode: str) -> str | None:
+        """The product whose catalog ``barcode`` this is (leading zeros ignored: UPC-A and EAN-13 agree); None
+        when no product, or more than one, has it."""
+        code = barcode.strip()
+        rows = self._db.execute("SELECT sku FROM products WHERE barcode IS NOT NULL AND barcode != '' AND "
+                                "ltrim(trim(barcode), '0') = ltrim(?, '0') LIMIT 2", (code,)).fetchall()
+        return str(rows[0][0]) if len(rows) == 1 and code else None
+
     # ---- review and counts --------------------------------------------------------------
 
     def _hold(self, sku: str, crop: np.ndarray, *, source: str, ref: str | None, ts: float, cosine: float,

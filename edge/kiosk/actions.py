@@ -62,6 +62,7 @@ class KioskActions:
         self._search = search
         self._recommender = recommender
         self._on_event: EventSink = lambda _e: None
+        self.on_confirmed: Callable[[Confirmation, Any], None] | None = None  # (it, crop): edge.pipeline.confirm
         self.router = CommandRouter(prefix="kiosk", reply=lambda _t, _b: None, max_bytes=max_bytes, token=token)
         for verb, fn in (("search", self._cmd_search), ("recommend", self._cmd_recommend),
                          ("confirm", self._cmd_confirm)):
@@ -143,6 +144,8 @@ class KioskActions:
             raise CommandError(f"match {match_id} is not one the screen showed recently",
                                hint="confirm what the screen shows now")
         c = self._keep(shown, sku, str(source))
+        if self.on_confirmed is not None:  # queued, never waited for: the tap is answered first
+            self.on_confirmed(c, shown.crop)
         card = self.cards.card(sku)
         msg = confirm_message(c, device=self.device, name=card["name"] if card else sku)
         self._publish(f"{shown.camera}/confirm", msg)

@@ -123,6 +123,9 @@ def build_runtime(settings: Settings) -> Runtime:
     from edge.fleet.updates import attach_catalog_updates
 
     attach_catalog_updates(rt, store)  # catalog snapshots the store announces (fleet.updates; needs [mqtt])
+    from edge.pipeline.confirm import attach_learning
+
+    attach_learning(rt)  # confirmations (kiosk, cmd/confirm, events/scan) become learned photos
     return rt
 
 

@@ -134,6 +134,7 @@ class Runtime:
         self._next_stats = 0.0
         self._last_states: tuple[str, ...] = ()
         self.extra_status: dict[str, Callable[[], Any]] = {}  # more status fields (catalog_update: edge.fleet)
+        self.decision_listeners: list[Callable[[dict[str, Any], np.ndarray | None], None]] = []  # msg, crop
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -294,8 +295,11 @@ class Runtime:
             if recs is not None:
                 msg["recommendations"] = recs
         self._send(f"{d.camera}/match", msg)
+        view_crop = self._view_crop(d) if self.screen is not None or self.decision_listeners else None
+        for listener in self.decision_listeners:  # the views confirmations name (edge.pipeline.confirm)
+            listener(msg, view_crop)
         if self.screen is not None:
-            self.screen.on_decision(msg, crop=self._view_crop(d), view_id=msg["view_id"])
+            self.screen.on_decision(msg, crop=view_crop, view_id=msg["view_id"])
         if d.planogram is not None and (d.planogram_changed or d.heartbeat):
             self.counts["planogram"] += 1
             self._send(f"{d.camera}/planogram", messages.planogram_message(
