@@ -148,7 +148,8 @@ def clustered(seeds: np.ndarray, n_products: int, rng: np.random.Generator) -> n
     return unit(photos)
 
 
-def build_store(data: Path, encoder: Any, *, index_size: int, seed_photos: Path | None, seed: int) -> dict[str, Any]:
+def build_store(data: Path, encoder: Any, *, index_size: int, seed_photos: Path | None, seed: int,
+                seed_limit: int = 3000) -> dict[str, Any]:
     """The demo products enrolled from photos and clustered distractors, indexed by the writer's own rebuild."""
     from edge.catalog import index as ix
     from edge.catalog.db import Product
@@ -159,7 +160,7 @@ def build_store(data: Path, encoder: Any, *, index_size: int, seed_photos: Path 
     store = Store(data_dir=data, image_encoder=encoder, dtype="i8", threads=os.cpu_count() or 1)
     for p in DEMO_PRODUCTS:
         store.enroll(p.sku, name=p.name, images=reference_images(p))
-    seeds, seeds_from = seed_embeddings(encoder, seed_photos, 3000, rng)
+    seeds, seeds_from = seed_embeddings(encoder, seed_photos, seed_limit, rng)
     n_products = max(0, (index_size - 3 * len(DEMO_PRODUCTS)) // PHOTOS_PER_DISTRACTOR)
     t = time.monotonic()
     for start in range(0, n_products, 10_000):
