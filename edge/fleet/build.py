@@ -157,7 +157,8 @@ def build_snapshot(records: Sequence[ProductRecord | ImportIssue], *, settings: 
         text = CachedTextEncoder(text_encoder, cache) if text_encoder is not None else None
         store = Store(data_dir=stage, image_encoder=StoredVectors(fingerprint=image_encoder.fingerprint,
                                                                   dim=image_encoder.dim),
-                      text_encoder=text, dtype=settings.catalog.index_dtype, open_indexes=False)
+                      text_encoder=text, dtype=settings.catalog.index_dtype, open_indexes=False,
+                      expansion_search=settings.catalog.expansion_search)  # devices search with the builder's
         try:
             _assemble(store, products, vectors, report)
             store.catalog.set_meta("version", str(next_version(out)))  # before the indexes record it
