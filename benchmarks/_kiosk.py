@@ -103,6 +103,7 @@ class TrayCamera:
         self._view = self._bg
         self._lock = threading.Lock()
         self.changed_at = time.time()
+        self.frames = 0  # frames read so far (the runtime is reading the camera once this grows)
 
     def put(self, product: DemoProduct | None) -> None:
         """Place ``product`` on the tray (None: take it away); one pose per placement, like a hand holding still."""
@@ -115,6 +116,7 @@ class TrayCamera:
     def read(self) -> np.ndarray:
         with self._lock:
             view = self._view
+            self.frames += 1
         return light_and_noise(view, self._rng, jitter=0.1)
 
     def close(self) -> None:
@@ -148,6 +150,19 @@ class KioskRig:
         self.rt.start()
         self._thread = threading.Thread(target=self.rt.run, args=(self._stop,), name="kiosk-rig", daemon=True)
         self._thread.start()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the runtime is really running: the broker acknowledged its command subscriptions
+        (when a broker is configured) and it has read fresh frames from the camera since this call."""
+        deadline = time.monotonic() + timeout_s
+        link = getattr(self.rt, "link", None)
+        if link is not None and not link.wait_subscribed(timeout_s):
+            raise TimeoutError(f"the runtime's MQTT subscriptions were not acknowledged within {timeout_s}s")
+        start = self.camera.frames
+        while self.camera.frames < start + 3:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the runtime read {self.camera.frames - start} frames in {timeout_s}s")
+            time.sleep(0.02)
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()
@@ -188,6 +203,17 @@ def wait_rendered(page: Any, *, after: int, timeout_s: float = 10.0, kind: str |
         page.wait_for_timeout(20)
     tail = page.evaluate("window.__kiosk ? window.__kiosk.rendered : []")[after:]
     raise TimeoutError(f"the page did not show kind={kind} sku={sku} within {timeout_s}s; it showed {tail}")
+
+
+def wait_live(page: Any, *, connects: int = 0, timeout_s: float = 30.0) -> None:
+    """Block until the page's event stream is open and said hello more than ``connects`` times (it then
+    receives every decision made from now on) and the page shows its 'live' indicator."""
+    deadline = time.monotonic() + timeout_s
+    while page.evaluate("window.__kiosk ? window.__kiosk.connects : 0") <= connects:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the page's event stream did not connect within {timeout_s}s")
+        page.wait_for_timeout(20)  # (wait_for_function would need 'unsafe-eval', which the page's CSP refuses)
+    page.wait_for_selector("#status[data-state='live']", timeout=max(1.0, deadline - time.monotonic()) * 1000)
 
 
 def rendered_count(page: Any) -> int:
