@@ -13,6 +13,9 @@
     python -m benchmarks.kiosk [--decisions 50] [--fps 15] [--json benchmarks/results/kiosk.json]
         [--screenshots docs]   # also kiosk-portrait.png, kiosk-landscape.png and their -unknown views
         [--language sv]        # the Swedish page (screenshots get a -sv suffix)
+
+With ``--root DIR --gallery FILE --queries FILE`` it measures kiosk *decision accuracy* instead
+(labelled photos held up through gate -> embed -> vote; :mod:`benchmarks.kiosk_sessions`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,6 +133,10 @@ def screenshots(browser: Any, rig: dict[str, Any], folder: Path, suffix: str = "
 
 
 def main(argv: list[str] | None = None) -> int:
+    if any(a == "--root" or a.startswith("--root=") for a in (sys.argv[1:] if argv is None else argv)):
+        from benchmarks.kiosk_sessions import main as sessions  # kiosk decision accuracy (issue 18)
+
+        return sessions(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--decisions", type=int, default=50)
     ap.add_argument("--fps", type=float, default=15.0)
