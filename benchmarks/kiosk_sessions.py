@@ -147,9 +147,18 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     enc = load_image_encoder(ModelSettings(image_bundle=args.bundle, threads=args.threads))
     names = class_names(args.root)
-    work = Path(tempfile.mkdtemp(prefix="bench-kiosk-"))
-    cal = calibrate_on_carve(args.root, args.gallery, bundle_dir(args.bundle), enc, work, names)
-    store = build_store(load_split(args.root, args.gallery), work / "store", enc, names, threads=args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-kiosk-") as tmp:
+        work = Path(tmp)
+        cal = calibrate_on_carve(args.root, args.gallery, bundle_dir(args.bundle), enc, work, names)
+        store = build_store(load_split(args.root, args.gallery), work / "store", enc, names, threads=args.threads)
+        try:
+            return _sessions(args, enc, store, cal, names)
+        finally:
+            store.close()
+
+
+def _sessions(args: argparse.Namespace, enc: ImageEncoder, store: Store, cal: Any,
+              names: dict[int, str]) -> dict[str, Any]:
     store.save_calibration(cal)
     params = VoteParams.from_settings(DecisionSettings(), store.thresholds)
     queries = load_split(args.root, args.queries)
@@ -160,7 +169,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         outcomes.append((photos[0].group, play(store, enc, params, GateSettings(), photos, names[photos[0].label],
                                                rng, hold=args.hold, gap=args.gap, fps=args.fps)))
     wall = time.perf_counter() - t0
-    store.close()
     return {**summarise([o for _, o in outcomes]),
             "groups": {g: summarise([o for gg, o in outcomes if gg == g]) for g in GROUPS},
             "thresholds": {"score": round(params.threshold, 4), "margin": round(params.margin, 4),

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -151,6 +152,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if len({str(it.path) for it in stream}) != len(stream):
         raise SystemExit("the stream lists a photo twice: it would be scored against its own learned crop")
     work = Path(tempfile.mkdtemp(prefix="bench-learning-"))
+    try:
+        return _run(args, enc, names, gallery, stream, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, enc: Any, names: dict[int, str], gallery: list[Item], stream: list[Item],
+         work: Path) -> dict[str, Any]:
     cal = calibrate_on_carve(args.root, args.gallery, bundle_dir(args.bundle), enc, work, names)
     base = build_store(gallery, work / "base", enc, names, threads=args.threads)
     base.save_calibration(cal)
@@ -171,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             wrong_kind=args.wrong_kind)
         learner.close()
         store.close()
+    base.close()
     return report(args, passes, kept, names, order, control, cal, settings, enc.fingerprint)
 
 
