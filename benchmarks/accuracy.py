@@ -53,10 +53,10 @@ SEED_SPREAD: dict[str, dict[str, Any]] = {
                          "carve_macro_r1": {"seed 0": 0.8375, "seed 1": 0.8317},
                          "note": "torch fp32 without whitening, as each run reports it",
                          "source": "benchmarks/results/training/round6-cpu.json"},
-    "bcabb53bd065b72f": {"val_macro_r1": {"seed 0": 0.7928, "seed 1 (stopped at epoch 8 of 12)": 0.7697},
-                         "carve_macro_r1": {"seed 0": 0.8984, "seed 1 (stopped at epoch 8 of 12)": 0.9094},
+    "bcabb53bd065b72f": {"val_macro_r1": {"seed 0": 0.7928, "seed 1": 0.7697},
+                         "carve_macro_r1": {"seed 0": 0.8984, "seed 1": 0.9094},
                          "note": "torch fp32 without whitening, each run's carve-selected epoch",
-                         "source": "benchmarks/results/training/lite0-224-s0.json, lite0-224-s1-stopped.json"},
+                         "source": "benchmarks/results/training/lite0-224-s0.json, lite0-224-s1.json"},
 }
 
 
