@@ -53,7 +53,8 @@ def _settings(workers: int, batch: int) -> Settings:
                                                                               "batch_size": batch})
 
 
-def _vectors(db_path: Path) -> dict[str, np.ndarray]:
+def photo_vectors(db_path: Path) -> dict[str, np.ndarray]:
+    """Each catalog photo's stored image vector, by path (to compare two builds photo by photo)."""
     import sqlite3
 
     db = sqlite3.connect(db_path)
@@ -84,13 +85,13 @@ def bench_build(root: Path, photos: int, batch: int, work: Path) -> dict[str, An
     rows.append({"run": "importer (CatalogWriter, 1 process, end to end)", "photos": n, "seconds": round(imp_s, 2),
                  "images_per_s": round(n / imp_s, 2), "load_avg_before": load})
     print(rows[-1], flush=True)
-    reference = _vectors(work / "imported" / "catalog.db")
+    reference = photo_vectors(work / "imported" / "catalog.db")
     for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
         load = os.getloadavg()
         rep = build_snapshot(records, settings=_settings(workers, batch), out=work / f"out-{engine}{workers}",
                              workdir=work / f"w-{engine}{workers}", image_encoder=enc, text_encoder=None,
                              engine=engine, progress=False)  # type: ignore[arg-type]
-        got = _vectors(Path(rep.snapshot) / "catalog.db")
+        got = photo_vectors(Path(rep.snapshot) / "catalog.db")
         cos = [float(v @ reference[p] / (np.linalg.norm(v) * np.linalg.norm(reference[p]))) for p, v in got.items()]
         rows.append({"run": f"{engine} engine, {workers} worker(s), embedding only", "photos": rep.embedded,
                      "seconds": rep.embed_s, "images_per_s": rep.images_per_s,

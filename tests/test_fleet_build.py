@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import sqlite3
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 import edge.fleet.build as build_mod
+from benchmarks.fleet import photo_vectors
 from edge.catalog.importers.tables import read_table
 from edge.catalog.snapshot import SnapshotError, read_manifest, unpack, verify
 from edge.catalog.store import Store
@@ -45,16 +45,6 @@ def build(table: Path, out: Path, workdir: Path, encoder: ImageEncoder, **kw: An
     engine = kw.pop("engine", "local")
     return build_snapshot(list(read_table(table)), settings=kw.pop("settings", settings()), out=out, workdir=workdir,
                           image_encoder=encoder, text_encoder=None, engine=engine, progress=False, **kw)
-
-
-def photo_vectors(db_path: Path) -> dict[str, np.ndarray]:
-    db = sqlite3.connect(db_path)
-    try:
-        rows = db.execute("SELECT i.path, v.data FROM images i JOIN vectors v ON v.image_id = i.id "
-                          "WHERE v.modality = 'image'").fetchall()
-    finally:
-        db.close()
-    return {str(p): np.frombuffer(d, np.float32) for p, d in rows}
 
 
 def importer_vectors(table: Path, data_dir: Path, encoder: ImageEncoder) -> dict[str, np.ndarray]:
