@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.backbones import BACKBONES, LiteNet
+from export.backbones import BACKBONES, GeM, LiteNet
 
 # Lite's "same" padding is fixed at construction; it is identical for every input size that is a
 # multiple of 32 (all stride-2 convs then see even sizes), which export/finetune.py requires.
@@ -70,17 +70,6 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv2(self.conv1(x)) + self.short(x))
-
-
-class GeM(nn.Module):
-    """Generalised-mean pooling: between average and max, better for retrieval than GAP."""
-
-    def __init__(self, p: float = 3.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
 
 
 class ProductEncoder(nn.Module):
