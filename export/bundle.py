@@ -44,7 +44,7 @@ from export.data import Sample
 from export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, load_checkpoint
 from export.openvino import quantize_openvino
 from export.parity import MAX_R1_DROP, MIN_COSINE, ParityReport, compare, gate
-from export.quantize import ImageSet, load_image_set, quantize_qdq, tail_nodes
+from export.quantize import ImageSet, load_image_set, quantize_qdq, fp32_nodes
 from export.whiten import DEFAULT_SHRINKAGE, choose_whitening
 
 log = logging.getLogger("storelens.export")
@@ -239,9 +239,10 @@ def _quantize_and_compare(model: Any, spec: PreprocessSpec, dim: int, tmp: Path,
                           openvino_preset: str) -> tuple[list[ParityReport], list[ParityReport], dict[str, Any]]:
     """fp32 ONNX of ``model`` -> QDQ per-tensor/per-channel (the better kept) + OpenVINO int8, each vs fp32.
 
-    Both int8 paths keep the tail after the last convolution (pooling, whitening, normalisation) in
-    fp32: int8 there rounds the small differences between similar products away, and whitening
-    would stretch that rounding.
+    Both int8 paths keep the stem convolution and the tail after the last convolution (pooling,
+    whitening, normalisation) in fp32: int8 in the tail rounds the small differences between
+    similar products away (whitening would stretch that rounding), and a 3-channel stem runs
+    slower in int8 than in fp32 (:func:`export.quantize.fp32_nodes`).
     """
     export_onnx(model, spec, tmp / FP32_FILE, embedding_dim=dim)
     ref = _embed(embed_onnx, tmp / FP32_FILE, queries, gallery, threads)
@@ -250,7 +251,7 @@ def _quantize_and_compare(model: Any, spec: PreprocessSpec, dim: int, tmp: Path,
     for per_channel in (False, True):
         label = "int8-qdq per-channel" if per_channel else "int8-qdq per-tensor"
         path = tmp / ("cand-pc.onnx" if per_channel else "cand-pt.onnx")
-        quantize_qdq(tmp / FP32_FILE, path, calib, per_channel=per_channel, exclude_nodes=tail_nodes(tmp / FP32_FILE))
+        quantize_qdq(tmp / FP32_FILE, path, calib, per_channel=per_channel, exclude_nodes=fp32_nodes(tmp / FP32_FILE))
         candidates.append(_gate_one(label, embed_onnx, path, ref, queries, gallery, threads, min_cosine,
                                     max_r1_drop))
     best = max(candidates, key=lambda r: (r.passed, r.macro_r1, r.mean_cosine))

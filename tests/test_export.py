@@ -120,6 +120,24 @@ def test_bundle_holds_three_formats_with_hashes_and_provenance(built: BuildResul
     assert white["applied"] is False and white["dropped_because"].startswith("int8 parity: ")
 
 
+def test_int8_models_keep_the_stem_and_the_tail_fp32(built: BuildResult) -> None:
+    import onnx
+
+    g = onnx.load(str(built.bundle.root / "image-int8.onnx")).graph
+    made_by = {o: n for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    weight_src = [made_by[c.input[1]].op_type if c.input[1] in made_by else "initializer" for c in convs]
+    assert weight_src[0] == "initializer"  # the 3-channel stem runs fp32
+    assert set(weight_src[1:]) == {"DequantizeLinear"}  # every other convolution is int8
+    last = max(i for i, n in enumerate(g.node) if n.op_type == "Conv")
+    # after the last convolution only its own output is (de)quantized once; pooling etc. run fp32
+    qdq = sorted(n.op_type for n in g.node[last + 1 :] if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
+    assert qdq in ([], ["DequantizeLinear", "QuantizeLinear"])
+    assert [n for n in g.node[last + 1 :] if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    ignored = built.bundle.provenance["calibration"]["openvino-int8"]["ignored_scope"]
+    assert ignored[0].startswith(convs[0].name)  # OpenVINO keeps the same stem fp32 (ONNX names carry over)
+
+
 def test_unreadable_catalog_images_are_reported_and_counted(built: BuildResult) -> None:
     skipped = dict(built.skipped)
     assert len(skipped) == 2
