@@ -44,7 +44,7 @@ from export.data import Sample
 from export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, load_checkpoint
 from export.openvino import quantize_openvino
 from export.parity import MAX_R1_DROP, MIN_COSINE, ParityReport, compare, gate
-from export.quantize import ImageSet, load_image_set, quantize_qdq, fp32_nodes
+from export.quantize import ImageSet, fp32_nodes, load_image_set, quantize_qdq
 from export.whiten import DEFAULT_SHRINKAGE, choose_whitening
 
 log = logging.getLogger("storelens.export")
