@@ -222,13 +222,13 @@ def test_cli_build_and_rollback(tmp_path: Path, snapshots: tuple[Path, Path], en
 
     table = write_table(tmp_path / "t", classes=2)
     cfg = tmp_path / "chain.toml"
-    cfg.write_text('[device]\nstore = "chain"\nid = "builder"\n[catalog]\nexpansion_search = 128\n')
+    cfg.write_text('[device]\nstore = "chain"\nid = "builder"\n[catalog]\nexpansion_search = 96\n')
     assert main(["catalog", "build", str(table), "--out", str(tmp_path / "out"), "--engine", "local", "--no-text",
                  "--no-progress", "--json", "--batch-size", "3", "--config", str(cfg)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["products"], report["unreadable_count"], report["engine"]) == (2, 2, "local")
     side = json.loads((Path(report["snapshot"]) / "image.index.json").read_text())
-    assert side["expansion_search"] == 128  # the search breadth devices will use travels with the snapshot
+    assert side["expansion_search"] == 96  # the search breadth devices will use travels with the snapshot
     assert (tmp_path / "out" / f"{report['snapshot_id']}.build.json").is_file()
 
     pub, device = tmp_path / "pub", tmp_path / "device"
