@@ -1,9 +1,10 @@
 """Chain-scale benchmarks (issue 19): Ray catalog build vs the single-process importer; snapshot shipping.
 
-    python -m benchmarks.fleet build --root ../shared/datasets/grocery-store [--photos 2640] [--json OUT]
+    python -m benchmarks.fleet build --root ../shared/datasets/grocery-store [--photos 2640] [--repeat N] [--json OUT]
     python -m benchmarks.fleet snapshot [--photos 250000] [--json OUT]
 
-``build``: the same photos (the GSD train split, ``--photos`` of them) embedded by
+``build``: the same photos (the GSD train split, ``--photos`` of them, each listed ``--repeat``
+times) embedded by
 ``storelens catalog import`` (CatalogWriter, one process: decode, embed, SQLite, index), by the
 build's local engine (one process, embedding only), and by the Ray engine with 1 and 2 workers
 (a local Ray started for each run, its start-up included in images/s; ``steady`` excludes the
@@ -38,12 +39,26 @@ from edge.core.config import Settings, load_settings
 PHOTOS_PER_PRODUCT = 10
 
 
-def gsd_records(root: Path, photos: int) -> list[ProductRecord]:
-    """Products of the GSD train split (sku = class), ``photos`` photos in all, in split order."""
+def gsd_records(root: Path, photos: int, *, repeat: int = 1, links: Path | None = None) -> list[ProductRecord]:
+    """Products of the GSD train split (sku = class), ``photos`` photos in all, in split order.
+
+    ``repeat`` > 1 lists every photo that many times, copies 2.. as symbolic links under ``links``
+    (distinct paths, so neither the importer nor the build's cache takes them for the same photo):
+    a longer job on the same real photos, which amortises an engine's start-up as a chain's
+    million-photo build would.
+    """
     by: dict[str, list[Path]] = {}
     for line in (root / "train.txt").read_text().splitlines()[:photos]:
         rel = line.split(",")[0].strip()
         by.setdefault(rel.split("/")[-2], []).append(root / rel)
+        for k in range(1, repeat):
+            if links is None:
+                raise ValueError("repeat > 1 needs a links folder")
+            link = links / f"r{k}" / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to((root / rel).resolve())
+            by[rel.split("/")[-2]].append(link)
     return [ProductRecord(sku=c, name=c.replace("-", " "), images=tuple(ps), source="bench", line=i)
             for i, (c, ps) in enumerate(by.items(), start=1)]
 
@@ -66,12 +81,12 @@ def photo_vectors(db_path: Path) -> dict[str, np.ndarray]:
     return {str(p): np.frombuffer(d, np.float32) for p, d in rows}
 
 
-def bench_build(root: Path, photos: int, batch: int, work: Path) -> dict[str, Any]:
+def bench_build(root: Path, photos: int, batch: int, work: Path, repeat: int = 1) -> dict[str, Any]:
     from edge.catalog.store import Store
     from edge.fleet.build import build_snapshot
     from edge.models.encoders import load_image_encoder
 
-    records = gsd_records(root, photos)
+    records = gsd_records(root, photos, repeat=repeat, links=work / "links")
     n = sum(len(r.images) for r in records)
     settings = _settings(1, batch)
     enc = load_image_encoder(settings.model)
@@ -249,6 +264,8 @@ def main() -> None:
     b.add_argument("--root", type=Path, required=True, help="the grocery-store dataset folder")
     b.add_argument("--photos", type=int, default=2640, help="photos of the train split (default: all 2640)")
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--repeat", type=int, default=1, help="list every photo N times (as links: a longer job on "
+                   "the same photos, to amortise start-up)")
     s = sub.add_parser("snapshot", help="download + verify + swap of a synthetic catalog snapshot")
     s.add_argument("--photos", type=int, default=250_000)
     for p in (b, s):
@@ -259,7 +276,7 @@ def main() -> None:
     env = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M")}
     try:
         if args.what == "build":
-            result = bench_build(args.root, args.photos, args.batch_size, work)
+            result = bench_build(args.root, args.photos, args.batch_size, work, repeat=args.repeat)
         else:
             result = bench_snapshot(args.photos, work)
     finally:
