@@ -80,6 +80,24 @@ class Shopper:
     pick: np.ndarray  # uniform [0, 1) per position: which other product
 
 
+def draws(n: int, skus: Sequence[str], *, seed: int, wrong_share: float,
+          control_share: float) -> tuple[np.ndarray, Shopper, set[str]]:
+    """One rng for a run: the stream order, the shoppers' draws and the control products (of sorted ``skus``)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    shopper = Shopper(wrong=rng.random(n) < wrong_share, pick=rng.random(n))
+    control = {skus[i] for i in rng.choice(len(skus), round(control_share * len(skus)), replace=False)}
+    return order, shopper, control
+
+
+def confirmed_sku(shopper: Shopper, pos: int, truth: str, pool: Sequence[str]) -> str:
+    """The sku the shopper at ``pos`` confirms: the truth, or on purpose another product of ``pool``."""
+    if not shopper.wrong[pos]:
+        return truth
+    others = [s for s in pool if s != truth] or [truth]
+    return others[int(shopper.pick[pos] * len(others))]
+
+
 def play(store: Store, embs: np.ndarray, items: Sequence[Item], names: dict[int, str], order: np.ndarray, *,
          shopper: Shopper, learner: Learner | None, never: set[str], wrong_kind: str) -> Pass:
     """Search each photo in ``order``; with a learner, confirm it as the shopper would and learn."""
@@ -92,11 +110,8 @@ def play(store: Store, embs: np.ndarray, items: Sequence[Item], names: dict[int,
         out.shown.append(truth in cands)
         if learner is None or truth not in cands or truth in never:
             continue
-        sku = truth
-        if shopper.wrong[pos]:
-            others = [s for s in (skus if wrong_kind == "random" else cands) if s != truth] or [truth]
-            sku = others[int(shopper.pick[pos] * len(others))]
-        else:
+        sku = confirmed_sku(shopper, pos, truth, skus if wrong_kind == "random" else cands)
+        if not shopper.wrong[pos]:
             out.confirmed.add(truth)
         t0 = time.perf_counter()
         res = learner.learn(sku, read_image(items[i].path), source="benchmark", ref=str(items[i].path),
@@ -108,13 +123,14 @@ def play(store: Store, embs: np.ndarray, items: Sequence[Item], names: dict[int,
 
 def r1(p: Pass, items: Sequence[Item], names: dict[int, str], order: np.ndarray, *,
        only: set[str] | None = None) -> dict[str, Any]:
-    """R@1 over the second half of the stream (micro, macro, per group), optionally of some products only."""
+    """R@1 over the second half of the stream (micro, macro, per group; ``correct`` of ``n``), optionally of some
+    products only."""
     half = range(len(order) // 2, len(order))
     rows = [(names[items[order[j]].label], items[order[j]].group, p.top1[j] == names[items[order[j]].label])
             for j in half]
     rows = [r for r in rows if only is None or r[0] in only]
     if not rows:
-        return {"r1": None, "macro_r1": None, "n": 0, "groups": {}}
+        return {"r1": None, "macro_r1": None, "n": 0, "correct": 0, "groups": {}}
     per_sku: dict[str, list[bool]] = {}
     for sku, _, ok in rows:
         per_sku.setdefault(sku, []).append(ok)
@@ -122,7 +138,7 @@ def r1(p: Pass, items: Sequence[Item], names: dict[int, str], order: np.ndarray,
               for g in GROUPS if any(gg == g for _, gg, _ in rows)}
     return {"r1": round(float(np.mean([ok for _, _, ok in rows])), 4),
             "macro_r1": round(float(np.mean([np.mean(v) for v in per_sku.values()])), 4), "n": len(rows),
-            "groups": groups}
+            "correct": sum(ok for _, _, ok in rows), "groups": groups}
 
 
 def outcome_counts(p: Pass) -> dict[str, Any]:
@@ -164,11 +180,8 @@ def _run(args: argparse.Namespace, enc: Any, names: dict[int, str], gallery: lis
     base = build_store(gallery, work / "base", enc, names, threads=args.threads)
     base.save_calibration(cal)
     embs, kept, _ = embed_items(enc, stream, desc="stream", progress=False)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(kept))
-    shopper = Shopper(wrong=rng.random(len(kept)) < args.wrong_share, pick=rng.random(len(kept)))
-    skus = sorted(set(names[it.label] for it in gallery))
-    control = {skus[i] for i in rng.choice(len(skus), round(args.control_share * len(skus)), replace=False)}
+    order, shopper, control = draws(len(kept), sorted(set(names[it.label] for it in gallery)), seed=args.seed,
+                                    wrong_share=args.wrong_share, control_share=args.control_share)
     settings = LearningSettings(duplicate_cosine=args.duplicate_cosine, max_per_product=args.max_per_product,
                                 hold_below=args.hold_below)
     passes: dict[str, Pass] = {"off": play(base, embs, kept, names, order, shopper=shopper, learner=None,
