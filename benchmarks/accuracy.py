@@ -57,6 +57,10 @@ SEED_SPREAD: dict[str, dict[str, Any]] = {
                          "carve_macro_r1": {"seed 0": 0.8984, "seed 1": 0.9094},
                          "note": "torch fp32 without whitening, each run's carve-selected epoch",
                          "source": "benchmarks/results/training/lite0-224-s0.json, lite0-224-s1.json"},
+    "6590647860499a59": {"val_macro_r1": {"seed 0": 0.8067, "seed 1": 0.8281},
+                         "carve_macro_r1": {"seed 0": 0.9106, "seed 1": 0.8989},
+                         "note": "torch fp32 without whitening, each run's carve-selected epoch (256 px)",
+                         "source": "benchmarks/results/training/lite0-256-s0.json, lite0-256-s1.json"},
 }
 
 

@@ -44,7 +44,7 @@ log = logging.getLogger("storelens.finetune")
 @dataclass(frozen=True)
 class FinetuneConfig:
     backbone: str = "efficientnet-lite0"
-    input_size: int = 224
+    input_size: int = 256  # chosen on the carve over 224 (docs/decisions.md, 2026-12-02 later)
     embedding_dim: int = 256
     freeze_blocks: int = 8  # blocks 0..k-1 frozen and cached (Lite0 has 16)
     views: int = 4  # augmented views cached per photo
