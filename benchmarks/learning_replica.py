@@ -14,7 +14,11 @@ files hold counts, not each query's answer).
 
 Per variant: R@1 over the second half of the stream with learning on / off and the ratio (pooled over
 ``--seeds``, with the per-seed range of the ratio), and the never-confirmed products' R@1 with
-learning vs without and its change in queries. The study: docs/learning-ranking-study.md. Its tables::
+learning vs without and its change in queries; the learning pass's outcomes (wrong confirmations held, true
+ones held, near-duplicates skipped, learned). The learner's knobs can be varied for a threshold sweep:
+``--hold-quantile`` (the ``learn_floor`` recomputed from the cached embeddings at another quantile of the
+carve's best cosine to its own product; at the calibration's quantile it equals the calibrated value),
+``--duplicate-cosine``, ``--max-per-product``. The study: docs/learning-ranking-study.md. Its tables::
 
     D=/work/shared/datasets/grocery-store; C=/tmp/replica-cache; R="python -m benchmarks.learning_replica"
     # validation (current rule), per seed
@@ -46,8 +50,9 @@ import numpy as np
 from benchmarks._gallery import bundle_dir, calibrate_on_carve, carve, class_names
 from benchmarks._replica_rules import QueryHits, Rule, variants
 from benchmarks.accuracy import Item, embed_items, load_split
-from benchmarks.learning import SHOWN, Pass, Shopper, confirmed_sku, draws, r1
+from benchmarks.learning import SHOWN, Pass, Shopper, confirmed_sku, draws, outcome_counts, r1
 from edge.catalog.index import choose_i8_scale, quantize
+from edge.catalog.learning import HOLD_QUANTILE
 from edge.core.config import ModelSettings
 from edge.core.learning_settings import LearningSettings
 from edge.models.encoders import load_image_encoder
@@ -145,7 +150,9 @@ def play(gallery: Gallery, data: Data, order: np.ndarray, rule: Rule, *, shopper
             continue
         key = by_name[confirmed_sku(shopper, pos, truth, skus)]
         cosine = float((gallery.photos_of(key) @ unit(data.stream[i])[0]).max())
-        if data.hold <= cosine < settings.duplicate_cosine:
+        outcome = "held" if cosine < data.hold else "duplicate" if cosine >= settings.duplicate_cosine else "learned"
+        out.outcomes.append((bool(shopper.wrong[pos]), outcome))
+        if outcome == "learned":
             gallery.add(data.stream[i], key, pos + 1, settings.max_per_product)
     return out
 
@@ -163,15 +170,23 @@ def run_seed(data: Data, rule: Rule, seed: int, *, control_share: float, wrong_s
     on, off = (r1(passes[k], data.stream_items, data.names, order) for k in ("on", "off"))
     never_on = r1(passes["control"], data.stream_items, data.names, order, only=control)
     never_off = r1(passes["off"], data.stream_items, data.names, order, only=control)
+    learned = outcome_counts(passes["on"])
     return {"seed": seed, "on": on["correct"], "off": off["correct"], "n": on["n"], "never_on": never_on["correct"],
-            "never_off": never_off["correct"], "never_n": never_on["n"]}
+            "never_off": never_off["correct"], "never_n": never_on["n"],
+            **{k: learned[k] for k in OUTCOMES}}
+
+
+# outcome counts of the learning pass (benchmarks.learning.outcome_counts), summed over seeds by pool
+OUTCOMES = ("confirmations", "wrong_confirmations", "wrong_held", "true_held", "learned", "duplicates")
 
 
 def pool(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pooled figures over seeds (micro R@1, never-confirmed R@1, summed counts), with the per-seed ratio range."""
-    t = {k: sum(r[k] for r in rows) for k in ("on", "off", "n", "never_on", "never_off", "never_n")}
+    t = {k: sum(r[k] for r in rows) for k in ("on", "off", "n", "never_on", "never_off", "never_n", *OUTCOMES)}
     ratios = [round(r["on"] / r["off"], 4) for r in rows]
-    return {"r1_on": t["on"] / t["n"], "r1_off": t["off"] / t["n"], "ratio": t["on"] / t["off"],
+    return {"wrong_held_share": t["wrong_held"] / max(1, t["wrong_confirmations"]),
+            "true_held_share": t["true_held"] / max(1, t["confirmations"] - t["wrong_confirmations"]),
+            "r1_on": t["on"] / t["n"], "r1_off": t["off"] / t["n"], "ratio": t["on"] / t["off"],
             "ratio_min": min(ratios), "ratio_max": max(ratios), "never_r1_on": t["never_on"] / t["never_n"],
             "never_r1_off": t["never_off"] / t["never_n"], "never_delta_q": t["never_on"] - t["never_off"], **t}
 
@@ -179,7 +194,9 @@ def pool(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def line(name: str, p: dict[str, Any]) -> str:
     return (f"{name:40s} R@1 {p['r1_on']:.3f} / {p['r1_off']:.3f} x{p['ratio']:.3f} "
             f"({p['ratio_min']:.4f}-{p['ratio_max']:.4f})  never {p['never_r1_on']:.3f} vs {p['never_r1_off']:.3f} "
-            f"({p['never_delta_q']:+d}/{p['never_n']})")
+            f"({p['never_delta_q']:+d}/{p['never_n']})  wrong held {p['wrong_held']}/{p['wrong_confirmations']}, "
+            f"true held {p['true_held']}/{p['confirmations'] - p['wrong_confirmations']}, "
+            f"duplicates {p['duplicates']}, learned {p['learned']}")
 
 
 def seed_line(r: dict[str, Any]) -> str:
@@ -203,10 +220,27 @@ def embed_split(enc: Any, root: Path, split: Path, cache: Path) -> tuple[list[It
     return kept, embs.astype(np.float32)
 
 
-def hold_threshold(enc: Any, args: argparse.Namespace, names: dict[int, str]) -> float:
-    """The calibration's ``learn_floor`` on the bundle's carve (cached), as benchmarks.learning holds with."""
+def carve_floor(args: argparse.Namespace, items: list[Item], embs: np.ndarray, quantile: float) -> float:
+    """:func:`edge.catalog.learning.learn_floor` at another ``quantile``, from the cached embeddings: the carve's
+    best cosine to its own product's photos in the gallery minus the carve (what the calibration computes)."""
+    keep, held = carve(args.root, args.gallery, bundle_dir(args.bundle))
+    pos = {str(it.path): i for i, it in enumerate(items)}
+    ki, hi = ([pos[str(it.path)] for it in part] for part in (keep, held))
+    g, q = unit(embs[ki]), unit(embs[hi])
+    g_labels = np.array([items[i].label for i in ki])
+    own = [float((g[g_labels == items[i].label] @ q[j]).max()) for j, i in enumerate(hi)
+           if np.any(g_labels == items[i].label)]
+    return round(float(np.quantile(own, quantile)), 4)
+
+
+def hold_threshold(enc: Any, args: argparse.Namespace, names: dict[int, str], items: list[Item],
+                   embs: np.ndarray) -> float:
+    """The calibration's ``learn_floor`` on the bundle's carve (cached), as benchmarks.learning holds with;
+    ``--hold-below`` overrides it, ``--hold-quantile`` recomputes it at another quantile."""
     if args.hold_below is not None:
         return float(args.hold_below)
+    if args.hold_quantile is not None:
+        return carve_floor(args, items, embs, args.hold_quantile)
     path = args.cache / f"{enc.fingerprint}-{args.gallery.stem}-hold.json"
     if not path.exists():
         args.cache.mkdir(parents=True, exist_ok=True)
@@ -233,7 +267,8 @@ def load(args: argparse.Namespace) -> tuple[Data, str]:
     if len({str(it.path) for it in stream_items}) != len(stream_items):
         raise SystemExit("the stream lists a photo twice: it would be scored against its own learned crop")
     data = Data(gallery=gallery, gallery_labels=np.array(gallery_labels), stream=stream,
-                stream_items=list(stream_items), names=names, hold=hold_threshold(enc, args, names))
+                stream_items=list(stream_items), names=names,
+                hold=hold_threshold(enc, args, names, items, embs))
     return data, enc.fingerprint
 
 
@@ -260,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-share", type=float, default=0.2, help="products never confirmed in the control play")
     p.add_argument("--wrong-share", type=float, default=0.05, help="confirmations that name another product")
     p.add_argument("--hold-below", type=float, default=None, help="override the calibrated hold threshold")
+    p.add_argument("--hold-quantile", type=float, default=None, help="hold below this quantile of the carve's "
+                   "best cosine to its own product's photos (the calibration's learn_floor is at "
+                   f"{HOLD_QUANTILE})")
+    d = LearningSettings()
+    p.add_argument("--duplicate-cosine", type=float, default=d.duplicate_cosine, help="skip crops this close")
+    p.add_argument("--max-per-product", type=int, default=d.max_per_product, help="learned photos a product keeps")
     p.add_argument("--variants", nargs="+", choices=sorted(variants()), metavar="NAME",
                    help="ranking rules to run (default: all; see benchmarks._replica_rules)")
     p.add_argument("--per-seed", action="store_true", help="print each seed's counts under a variant's line")
@@ -274,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         args.cache = args.cache or Path(tmp)
         data, fingerprint = load(args)
     rules = variants()
-    settings = LearningSettings()
+    settings = LearningSettings(duplicate_cosine=args.duplicate_cosine, max_per_product=args.max_per_product)
     out: dict[str, Any] = {"stream": "carve" if args.carve else str(args.stream), "bundle": fingerprint,
                            "seeds": args.seeds, "control_share": args.control_share, "wrong_share": args.wrong_share,
-                           "hold_below": data.hold, "variants": {}}
+                           "hold_below": data.hold, "hold_quantile": args.hold_quantile,
+                           "duplicate_cosine": settings.duplicate_cosine,
+                           "max_per_product": settings.max_per_product, "variants": {}}
     for name in args.variants or list(rules):
         rows = [run_seed(data, rules[name], s, control_share=args.control_share, wrong_share=args.wrong_share,
                          settings=settings) for s in args.seeds]
