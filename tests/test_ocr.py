@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -74,15 +76,30 @@ def test_worker_reads_off_the_callers_thread_and_caches_per_unchanged_view(engin
 
 
 def test_worker_keeps_only_the_latest_unread_view_per_roi(engine: OcrEngine) -> None:
-    views = [label(w) for w in ("ARLA", "GARANT", "OATLY")]
+    views = [label(w) for w in ("ARLA", "GARANT", "MJOLK")]  # pairwise distinct views (ARLA ~ OATLY is not)
     with OcrWorker(engine=engine) as worker:
         for v in views:
             worker.request("shelf", v)
         result = worker.wait("shelf", timeout=120)
         stats = worker.stats()
-    assert result is not None and result.tokens == ("oatly",)
+    assert result is not None and result.tokens == ("mjolk",)
     # The first view may have started before the others arrived; at least one was superseded.
     assert stats.superseded + stats.reads == 3 and stats.superseded >= 1
+
+
+def test_a_pending_view_is_dropped_when_the_view_returns_to_the_one_being_read(engine: OcrEngine) -> None:
+    arla, garant = label("ARLA"), label("GARANT")
+    with OcrWorker(engine=engine) as worker:
+        worker.request("shelf", arla)
+        deadline = time.monotonic() + 60
+        while worker.stats().pending and time.monotonic() < deadline:  # wait until ARLA is being read
+            time.sleep(0.001)
+        worker.request("shelf", garant)  # queued behind the running read
+        worker.request("shelf", arla)  # ...but the shelf shows ARLA again: GARANT is stale
+        result = worker.wait("shelf", timeout=120)
+        stats = worker.stats()
+    assert result is not None and result.tokens == ("arla",)
+    assert (stats.requests, stats.reads, stats.superseded, stats.pending) == (3, 1, 1, 0)
 
 
 class BrokenEngine(OcrEngine):

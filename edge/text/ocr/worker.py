@@ -111,8 +111,10 @@ class OcrWorker:
             if st.result is not None and st.signature is not None and same_view(st.signature, sig,
                                                                                  self.change_threshold):
                 self._n["cache_hits"] += 1
+                self._drop_pending(st)  # the view went back to the one already read
                 return st.result
             if st.running is not None and same_view(st.running, sig, self.change_threshold):
+                self._drop_pending(st)  # the view went back to the one being read
                 return None  # this view is being read already
             if st.pending is not None:
                 if same_view(st.pending[0], sig, self.change_threshold):
@@ -122,6 +124,14 @@ class OcrWorker:
             st.done.clear()
             self._cv.notify()
             return None
+
+    def _drop_pending(self, st: _Roi) -> None:
+        """A newer view matched what is read or being read: a different pending view is stale."""
+        if st.pending is not None:
+            st.pending = None
+            self._n["superseded"] += 1
+            if st.running is None:
+                st.done.set()
 
     def latest(self, roi: str) -> OcrResult | None:
         """The last reading of ``roi`` whatever view it was for (None before the first)."""
