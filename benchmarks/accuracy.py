@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks._results import write_json
 from edge.core.config import CatalogSettings, ModelSettings
 from edge.core.errors import ImageError, InputError, StoreLensError
 from edge.models.encoders import ImageEncoder, load_image_encoder
@@ -280,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  no training-seed spread is recorded for this bundle's recipe: read one run's figure as +- several "
               "points (the previous recipe's val macro R@1 moved 6.4 points between two seeds)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        write_json(args.json, res, indent=2)
     return 0
 
 

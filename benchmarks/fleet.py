@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._results import write_json
 from edge.catalog.importers.tables import ProductRecord
 from edge.core.config import Settings, load_settings
 
@@ -285,8 +286,7 @@ def main() -> None:
     out = {"environment": {**env, "load_avg_at_end": os.getloadavg()}, **result}
     print(json.dumps(out, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+        write_json(args.json, out, indent=2)
 
 
 if __name__ == "__main__":

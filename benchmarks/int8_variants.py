@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._results import write_json
 from benchmarks.encoders import interleaved
 from edge.models.bundle import default_bundle_path, load_bundle
 from edge.models.encoders.onnx import open_session
@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in out["rows"].items():
         print(f"{name:<48} p50 {r['p50_ms']:6.3f} ms  x{r['vs_fp32']:<6} cosine {r['cosine_to_fp32']}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+        write_json(args.json, out, indent=2)
     return 0
 
 

@@ -25,7 +25,6 @@ event is tallied too (``views``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import cv2
 import numpy as np
 
 from benchmarks._gallery import build_store, bundle_dir, calibrate_on_carve, class_names
+from benchmarks._results import write_json
 from benchmarks.accuracy import Item, load_split, machine
 from edge.catalog.store import Store
 from edge.core.config import DecisionSettings, GateSettings, ModelSettings
@@ -206,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {g:<11} {v['sessions']:>4} sessions: correct {v['correct']}, wrong {v['wrong']}, "
               f"unknown {v['unknown']}, p50 {v['time_to_decision_ms']['p50']} ms")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        write_json(args.json, res, indent=2)
     return 0
 
 

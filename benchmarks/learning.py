@@ -35,7 +35,6 @@ gallery, the carve as the stream): where the learning settings are chosen.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._gallery import build_store, bundle_dir, calibrate_on_carve, carve, class_names, copy_store
+from benchmarks._results import write_json
 from benchmarks.accuracy import Item, embed_items, load_split, machine
 from edge.catalog.learning import Learner
 from edge.catalog.store import Store
@@ -261,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
           f"learned {res['wrong_learned']}; true held {res['true_held']}; learned {res['learned']}, "
           f"duplicates {res['duplicates']}; learn p50 {res['learn_ms_p50']} ms")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        write_json(args.json, res, indent=2)
     return 0
 
 

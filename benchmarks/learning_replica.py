@@ -49,6 +49,7 @@ import numpy as np
 
 from benchmarks._gallery import bundle_dir, calibrate_on_carve, carve, class_names
 from benchmarks._replica_rules import QueryHits, Rule, variants
+from benchmarks._results import write_json
 from benchmarks.accuracy import Item, embed_items, load_split
 from benchmarks.learning import SHOWN, Pass, Shopper, confirmed_sku, draws, outcome_counts, r1
 from edge.catalog.index import choose_i8_scale, quantize
@@ -329,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.per_seed:
             print("\n".join(seed_line(r) for r in rows), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+        write_json(args.json, out, indent=1)
     return 0
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks._gsd import gsd_product_text
+from benchmarks._results import write_json
 from benchmarks.ocr_cache import cache_key, latency_summary, load_cache
 from edge.core.config import ModelSettings
 from edge.core.errors import InputError, StoreLensError
@@ -296,8 +297,7 @@ def run_and_report(args: argparse.Namespace, model: ModelSettings, *, train: Pat
         return e.exit_code
     print(table(res))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
+        write_json(args.json, res, indent=1)
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._results import write_json
 from edge.core.errors import StoreLensError
 from edge.core.types import Candidate
 from edge.models.encoders.base import ImageEncoder
@@ -104,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                        "encoder": enc.fingerprint, "load1": os.getloadavg()[0]}}
     print(json.dumps(res, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1))
+        write_json(args.json, res, indent=1)
     return 0
 
 

@@ -47,6 +47,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from tqdm import tqdm
 
 from benchmarks._broker import Broker, mosquitto_version
+from benchmarks._results import write_json
 from benchmarks._subscriber import BasketSubscriber
 from edge.core.config import RecommendSettings
 from edge.core.errors import InputError, StoreLensError
@@ -382,8 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     print_table(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result, indent=2)
         print(f"wrote {args.json}")
     return 0
 
