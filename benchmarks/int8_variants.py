@@ -29,7 +29,7 @@ from benchmarks.encoders import interleaved
 from edge.models.bundle import default_bundle_path, load_bundle
 from edge.models.encoders.onnx import open_session
 from edge.models.preprocess import prepare_batch, read_image
-from export.openvino import fp32_op_names
+from export.openvino import quantize_openvino
 from export.quantize import fp32_nodes, quantize_qdq
 
 
@@ -53,21 +53,16 @@ def onnx_variants(fp32: Path, calib: np.ndarray, work: Path) -> dict[str, Path]:
             for i, (name, keep) in enumerate(sets.items())}
 
 
-def openvino_variants(fp32: Path, calib: np.ndarray) -> dict[str, Any]:
+def openvino_variants(fp32: Path, calib: np.ndarray, work: Path) -> dict[str, Any]:
     """name -> compiled OpenVINO model (fp32, int8 with the tail fp32, int8 with stem + tail fp32)."""
-    import nncf
     import openvino as ov
 
     core = ov.Core()
     cfg = {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY"}
     out = {"openvino fp32": core.compile_model(ov.convert_model(str(fp32)), "CPU", cfg)}
-    for name, with_stem in (("openvino int8, tail fp32", False), ("openvino int8, stem + tail fp32 (shipped)", True)):
-        model = ov.convert_model(str(fp32))
-        ignored = fp32_op_names(model)[0 if with_stem else 1 :]
-        q = nncf.quantize(model, nncf.Dataset([calib[i : i + 1] for i in range(len(calib))], lambda b: {"input": b}),
-                          preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(calib),
-                          ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
-        out[name] = core.compile_model(q, "CPU", cfg)
+    for name, stem in (("openvino int8, tail fp32", False), ("openvino int8, stem + tail fp32 (shipped)", True)):
+        xml, _ = quantize_openvino(fp32, work / f"ov-{int(stem)}.xml", calib, keep_stem=stem)
+        out[name] = core.compile_model(str(xml), "CPU", cfg)
     return out
 
 
@@ -92,7 +87,7 @@ def measure(root: Path, bundle_root: Path, runs: int) -> dict[str, Any]:
                                                                                             Path(td)).items()}}
         for name, path in paths.items():
             runners[name] = functools.partial(_run_onnx, open_session(path, threads=1))
-        for name, compiled in openvino_variants(fp32, calib).items():
+        for name, compiled in openvino_variants(fp32, calib, Path(td)).items():
             runners[name] = functools.partial(_run_openvino, compiled)
         embs = {k: np.concatenate([fn(sample[i : i + 1]) for i in range(len(sample))]) for k, fn in runners.items()}
         times = interleaved({k: functools.partial(fn, sample[:1]) for k, fn in runners.items()}, runs)

@@ -19,7 +19,7 @@ import numpy as np
 log = logging.getLogger("storelens.export")
 
 
-def fp32_op_names(model: Any) -> list[str]:
+def fp32_op_names(model: Any, *, stem: bool = True) -> list[str]:
     """Friendly names of the ops kept fp32: the stem Convolution and the non-convolution ops after
     the last Convolution, in topological order (the stem: measured 2026-12-02, Lite0 224 px, 1
     thread, 2.72 ms against 2.83 and cosine 0.992 against 0.990; see export.quantize.fp32_nodes)."""
@@ -27,18 +27,22 @@ def fp32_op_names(model: Any) -> list[str]:
     convs = [i for i, op in enumerate(ops) if op.get_type_name() == "Convolution"]
     last = convs[-1] if convs else -1
     skip = {"Parameter", "Result", "Constant", "Convolution"}  # a later shortcut conv is still quantized
-    stem = [ops[convs[0]].get_friendly_name()] if len(convs) > 1 else []
-    return stem + [op.get_friendly_name() for op in ops[last + 1 :] if op.get_type_name() not in skip]
+    first = [ops[convs[0]].get_friendly_name()] if stem and len(convs) > 1 else []
+    return first + [op.get_friendly_name() for op in ops[last + 1 :] if op.get_type_name() not in skip]
 
 
 def quantize_openvino(fp32_onnx: Path, out_xml: Path, calib: np.ndarray, *, input_name: str = "input",
-                      keep_fp32: bool = True, preset: str = "performance") -> tuple[Path, dict[str, Any]]:
-    """Write ``out_xml`` (+ .bin) and return it with the settings used (recorded in the manifest)."""
+                      keep_fp32: bool = True, keep_stem: bool = True,
+                      preset: str = "performance") -> tuple[Path, dict[str, Any]]:
+    """Write ``out_xml`` (+ .bin) and return it with the settings used (recorded in the manifest).
+
+    ``keep_fp32``: keep :func:`fp32_op_names` out of the quantization (``keep_stem``: the stem among them).
+    """
     import nncf
     import openvino as ov
 
     model = ov.convert_model(str(fp32_onnx))
-    ignored = fp32_op_names(model) if keep_fp32 else []
+    ignored = fp32_op_names(model, stem=keep_stem) if keep_fp32 else []
     batches = [calib[i : i + 1] for i in range(len(calib))]
     qmodel = nncf.quantize(
         model,
