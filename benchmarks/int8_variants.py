@@ -44,8 +44,7 @@ def onnx_variants(fp32: Path, calib: np.ndarray, work: Path) -> dict[str, Path]:
 
     g = onnx.load(str(fp32)).graph
     convs = [n for n in g.node if n.op_type == "Conv"]
-    stem_and_tail = fp32_nodes(fp32)
-    tail = stem_and_tail[1:]
+    stem_and_tail, tail = fp32_nodes(fp32), fp32_nodes(fp32, stem=False)
     dws = [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     sets = {"all int8": [], "tail fp32": tail, "stem + tail fp32 (shipped)": stem_and_tail,
             "stem + first depthwise + tail fp32": stem_and_tail + dws[:1]}

@@ -20,9 +20,9 @@ log = logging.getLogger("storelens.export")
 
 
 def fp32_op_names(model: Any, *, stem: bool = True) -> list[str]:
-    """Friendly names of the ops kept fp32: the stem Convolution and the non-convolution ops after
-    the last Convolution, in topological order (the stem: measured 2026-12-02, Lite0 224 px, 1
-    thread, 2.72 ms against 2.83 and cosine 0.992 against 0.990; see export.quantize.fp32_nodes)."""
+    """Friendly names of the ops kept fp32: the stem Convolution (unless ``stem=False``) and the
+    non-convolution ops after the last Convolution, in topological order (why: see
+    :func:`export.quantize.fp32_nodes`)."""
     ops = list(model.get_ordered_ops())
     convs = [i for i, op in enumerate(ops) if op.get_type_name() == "Convolution"]
     last = convs[-1] if convs else -1

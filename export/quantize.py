@@ -97,13 +97,14 @@ def quantize_qdq(fp32: Path, out: Path, calib: np.ndarray, *, per_channel: bool,
     return out
 
 
-def fp32_nodes(onnx_path: Path) -> list[str]:
+def fp32_nodes(onnx_path: Path, *, stem: bool = True) -> list[str]:
     """Nodes kept in fp32: the stem (first Conv) and everything after the last Conv.
 
     The tail (pooling, projection, whitening, normalisation): int8 there rounds away the small
     differences between similar products. The stem: a 3-channel input convolution is slower in
-    int8 than in fp32 on onnxruntime's x86 kernels; keeping it fp32 measured (2026-12-02, Lite0
-    224 px, 1 thread) 2.72 ms against 3.07 ms for the whole model and cosine 0.9885 against 0.9865.
+    int8 than in fp32 on onnxruntime's x86 kernels, so keeping it fp32 is both faster and closer
+    to fp32 (figures: ``python -m benchmarks.int8_variants``, docs/benchmarks.md). ``stem=False``
+    keeps only the tail.
     """
     import onnx
 
@@ -111,5 +112,5 @@ def fp32_nodes(onnx_path: Path) -> list[str]:
     convs = [i for i, n in enumerate(g.node) if n.op_type == "Conv"]
     if not convs:
         return [n.name for n in g.node if n.name]
-    stem = [g.node[convs[0]].name] if len(convs) > 1 else []
-    return stem + [n.name for n in g.node[convs[-1] + 1 :] if n.name]
+    first = [g.node[convs[0]].name] if stem and len(convs) > 1 else []
+    return first + [n.name for n in g.node[convs[-1] + 1 :] if n.name]
