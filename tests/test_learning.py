@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from edge.catalog import index as ix
+from edge.catalog.install import install
 from edge.catalog.learning import Learner, learn_floor
+from edge.catalog.snapshot import verify, write_snapshot
 from edge.catalog.store import Store
 from edge.cli.learning import parse_since
 from edge.core.errors import InputError
@@ -153,3 +155,34 @@ def test_parse_since() -> None:
     assert parse_since(None) is None
     with pytest.raises(InputError):
         parse_since("yesterday")
+
+
+def test_learned_photos_survive_a_catalog_snapshot_install(store: Store, tmp_path: Path) -> None:
+    """A chain's snapshot replaces the catalog rows; what this device learned stays where its product stays."""
+    enc = store.image_encoder
+    assert enc is not None
+    crop_b, crop_c = product_image(7, noise=3), product_image(8, noise=3)
+    lr = learner(store)
+    assert lr.learn("B", crop_b, source="kiosk", ref="v1").outcome == "learned"
+    assert lr.learn("C", crop_c, source="scan", ref="v2").outcome == "learned"
+    (learned_b,) = lr.learned(sku="B")
+    (learned_c,) = lr.learned(sku="C")
+    chain = Store(data_dir=tmp_path / "chain", image_encoder=enc, dtype="f32", aggregate="max")
+    for i, sku in enumerate(("A", "B", "D")):  # C left the assortment, D is new
+        chain.enroll(sku, name=f"product {sku}", images=[product_image(i), product_image(i, noise=6)])
+    chain.close()
+    folder, manifest = write_snapshot(tmp_path / "chain", tmp_path / "snapshots", bundle=enc.fingerprint,
+                                      text_bundle=None, dtype="f32", counts={}, assortment=None)
+    verify(folder, bundle=enc.fingerprint, dtype="f32")
+    install(store, folder, manifest, sha256="0" * 64)
+    assert sorted(p.sku for p in store.catalog.products()) == ["A", "B", "D"]
+    assert [(p.sku, p.path, p.source, p.ref) for p in lr.learned()] == [("B", learned_b.path, "kiosk", "v1")]
+    assert top(store, crop_b)[0] == ("B", 1.0)  # still found by its learned photo, through the new index
+    meta = store.index_meta("image")
+    assert meta is not None and meta.vectors == 3 * 2 + 1 and meta.catalog_version == manifest.catalog_version
+    assert not Path(learned_c.path).exists()  # its product is gone: the photo with it
+    reopened = Store(data_dir=store.data_dir, image_encoder=enc, dtype="f32", aggregate="max")
+    try:  # the index agrees with the catalog rows: nothing to repair
+        assert reopened.repairs.rebuilds == 0 and top(reopened, crop_b)[0] == ("B", 1.0)
+    finally:
+        reopened.close()

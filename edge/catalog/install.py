@@ -26,7 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from edge.catalog import index as ix
+from edge.catalog.learned_carry import restore_learned, take_learned
+from edge.catalog.learning import IMAGE, unlink_files
 from edge.catalog.snapshot import CATALOG_DB, SnapshotError, SnapshotManifest
 from edge.core.sqlite import connect, transaction
 
@@ -93,20 +97,24 @@ def install(store: InstallTarget, folder: Path, manifest: SnapshotManifest, *, s
         try:
             db.execute("ATTACH DATABASE ? AS snap", (f"file:{folder / CATALOG_DB}?mode=ro",))
             with transaction(db):
+                carried = take_learned(db)  # the shop floor's photos are this device's: they stay
                 _replace_rows(db)
+                learned, dropped = restore_learned(db, carried, fingerprint=_image_fingerprint(folder, manifest))
                 for key, value in (("version", str(manifest.catalog_version)), (SNAPSHOT_META, json.dumps(history))):
                     db.execute("INSERT INTO main.meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE "
                                "SET value = excluded.value", (key, value))
-                _publish_indexes(data_dir, folder, manifest)  # a failure above leaves the indexes untouched
+                _publish_indexes(data_dir, folder, manifest, learned)  # a failure above leaves the indexes untouched
                 if pause is not None:
                     paused.enter_context(pause())  # held from the commit to the reload below
             db.execute("DETACH DATABASE snap")
         finally:
             db.close()
         store.reload()
+    unlink_files(dropped)
     _checkpoint(data_dir / CATALOG_DB)  # after the pause: frames are matched again while the WAL is copied back
     log.info("catalog snapshot installed", extra={"snapshot": manifest.id, "catalog_version": entry.catalog_version,
-                                                   "rollback": rollback})
+                                                   "rollback": rollback, "learned_kept": len(learned),
+                                                   "learned_dropped": len(dropped)})
     return entry
 
 
@@ -130,9 +138,15 @@ def _history(state: dict[str, Any], entry: Installed, *, rollback: bool) -> dict
     return out
 
 
-def _publish_indexes(data_dir: Path, folder: Path, manifest: SnapshotManifest) -> None:
-    """Each of the snapshot's indexes as the next generation (stamped with its catalog version); a modality the
-    snapshot lacks loses its index (its vectors go with the rows)."""
+def _image_fingerprint(folder: Path, manifest: SnapshotManifest) -> str | None:
+    meta = ix.read_meta(folder, IMAGE) if IMAGE in manifest.modalities() else None
+    return meta.fingerprint if meta else None
+
+
+def _publish_indexes(data_dir: Path, folder: Path, manifest: SnapshotManifest,
+                     learned: list[tuple[int, np.ndarray]]) -> None:
+    """Each of the snapshot's indexes as the next generation (stamped with its catalog version), the device's
+    ``learned`` image vectors added; a modality the snapshot lacks loses its index (its vectors go with the rows)."""
     wanted = set(manifest.modalities())
     for modality in sorted(wanted):
         meta = ix.read_meta(folder, modality)
@@ -140,8 +154,13 @@ def _publish_indexes(data_dir: Path, folder: Path, manifest: SnapshotManifest) -
             raise SnapshotError(f"snapshot {manifest.id}: {modality}.index.json is missing", hint="republish it")
         index = ix.new_usearch(meta)
         index.load(str(folder / meta.file))
-        ix.publish(data_dir, index, ix.IndexMeta.from_dict({**meta.to_dict(), "catalog_version":
-                                                            manifest.catalog_version}))
+        products = meta.products
+        if modality == IMAGE and learned:
+            keys = np.fromiter((k for k, _ in learned), dtype=np.uint64, count=len(learned))
+            index.add(keys, ix.quantize(np.stack([v for _, v in learned]), dtype=meta.dtype, i8_scale=meta.i8_scale))
+            products = len(np.unique(np.asarray(index.keys)))
+        ix.publish(data_dir, index, ix.IndexMeta.from_dict({**meta.to_dict(), "products": products,
+                                                            "catalog_version": manifest.catalog_version}))
     for side in data_dir.glob("*.index.json"):
         if side.name.removesuffix(".index.json") not in wanted:
             with contextlib.suppress(FileNotFoundError):

@@ -18,7 +18,8 @@ with every photo the product already has (enrolled and learned):
   never leave (only rows of ``learned_images`` are ever evicted).
 
 :meth:`Learner.forget` (``storelens catalog forget-learned [--sku] [--since]``) removes learned
-photos the same way, so the catalog searches as before they were learned. Counts (learned,
+photos the same way, so the catalog searches as before they were learned. A catalog snapshot
+install keeps them (:mod:`edge.catalog.learned_carry`). Counts (learned,
 skipped, held, evicted, forgotten) persist in ``learning_counts``.
 """
 
@@ -50,7 +51,7 @@ log = logging.getLogger("storelens.learning")
 IMAGE = "image"
 HOLD_QUANTILE = 0.02  # learn_floor: 98% of labelled photos reach this cosine to their own product's photos
 JPEG_QUALITY = 95
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS learned_images(
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
     key INTEGER NOT NULL REFERENCES products(key) ON DELETE CASCADE,
@@ -103,7 +104,7 @@ class Learner:
         self._lock = threading.Lock()
         try:  # a connection of its own: reads, the review and the counts never bump the catalog version
             self._db = connect(store.catalog.path, foreign_keys=True)
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
         except sqlite3.Error as e:
             raise CatalogError(f"cannot open the learning tables in {store.catalog.path}: {e}",
                                hint="check that catalog.data_dir is writable") from e
@@ -167,7 +168,7 @@ class Learner:
             except BaseException:
                 path.unlink(missing_ok=True)
                 raise
-            _unlink(evicted)
+            unlink_files(evicted)
             self._count("evicted", len(evicted))
             log.info("learned a photo", extra={"sku": sku, "source": source, "cosine": round(cosine, 3),
                                                "evicted": len(evicted), "catalog_version": version})
@@ -221,7 +222,7 @@ class Learner:
                 return keys
 
             version = self.store.writer.change_photos(drop)
-            _unlink(p.path for p in photos)
+            unlink_files(p.path for p in photos)
             self._count("forgotten", len(photos))
             log.info("forgot learned photos", extra={"photos": len(photos), "sku": sku, "since": since,
                                                      "catalog_version": version})
@@ -276,7 +277,7 @@ class Learner:
             old = db.execute("SELECT id, file FROM learning_review ORDER BY ts DESC, id LIMIT -1 OFFSET ?",
                              (self.settings.review_max,)).fetchall()
             db.executemany("DELETE FROM learning_review WHERE id = ?", [(r[0],) for r in old])
-        _unlink(self.review_dir / r[1] for r in old)
+        unlink_files(self.review_dir / r[1] for r in old)
         log.info("confirmation held for review", extra={"sku": sku, "source": source, "cosine": round(cosine, 3),
                                                         "threshold": round(threshold, 3)})
 
@@ -339,7 +340,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(n, 1e-12)
 
 
-def _unlink(paths: Any) -> None:
+def unlink_files(paths: Any) -> None:
     for p in paths:
         try:
             Path(p).unlink(missing_ok=True)
