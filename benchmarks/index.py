@@ -135,6 +135,7 @@ def view_rss(meta: ix.IndexMeta, path: Path, qq: np.ndarray, *, threads: int) ->
 
 def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: str, threads: int,
                   expansion_search: int, connectivity: int, workdir: Path, exact_usearch: bool = True,
+                  expansion_add: int = ix.DEFAULT_EXPANSION_ADD,
                   sweep: Sequence[int] = (), baseline: Callable[[], int] | None = None) -> list[dict[str, Any]]:
     """One row per search breadth (``expansion_search``, then each of ``sweep``) on the same built index.
 
@@ -148,7 +149,7 @@ def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: st
     scale = 1.0 if cast or dtype != "i8" else ix.choose_i8_scale(db)
     meta = ix.IndexMeta(modality="bench", ndim=dim, dtype=store_dtype, fingerprint="bench", catalog_version=0,
                         vectors=n, products=n, file="", i8_scale=scale, connectivity=connectivity,
-                        expansion_search=expansion_search)
+                        expansion_add=expansion_add, expansion_search=expansion_search)
 
     def prep(v: np.ndarray) -> np.ndarray:
         return v if cast else ix.quantize(v, dtype=store_dtype, i8_scale=scale)
@@ -168,7 +169,7 @@ def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: st
     common: dict[str, Any] = {
         "engine": "usearch", "dtype": dtype, "build_s": round(build_s, 2), "build_per_s": round(n / build_s),
         "bytes_per_vector": round(file_bytes / n, 1), "rss_bytes_per_vector": round(rss_bytes / n, 1),
-        "rss_loaded_bytes": rss_bytes, "connectivity": connectivity, "dim": dim,
+        "rss_loaded_bytes": rss_bytes, "connectivity": connectivity, "expansion_add": expansion_add, "dim": dim,
         "recall10_exact_on_stored": stored_recall(prep(db), qq, truth) if not cast and dtype != "f32" else None,
     }
     rows = []
@@ -240,7 +241,8 @@ def bench_faiss(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, threads: in
 
 def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: int, connectivity: int,
         faiss_on: bool, on_row: Callable[[list[dict[str, Any]]], None], dim: int = DIM,
-        exact_usearch: bool = True, sweep: Sequence[int] = ()) -> list[dict[str, Any]]:
+        exact_usearch: bool = True, sweep: Sequence[int] = (),
+        expansion_add: int = ix.DEFAULT_EXPANSION_ADD) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for n in sizes:
         data = clustered(n + QUERIES, dim=dim, seed=n)
@@ -256,7 +258,8 @@ def run(sizes: list[int], dtypes: list[str], *, threads: int, expansion_search: 
             for dtype in dtypes:
                 for row in bench_usearch(db, q, truth, dtype=dtype, threads=threads,
                                          expansion_search=expansion_search, connectivity=connectivity,
-                                         workdir=Path(tmp), exact_usearch=exact_usearch, sweep=sweep,
+                                         expansion_add=expansion_add, workdir=Path(tmp),
+                                         exact_usearch=exact_usearch, sweep=sweep,
                                          baseline=baseline):
                     base = row.get("qps_exact_numpy_adjacent", numpy_qps)
                     rows.append({"size": n, **row, "qps_exact_numpy": numpy_qps,
@@ -320,6 +323,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="threads for build and batch search (default 2)")
     ap.add_argument("--expansion-search", type=int, default=ix.DEFAULT_EXPANSION_SEARCH)
     ap.add_argument("--connectivity", type=int, default=ix.DEFAULT_CONNECTIVITY)
+    ap.add_argument("--expansion-add", type=int, default=ix.DEFAULT_EXPANSION_ADD,
+                    help=f"HNSW build breadth (default {ix.DEFAULT_EXPANSION_ADD}, the catalog's)")
     ap.add_argument("--no-faiss", action="store_true", help="skip the FAISS HNSW comparison")
     ap.add_argument("--dim", type=int, default=DIM, help=f"vector dimension (default {DIM}, the shipped bundle's)")
     ap.add_argument("--no-exact-usearch", action="store_true", help="skip USearch's exact=True search (slow at 1M)")
@@ -340,7 +345,7 @@ def main() -> None:
 
     run(sizes, dtypes, threads=args.threads, expansion_search=args.expansion_search, connectivity=args.connectivity,
         faiss_on=not args.no_faiss, on_row=save, dim=args.dim, exact_usearch=not args.no_exact_usearch,
-        sweep=[int(x) for x in args.sweep.split(",") if x])
+        sweep=[int(x) for x in args.sweep.split(",") if x], expansion_add=args.expansion_add)
     if args.json:
         print(f"wrote {args.json}")
 

@@ -56,9 +56,11 @@ DTYPES: tuple[str, ...] = ("f32", "f16", "i8")
 FORMAT_VERSION = 1
 # Fraction of |component| values left unclipped when choosing the i8 scale (see module doc).
 I8_QUANTILE = 0.9999
-# HNSW graph parameters (USearch's defaults); the search breadth is a setting (catalog.expansion_search).
-DEFAULT_CONNECTIVITY = 16
-DEFAULT_EXPANSION_ADD = 128
+# HNSW graph parameters; the search breadth is a setting (catalog.expansion_search). Not USearch's defaults
+# (16, 128): at 1M clustered 256-d i8 vectors, 20/256 reaches recall@10 0.96 at breadth 48-64 where 16/128
+# needs 128, for 32 more bytes a vector and a slower build (docs/decisions.md, 2026-12-02 session 8).
+DEFAULT_CONNECTIVITY = 20
+DEFAULT_EXPANSION_ADD = 256
 DEFAULT_EXPANSION_SEARCH: int = CatalogSettings.model_fields["expansion_search"].default
 
 

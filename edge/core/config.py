@@ -61,7 +61,7 @@ class CatalogSettings(Section):
     view: bool = Field(False, description="Memory-map indexes instead of loading them (large catalogs)")
     image_aggregate: Literal["max", "mean"] = Field(
         "mean", description="How a product's reference-photo hits become its score: best hit, or mean of its top 3")
-    expansion_search: int = Field(128, ge=8, le=4096,
+    expansion_search: int = Field(64, ge=8, le=4096,
                                   description="HNSW search breadth: higher = better recall, slower queries")
     text_search: Literal["shopper", "plain"] = Field("shopper", description="Text search: shopper (synonyms, typos, "
                                                      "Swedish/English, per-angle fields; docs/search.md) or plain")
