@@ -173,6 +173,7 @@ def bench_usearch(db: np.ndarray, q: np.ndarray, truth: np.ndarray, *, dtype: st
         "recall10_exact_on_stored": stored_recall(prep(db), qq, truth) if not cast and dtype != "f32" else None,
     }
     rows = []
+    index.search(qq, K, threads=threads)  # warm-up: the first batch pays for thread start-up and cold caches
     for ef in dict.fromkeys([expansion_search, *sweep]):
         index.expansion_search = ef  # type: ignore[misc]
         batch_s, m = timed(lambda: index.search(qq, K, threads=threads))
