@@ -69,14 +69,16 @@ def carve(root: Path, gallery: Path, bundle: Path) -> tuple[list[Item], list[Ite
 
 
 def calibrate_on_carve(root: Path, gallery: Path, bundle: Path, encoder: ImageEncoder, workdir: Path,
-                       names: dict[int, str]) -> Calibration:
-    """``run_calibration`` on a store of the gallery minus the carve, with the carve as the labelled photos."""
+                       names: dict[int, str], *, max_wrong: float | None = None) -> Calibration:
+    """``run_calibration`` on a store of the gallery minus the carve, with the carve as the labelled photos
+    (risk mode at ``max_wrong`` when given, else the acceptance mode the learning benchmarks were tuned with)."""
     from edge.catalog.calibration import run_calibration
 
     keep, held = carve(root, gallery, bundle)
     store = build_store(keep, workdir / "calibration", encoder, names)
     try:
-        cal, _ = run_calibration(store, [(it.path, names[it.label]) for it in held], progress=False)
+        cal, _ = run_calibration(store, [(it.path, names[it.label]) for it in held], max_wrong=max_wrong,
+                                 progress=False)
     finally:
         store.close()
     return cal

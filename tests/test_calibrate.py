@@ -80,7 +80,8 @@ def test_calibration_rejects_products_held_out_of_a_real_catalog(tmp_path: Path,
     labelled = read_labelled(labelled_dir)
     assert len(labelled) == 64
 
-    cal, problems = run_calibration(store, labelled, target=0.9, holdout=0.25, seed=1, progress=False)
+    cal, problems = run_calibration(store, labelled, target=0.9, max_wrong=None, holdout=0.25, seed=1,
+                                    progress=False)  # the acceptance mode
     assert problems == []
     assert (cal.known_queries, cal.unknown_queries) == (36, 28)  # 9 known, 3 simulated + 4 never enrolled
     assert len(cal.held_out) == 7
@@ -115,3 +116,46 @@ def test_read_labelled_split_file(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("val/a.jpg, 7, 0\n")
     with pytest.raises(InputError, match=r"bad\.txt:1"):
         read_labelled(tmp_path / "bad.txt")
+
+
+def test_max_wrong_never_exceeds_it_on_the_half_it_was_not_chosen_on() -> None:
+    """Risk mode on scores where accepting most photos names many wrongly: the chosen pair keeps wrong answers
+    (another enrolled product or a product not enrolled) at or under the target on the check half."""
+    from edge.catalog.calibration import QueryScores, choose_for_risk, choose_thresholds, named_figures, split_halves
+    from edge.catalog.calibration import subset as take
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    correct = rng.random(n) < 0.85
+    known = rng.random(n) < 0.85
+    top1 = np.where(correct & known, rng.normal(0.75, 0.08, n), rng.normal(0.6, 0.08, n))
+    margin = np.where(correct & known, rng.gamma(2, 0.04, n), rng.gamma(1.2, 0.02, n))
+    q = QueryScores(top1, margin, correct, known)
+    old = choose_thresholds(q, target=0.95)  # the acceptance recipe names ~1 in 10 wrongly here
+    assert named_figures(q, score=old[0], margin=old[1])["wrong_among_named"] > 0.08
+    fit, check = split_halves(n, seed=0)
+    named = []
+    for max_wrong in (0.01, 0.02, 0.05):
+        score, m, fig = choose_for_risk(take(q, fit), take(q, check), max_wrong=max_wrong)
+        assert named_figures(take(q, check), score=score, margin=m)["wrong_among_named"] <= max_wrong
+        assert fig["check_wrong_among_named"] <= max_wrong and fig["fit_wrong_among_named"] <= max_wrong
+        named.append(fig["check_named_correct"])
+    assert 0.1 < named[0] < named[1] < named[2]  # a looser target names more, never nothing
+
+
+def test_calibrate_max_wrong_is_the_default_and_is_stored(tmp_path: Path, tiny_onnx: Path) -> None:
+    store = Store(data_dir=tmp_path / "data", image_encoder=TinyImageEncoder(tiny_onnx), dtype="f32")
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        store.enroll(f"p{i}", name=f"product {i}", images=[product_image(i), product_image(i, noise=8, rng=rng)])
+    labelled_dir = tmp_path / "labelled"
+    for i in range(16):
+        for j in range(4):
+            write_jpeg(labelled_dir / f"p{i}" / f"{j}.jpg", product_image(i, noise=30, rng=rng))
+    cal, problems = run_calibration(store, read_labelled(labelled_dir), holdout=0.25, seed=1, progress=False)
+    assert cal.max_wrong == 0.02 and cal.risk is not None
+    assert cal.risk["check_wrong_among_named"] <= 0.02 and cal.risk["fit_wrong_among_named"] <= 0.02
+    assert any("only 64 labelled photos" in p for p in problems)
+    store.save_calibration(cal)
+    assert Calibration.from_json(cal.to_json()) == cal
+    store.close()

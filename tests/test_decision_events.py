@@ -1,4 +1,5 @@
-"""The event model: one kiosk event per item shown (view), shelf events on change; thresholds said when
+"""The event model: one kiosk item per product held up (views pooled, updates share its item_id), shelf events
+on change; thresholds said when
 uncalibrated. Real loop, tiny ONNX encoder, image-folder cameras, JSONL out (what MQTT would carry)."""
 
 from __future__ import annotations
@@ -46,22 +47,48 @@ def decisions(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher], frame
     return [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.exists() else []
 
 
-def test_the_same_product_shown_twice_is_two_kiosk_events(tmp_path: Path,
-                                                          parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
-    """Two cartons of milk at a self-checkout: same sku, two items."""
-    frames = shown(tmp_path / "frames", [("RED", 0), ("RED", 16), ("GREEN", 0)])
+def items(got: list[dict]) -> list[tuple[str, str, bool]]:
+    """(decision, top sku, final) of the non-heartbeat messages that are about an item."""
+    return [(m["decision"], m["candidates"][0]["sku"], m["final"]) for m in got if m["item_id"] and not m["heartbeat"]]
+
+
+def test_the_same_product_shown_twice_is_two_kiosk_items(tmp_path: Path,
+                                                         parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    """Two cartons of milk at a self-checkout, the tray emptied in between: same sku, two items."""
+    frames = shown(tmp_path / "frames", [("RED", 0), ("EMPTY", 0), ("RED", 16), ("EMPTY", 0), ("GREEN", 0)])
     got = decisions(tmp_path, parts, frames)
-    assert [(m["decision"], m["candidates"][0]["sku"], m["heartbeat"]) for m in got] == [
-        ("known", "RED", False), ("known", "RED", False), ("known", "GREEN", False)]
-    assert len({m["view_id"] for m in got}) == 3 and all(m["view_id"] for m in got)
+    assert items(got) == [("known", "RED", False), ("known", "RED", True), ("known", "RED", False),
+                          ("known", "RED", True), ("known", "GREEN", False)]
+    ids = [m["item_id"] for m in got if m["item_id"]]
+    assert len(set(ids)) == 3 and ids[0] == ids[1] and ids[2] == ids[3]
+    assert [m["candidates"][0]["sku"] for m in got if m["item_id"] is None] == ["EMPTY", "EMPTY"]
 
 
-def test_two_unknown_products_in_a_row_are_two_kiosk_events(tmp_path: Path,
-                                                            parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+def test_two_views_of_one_item_are_one_item_event(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    """A shopper turning the product shows the gate a second view: one item, one event (it was two before)."""
+    frames = shown(tmp_path / "frames", [("RED", 0), ("RED", 16), ("EMPTY", 0)])
+    got = decisions(tmp_path, parts, frames)
+    assert items(got) == [("known", "RED", False), ("known", "RED", True)]
+    assert len({m["item_id"] for m in got if m["item_id"]}) == 1
+    final = next(m for m in got if m["final"])
+    assert final["views"] == 2 and final["agreement"] == 1.0
+    assert len({m["view_id"] for m in got}) == 3  # two views of the item, one of the empty tray
+
+
+def test_a_swap_without_emptying_the_tray_starts_a_new_item(
+        tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
     frames = shown(tmp_path / "frames", [("RED", 0), ("GREEN", 0)])
+    got = decisions(tmp_path, parts, frames)
+    assert items(got) == [("known", "RED", False), ("known", "RED", True), ("known", "GREEN", False)]
+    assert len({m["item_id"] for m in got if m["item_id"]}) == 2
+
+
+def test_two_unknown_products_in_a_row_are_two_kiosk_items(tmp_path: Path,
+                                                           parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
+    frames = shown(tmp_path / "frames", [("RED", 0), ("EMPTY", 0), ("GREEN", 0)])
     got = decisions(tmp_path, parts, frames, decision={"threshold": 1.0, "margin": 0.5})  # nothing clears it
-    assert [m["decision"] for m in got] == ["unknown", "unknown"]
-    assert got[0]["view_id"] != got[1]["view_id"]
+    assert [(d, f) for d, _, f in items(got)] == [("unknown", False), ("unknown", True), ("unknown", False)]
+    assert got[0]["item_id"] != got[-1]["item_id"] and got[0]["candidates"][0]["sku"] == "RED"
 
 
 def test_shelf_regions_publish_on_change_only(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:

@@ -80,17 +80,19 @@ def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, col
     rt = assemble_runtime(settings=settings(tmp_path, frames, broker=broker), encoder=parts[0], matcher=parts[1],
                           out=out)
     rt.start()
-    run_until(rt, lambda: len(collector.of("/cam/match")) >= 3 and collector.of("/stats"))
+    run_until(rt, lambda: len(collector.of("/cam/match")) >= 5 and collector.of("/stats"))
     summary = rt.shutdown()
-    msgs = collector.json_of("/cam/match")
+    msgs = [m for m in collector.json_of("/cam/match") if not m["final"]]  # a swap also ends the item before it
     assert [(m["decision"], m["candidates"][0]["sku"]) for m in msgs] == [("known", "RED"), ("known", "GREEN"),
                                                                           ("known", "BLUE")]
+    assert len({m["item_id"] for m in msgs}) == 3
     m = msgs[0]
     assert set(m) >= {"schema", "id", "ts", "camera", "roi", "decision", "candidates", "frames", "latency_ms", "bundle",
                       "catalog_version"}
     assert (m["schema"], m["camera"], m["roi"], m["bundle"], m["catalog_version"]) == (
         MATCH_SCHEMA, "cam", "full", parts[0].fingerprint, "v1")
-    assert m["frames"] >= 2 and m["candidates"][0]["score"] > 0.9 and len(m["candidates"]) == 5
+    assert m["frames"] >= 2 and m["candidates"][0]["score"] > 0.9
+    assert [c["sku"] for c in m["candidates"]] == ["RED", "YELLOW", "BLUE", "GREEN"]  # never the empty tray
     assert len({x["id"] for x in msgs}) == 3
     assert 0 <= m["latency_ms"] < 5000
     assert summary["outbox"]["depth"] == 0 and summary["outbox_left"] == 0
@@ -99,7 +101,7 @@ def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, col
     stats = json.loads(collector.of("/stats")[-1])
     assert stats["gate"]["seen"] > 0 and "outbox" in stats and "latency_ms" in stats
     assert collector.of("/available")[-1] == b"offline"
-    assert [ln.split()[3] for ln in out.getvalue().splitlines()] == ["RED", "GREEN", "BLUE"]
+    assert [ln.split()[3] for ln in out.getvalue().splitlines() if "final" not in ln] == ["RED", "GREEN", "BLUE"]
 
 
 def test_gate_skips_static_frames(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
@@ -127,10 +129,11 @@ def test_no_broker_prints_writes_jsonl_and_keeps_outbox(tmp_path: Path,
     run_until(rt, lambda: False, timeout=10)
     summary = rt.shutdown()
     lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
-    assert [x["candidates"][0]["sku"] for x in lines] == ["RED", "BLUE"]
+    # RED's item, its final update (BLUE replaced it on the tray), BLUE's item
+    assert [(x["candidates"][0]["sku"], x["final"]) for x in lines] == [("RED", False), ("RED", True), ("BLUE", False)]
     assert lines[0]["topic"] == f"{PREFIX}/cam/match"
-    assert summary["outbox"]["depth"] == 2 and summary["outbox_left"] == 2  # kept for later delivery
-    assert len(out.getvalue().splitlines()) == 2
+    assert summary["outbox"]["depth"] == 3 and summary["outbox_left"] == 3  # kept for later delivery
+    assert len(out.getvalue().splitlines()) == 3
 
 
 def test_unreachable_broker_keeps_running(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
@@ -140,7 +143,7 @@ def test_unreachable_broker_keeps_running(tmp_path: Path, parts: tuple[TinyOnnxE
     rt.start()
     run_until(rt, lambda: False, timeout=10)
     summary = rt.shutdown()
-    assert summary["decisions"] == 2 and summary["outbox_left"] == 2
+    assert summary["decisions"] == 3 and summary["outbox_left"] == 3  # two items and the first one's final
 
 
 def test_shelf_planogram_events(tmp_path: Path, broker: Broker, collector: Collector,
@@ -311,10 +314,11 @@ def test_camera_drop_and_return_is_reported_and_recognition_resumes(
                  sources={"cam": factory}, out=io.StringIO())
     rt.cameras[0]._backoff = (0.2, 0.4)  # a short outage for the test (production: 0.5 s doubling to 30 s)
     rt.start()
-    run_until(rt, lambda: [m["candidates"][0]["sku"] for m in collector.json_of("/cam/match")] == ["RED", "BLUE"]
+    items = lambda: [m["candidates"][0]["sku"] for m in collector.json_of("/cam/match") if not m["final"]]  # noqa: E731
+    run_until(rt, lambda: items() == ["RED", "BLUE"]
               and any(json.loads(s)["cameras"]["cam"]["outages"] == 1 for s in collector.of("/stats")))
     rt.shutdown()
-    assert [m["candidates"][0]["sku"] for m in collector.json_of("/cam/match")] == ["RED", "BLUE"]
+    assert items() == ["RED", "BLUE"]
     cam = rt.cameras[0].stats
     assert (cam.outages, cam.state, cam.reopen_attempts) == (1, "ok", 2)
     assert cam.outage_s >= 0.6  # 0.2 s failed attempt + 0.4 s successful one

@@ -1,9 +1,20 @@
-"""Unknown-product rejection: thresholds on the top score and on the top-1 minus top-2 margin.
+"""When to name a product: thresholds on the top score and on the top-1 minus top-2 margin.
 
-A query is *known* when ``top1 >= score`` and ``top1 - top2 >= margin``. :func:`calibrate`
-chooses the pair from labelled queries: among all pairs that accept at least ``target`` of the
-queries of enrolled products, the one with the lowest false-accept rate on queries of products
-*held out* of the catalog (ties: the higher known acceptance). Held-out products are simulated
+A query is *named* (known) when ``top1 >= score`` and ``top1 - top2 >= margin``. Two ways to choose
+the pair from labelled queries:
+
+- **risk** (``max_wrong``, the default; :func:`choose_for_risk`): the pair that names the most queries
+  correctly while wrong answers — another enrolled product, or a product that is not enrolled —
+  stay at most ``max_wrong`` of everything named. The labelled photos are split in two halves: the
+  pair is chosen on one (fit) and checked on the other (check); when the check half exceeds the
+  target the next stricter pair of the fit half's frontier is taken until it does not (recorded
+  as ``tightened``), so the stored pair never exceeds the target on photos it was not chosen on.
+- **acceptance** (``target``; the first recipe): among all pairs that accept at least ``target`` of
+  the queries of enrolled products, the one with the lowest false-accept rate on queries of
+  products *held out* of the catalog. It never counts wrong enrolled products, so at top-1 ~0.85
+  accepting 95% names ~10% wrongly; kept for comparison.
+
+Held-out products are simulated
 without rebuilding any index: their candidates are dropped from the rankings, exactly as if
 they had never been enrolled. The result is stored with the catalog (``meta.calibration``),
 tagged with the catalog version and encoder fingerprint it was measured on.
@@ -25,7 +36,8 @@ from edge.core.types import Calibration, Candidate
 if TYPE_CHECKING:
     from edge.catalog.store import Store
 
-DEFAULT_TARGET = 0.95  # share of known-product queries the chosen thresholds accept
+DEFAULT_TARGET = 0.95  # acceptance mode: share of known-product queries the chosen thresholds accept
+DEFAULT_MAX_WRONG = 0.02  # risk mode: share of wrong answers among everything named
 DEFAULT_HOLDOUT = 0.2  # share of enrolled products treated as not enrolled
 
 
@@ -81,6 +93,58 @@ def choose_thresholds(q: QueryScores, *, target: float) -> tuple[float, float]:
     return best[2], best[3]
 
 
+def _frontier(q: QueryScores, max_wrong: float) -> list[tuple[int, float, float]]:
+    """Every (correct named, score, margin) pair whose wrong share among named is <= ``max_wrong``, best first."""
+    wrong = ~(q.correct & q.known)
+    out: list[tuple[int, float, float]] = []
+    grid = np.unique(np.concatenate([[0.0], np.quantile(q.margin, np.linspace(0, 0.6, 31))]))
+    for m in grid:
+        sel = np.flatnonzero(q.margin >= m)
+        order = sel[np.argsort(-q.top1[sel], kind="stable")]
+        cum_wrong = np.cumsum(wrong[order])
+        named = np.arange(1, len(order) + 1)
+        last = np.r_[q.top1[order][1:] != q.top1[order][:-1], True]  # cut only between distinct scores
+        for i in np.flatnonzero(last & (cum_wrong <= max_wrong * named)):
+            out.append((int(named[i] - cum_wrong[i]), float(q.top1[order][i]), float(m)))
+    return sorted(out, key=lambda t: (-t[0], -t[1], t[2]))
+
+
+def named_figures(q: QueryScores, *, score: float, margin: float) -> dict[str, float]:
+    """Shares of all queries named correctly / wrongly / not named, and wrong among named, at a pair."""
+    named = (q.top1 >= score) & (q.margin >= margin)
+    right = named & q.correct & q.known
+    n = max(1, len(q.top1))
+    return {"queries": float(len(q.top1)), "named_correct": float(right.sum() / n),
+            "named_wrong": float((named & ~right).sum() / n), "not_named": float((~named).sum() / n),
+            "wrong_among_named": float((named & ~right).sum() / max(1, named.sum()))}
+
+
+def choose_for_risk(fit: QueryScores, check: QueryScores, *, max_wrong: float) -> tuple[float, float, dict[str, float]]:
+    """(score, margin, figures): the fit half's best pair whose wrong share stays <= ``max_wrong`` on both halves."""
+    if not 0 < max_wrong < 1:
+        raise InputError(f"--max-wrong {max_wrong} is outside (0, 1)", hint="use e.g. --max-wrong 0.02")
+    pairs = _frontier(fit, max_wrong)
+    for i, (_, score, margin) in enumerate(pairs):
+        c = named_figures(check, score=score, margin=margin)
+        if c["wrong_among_named"] <= max_wrong:
+            f = named_figures(fit, score=score, margin=margin)
+            figures = {**{f"fit_{k}": round(v, 4) for k, v in f.items()},
+                       **{f"check_{k}": round(v, 4) for k, v in c.items()}, "tightened": float(i)}
+            return score, margin, figures
+    # nothing is safe to name: a threshold no cosine reaches (every item unknown, with its pick list)
+    return 1.0, 0.0, {"fit_named_correct": 0.0, "check_named_correct": 0.0, "tightened": float(len(pairs))}
+
+
+def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic random half of ``n`` query indices (fit) and the rest (check)."""
+    perm = np.random.default_rng(seed + 1).permutation(n)
+    return np.sort(perm[: (n + 1) // 2]), np.sort(perm[(n + 1) // 2 :])
+
+
+def subset(q: QueryScores, idx: np.ndarray) -> QueryScores:
+    return QueryScores(q.top1[idx], q.margin[idx], q.correct[idx], q.known[idx])
+
+
 def summarise(q: QueryScores, *, score: float, margin: float) -> dict[str, float]:
     acc = (q.top1 >= score) & (q.margin >= margin)
     k, u = q.known, ~q.known
@@ -131,9 +195,10 @@ def read_labelled(source: Path, *, classes: Path | None = None) -> list[tuple[Pa
 
 
 def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, target: float = DEFAULT_TARGET,
-                    holdout: float = DEFAULT_HOLDOUT, seed: int = 0, batch: int = 32,
-                    progress: bool = True) -> tuple[Calibration, list[str]]:
-    """Embed labelled images, simulate held-out products, choose thresholds. Returns (result, problems)."""
+                    max_wrong: float | None = DEFAULT_MAX_WRONG, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
+                    batch: int = 32, progress: bool = True) -> tuple[Calibration, list[str]]:
+    """Embed labelled images, simulate held-out products, choose thresholds (risk mode when ``max_wrong`` is
+    set, else acceptance mode at ``target``). Returns (result, problems)."""
     from tqdm import tqdm
 
     from edge.catalog.learning import learn_floor
@@ -165,11 +230,24 @@ def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, targe
     if not labels:
         raise InputError("no labelled image could be read", hint="check the paths in the labelled list")
     q = query_scores(rankings, labels, unknown)
-    score, margin = choose_thresholds(q, target=target)
+    risk: dict[str, float] | None = None
+    if max_wrong is not None:
+        fit, check = split_halves(len(labels), seed)
+        score, margin, risk = choose_for_risk(subset(q, fit), subset(q, check), max_wrong=max_wrong)
+        if risk["tightened"]:
+            problems.append(f"the pair chosen on the fit half named {max_wrong:.0%}+ wrongly on the check half; "
+                            f"took the {int(risk['tightened'])}. stricter pair")
+        if len(labels) < 200:
+            problems.append(f"only {len(labels)} labelled photos: a wrong share of {max_wrong:.0%} is measured on "
+                            f"~{len(labels) // 2} photos a half; label more (a few per product, 200+) for a "
+                            "figure that holds")
+    else:
+        score, margin = choose_thresholds(q, target=target)
     s = summarise(q, score=score, margin=margin)
     enc = store.image_encoder
     cal = Calibration(score=score, margin=margin, target=target, known_queries=int(q.known.sum()),
                       unknown_queries=int((~q.known).sum()), held_out=tuple(sorted(unknown)),
                       catalog_version=store.catalog_version, fingerprint=enc.fingerprint if enc else "",
-                      learn_floor=learn_floor(store, np.concatenate(vectors), labels), **s)
+                      learn_floor=learn_floor(store, np.concatenate(vectors), labels), max_wrong=max_wrong,
+                      risk=risk, **s)
     return cal, problems

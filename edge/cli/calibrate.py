@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.catalog.calibration import DEFAULT_HOLDOUT, DEFAULT_TARGET, read_labelled, run_calibration
+from edge.catalog.calibration import (
+    DEFAULT_HOLDOUT,
+    DEFAULT_MAX_WRONG,
+    DEFAULT_TARGET,
+    read_labelled,
+    run_calibration,
+)
 from edge.cli.common import add_common, open_store
 
 
@@ -15,15 +21,20 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "calibrate", help="calibrate unknown-product rejection from labelled photos",
         description="Search every labelled photo against the catalog and choose a threshold on the top score and "
-        "on the top-1 minus top-2 margin that accepts --target of the photos of enrolled products with the fewest "
-        "false accepts on products held out of the catalog (--holdout of the enrolled products are treated as not "
-        "enrolled; labelled products missing from the catalog are held out too). The thresholds are stored with "
+        "on the top-1 minus top-2 margin that names the most photos correctly while at most --max-wrong of what it "
+        "names is wrong (another enrolled product, or a product held out of the catalog: --holdout of the enrolled "
+        "products are treated as not enrolled; labelled products missing from the catalog are held out too). The thresholds are stored with "
         "the catalog; decision.threshold / decision.margin in the config override them.")
     p.add_argument("labelled", type=Path, help="split file (`path, class_id, ...` + classes.csv beside it) or "
                    "<root>/<sku>/*.jpg folder")
     p.add_argument("--classes", type=Path, default=None, help="classes.csv for a split file (default: beside it)")
-    p.add_argument("--target", type=float, default=DEFAULT_TARGET,
-                   help=f"share of known-product photos to accept ({DEFAULT_TARGET})")
+    p.add_argument("--max-wrong", type=float, default=None,
+                   help=f"target share of wrong answers among everything the kiosk names: another enrolled product "
+                   f"or one that is not enrolled (default {DEFAULT_MAX_WRONG}); chosen on half the photos, checked "
+                   "on the other half")
+    p.add_argument("--target", type=float, default=None,
+                   help=f"the older acceptance mode instead: share of known-product photos to accept (e.g. "
+                   f"{DEFAULT_TARGET}); it does not count wrong enrolled products")
     p.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT,
                    help=f"share of enrolled products to hold out ({DEFAULT_HOLDOUT})")
     p.add_argument("--seed", type=int, default=0, help="which products are held out")
@@ -39,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     labelled = read_labelled(args.labelled, classes=args.classes)
     store = open_store(args, image=True, text=False)
     try:
-        cal, problems = run_calibration(store, labelled, target=args.target, holdout=args.holdout, seed=args.seed)
+        mode = _mode(args)
+        cal, problems = run_calibration(store, labelled, **mode, holdout=args.holdout, seed=args.seed)
         if not args.dry_run:
             store.save_calibration(cal)
         if args.fusion:
@@ -52,7 +64,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for p in problems:
         print(p)
-    print(f"threshold score >= {cal.score:.4f} and margin >= {cal.margin:.4f} (target acceptance {cal.target:.2f})")
+    if cal.risk is not None:
+        r = cal.risk
+        print(f"threshold score >= {cal.score:.3f} and margin >= {cal.margin:.3f} (at most {cal.max_wrong:.1%} "
+              "of named answers wrong)")
+        for half in ("fit", "check"):
+            print(f"  {half:<5} half: names {r[f'{half}_named_correct']:.1%} of photos correctly, "
+                  f"{r[f'{half}_wrong_among_named']:.1%} of what it names is wrong, the rest is 'unknown' "
+                  "with a pick list")
+    else:
+        print(f"threshold score >= {cal.score:.4f} and margin >= {cal.margin:.4f} (target acceptance {cal.target:.2f})")
     print(f"known products:    {cal.known_queries} photos, accepted {cal.known_accept_rate:.3f}, top-1 accuracy "
           f"{cal.known_top1_accuracy:.3f}, correct among accepted {cal.accepted_precision:.3f}")
     print(f"held-out products: {cal.unknown_queries} photos of {len(cal.held_out)} products, false-accept rate "
@@ -61,6 +82,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"learning: a confirmed crop below cosine {cal.learn_floor:.4f} to its product's photos is held")
     print("stored with the catalog" if not args.dry_run else "dry run: not stored")
     return 0
+
+
+def _mode(args: argparse.Namespace) -> dict[str, Any]:
+    """Risk mode (``--max-wrong``, the default) or the older acceptance mode (``--target``), not both."""
+    if args.target is not None and args.max_wrong is not None:
+        from edge.core.errors import InputError
+
+        raise InputError("--target and --max-wrong choose thresholds in two different ways",
+                         hint="give one: --max-wrong 0.02 (recommended) or --target 0.95")
+    if args.target is not None:
+        return {"target": args.target, "max_wrong": None}
+    return {"max_wrong": DEFAULT_MAX_WRONG if args.max_wrong is None else args.max_wrong}
 
 
 def _fit_fusion(store: Any, labelled: list[tuple[Path, str]], *, dry_run: bool) -> list[str]:

@@ -67,6 +67,11 @@ class Calibration:
     # learning (edge.catalog.learning): a confirmed crop whose best cosine to the confirmed product's photos is
     # below this is held for review; the HOLD_QUANTILE of labelled queries' cosines to their own product's photos
     learn_floor: float | None = None
+    # risk mode (``storelens calibrate --max-wrong``): the target share of wrong answers among everything named
+    # (another enrolled product, or a product that is not enrolled), and what the chosen pair gives on the half
+    # of the labelled photos it was chosen on (fit) and on the other half (check)
+    max_wrong: float | None = None
+    risk: dict[str, float] | None = None
 
     def thresholds(self) -> Thresholds:
         return Thresholds(score=self.score, margin=self.margin, source="calibrated")

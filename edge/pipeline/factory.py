@@ -18,13 +18,14 @@ from typing import IO, Any
 from edge.comms.commands import CommandRouter
 from edge.comms.mqtt import MqttLink
 from edge.comms.outbox import Outbox
-from edge.core.config import Settings
+from edge.core.config import CameraSettings, RoiSettings, Settings
 from edge.core.errors import StoreLensError
 from edge.models.encoders.base import ImageEncoder
 from edge.ops.hooks import RuntimeHooks
 from edge.pipeline.capture import CameraThread, SourceFactory
 from edge.pipeline.gate import RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
+from edge.pipeline.item import ItemVoter
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
 from edge.pipeline.vote import RegionVoter
 from edge.recommend.service import Recommender
@@ -89,14 +90,35 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
     params = vote_params(settings, matcher)
     g = settings.gate
     fpv = g.frames_per_view or settings.decision.window
+    items = _items_end(settings, matcher)
+
+    def voter(c: CameraSettings, r: RoiSettings) -> RegionVoter | ItemVoter:
+        if c.mode == "kiosk":
+            return ItemVoter(camera=c.name, roi=r.name, params=params, items_span_views=items)
+        return RegionVoter(camera=c.name, roi=r.name, params=params, expected_sku=r.expected_sku)
+
     return {c.name: [Region(c, r, RegionGate(change_threshold=g.change_threshold,
                                              steady_frames=g.steady_frames if c.mode == "kiosk" else 0,
-                                             frames_per_view=fpv, enabled=g.enabled),
-                            RegionVoter(camera=c.name, roi=r.name, params=params,
-                                        expected_sku=r.expected_sku if c.mode == "shelf" else None,
-                                        per_view=c.mode == "kiosk"))
+                                             frames_per_view=fpv, enabled=g.enabled), voter(c, r))
                      for r in c.rois]
             for c in settings.cameras}
+
+
+def _items_end(settings: Settings, matcher: Matcher) -> bool:
+    """Whether a kiosk item can span views: it ends when the tray shows the catalog's empty entry, so that
+    entry must be enrolled; without it every view is its own item (and the operator is told how to fix it)."""
+    if not any(c.mode == "kiosk" for c in settings.cameras):
+        return True
+    catalog = getattr(matcher, "catalog", None)
+    if catalog is None or not hasattr(catalog, "get"):
+        return True  # a matcher without a catalog (tests, benchmarks): trust the config
+    sku = settings.decision.empty_sku
+    if catalog.get(sku) is not None:
+        return True
+    log.warning("kiosk: the catalog has no %r entry (decision.empty_sku), so an item cannot span views and every "
+                "view is its own item; enroll photos of the empty tray: storelens catalog add %s --name 'Empty tray' "
+                "--image tray.jpg", sku, sku)
+    return False
 
 
 def build_runtime(settings: Settings) -> Runtime:

@@ -37,6 +37,7 @@ from edge.ops.hooks import RuntimeHooks
 from edge.pipeline import messages
 from edge.pipeline.capture import CameraThread, Frame
 from edge.pipeline.gate import GateVerdict, RegionGate
+from edge.pipeline.item import ItemVoter
 from edge.pipeline.label_text import LabelTextVotes
 from edge.pipeline.vote import Decision, RegionVoter, VoteParams
 from edge.recommend.service import Recommender
@@ -79,7 +80,7 @@ class Region:
     camera: CameraSettings
     roi: RoiSettings
     gate: RegionGate
-    voter: RegionVoter
+    voter: RegionVoter | ItemVoter  # ItemVoter at a kiosk (one answer per item), RegionVoter on a shelf
 
     @property
     def key(self) -> str:
@@ -264,8 +265,8 @@ class Runtime:
 
     def _vote(self, region: Region, cands: list[Candidate], ts: float, now: float) -> None:
         with self.hooks.stage("vote"):
-            d = region.voter.add(cands, ts=ts, now=now)
-        if d is not None:
+            out = region.voter.add(cands, ts=ts, now=now)
+        for d in out if isinstance(out, list) else [out] if out is not None else []:
             self._emit(d)
 
     def _guarded(self, region: Region, fn: Callable[..., Any], *args: Any) -> Any:
@@ -289,7 +290,6 @@ class Runtime:
         self.counts["unknown"] += int(d.decision == "unknown")
         msg = messages.match_message(d, device=self.settings.device.id, bundle=self.encoder.fingerprint,
                                      catalog_version=self.matcher.catalog_version)
-        msg["view_id"] = d.view_id  # the gate's view (the item shown) this decision is about
         if self.recommender is not None and d.decision == "known" and d.candidates:
             recs = self.recommender.for_match(d.candidates[0].sku)  # None unless recommend.in_match_messages
             if recs is not None:

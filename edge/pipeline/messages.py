@@ -25,12 +25,17 @@ PLANOGRAM_CANDIDATES = 3  # a planogram event lists the top few, a match message
 
 
 def match_message(d: Decision, *, device: str, bundle: str, catalog_version: int | str) -> dict[str, Any]:
-    """A region's decision (``<prefix>/<camera>/match``); ``latency_ms`` is capture to now."""
+    """A region's decision (``<prefix>/<camera>/match``); ``latency_ms`` is capture to now.
+
+    Kiosk regions publish one match per *item* (``item_id``; an update with the same id when the answer
+    changes, ``final`` when the tray empties; ``views`` pooled); the empty tray and shelf regions carry
+    ``item_id`` null. ``view_id`` names the gate's view the decision was made on."""
     return {"schema": MATCH_SCHEMA, "id": uuid.uuid4().hex, "ts": round(d.ts, 6), "device": device,
             "camera": d.camera, "roi": d.roi, "decision": d.decision,
             "candidates": [c.to_dict() for c in d.candidates], "frames": d.frames, "agreement": d.agreement,
             "heartbeat": d.heartbeat, "latency_ms": round((time.time() - d.ts) * 1000, 2), "bundle": bundle,
-            "catalog_version": catalog_version}
+            "catalog_version": catalog_version, "view_id": d.view_id, "item_id": d.item_id, "final": d.final,
+            "views": d.views}
 
 
 def planogram_message(d: Decision, *, match_id: str, device: str, catalog_version: int | str) -> dict[str, Any]:
@@ -96,7 +101,7 @@ def decision_line(d: Decision) -> str:
     """One printed line per published decision: time, region, decision, top product, frames."""
     top = f"{d.candidates[0].sku} ({d.candidates[0].score:.2f})" if d.decision == "known" else "-"
     extra = f" planogram={d.planogram}" if d.planogram else ""
-    hb = " heartbeat" if d.heartbeat else ""
+    hb = " heartbeat" if d.heartbeat else " final" if d.final else ""
     stamp = time.strftime("%H:%M:%S", time.localtime(d.ts))
     return f"{stamp} {d.camera}/{d.roi} {d.decision:7s} {top} frames={d.frames}{extra}{hb}"
 

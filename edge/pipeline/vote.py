@@ -24,7 +24,7 @@ import statistics
 import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from edge.core.config import DecisionSettings
@@ -88,7 +88,10 @@ class Decision:
     expected_sku: str | None = None
     planogram: PlanogramState | None = None
     planogram_changed: bool = False
-    view_id: str | None = None  # the view (item shown) this decision is about
+    view_id: str | None = None  # the view (gate's new_view) this decision is about
+    item_id: str | None = None  # kiosk: the item (tray non-empty -> empty) it is about (edge.pipeline.item)
+    final: bool = False  # kiosk: the item's last word, published when the tray empties
+    views: int = 0  # kiosk: views of the item pooled into this decision
 
     @property
     def sku(self) -> str | None:
@@ -179,10 +182,7 @@ class RegionVoter:
 
     def _publish(self, d: Decision, now: float, *, changed: bool, planogram_changed: bool,
                  heartbeat: bool = False) -> Decision:
-        out = Decision(camera=d.camera, roi=d.roi, decision=d.decision, candidates=d.candidates, frames=d.frames,
-                       agreement=d.agreement, ts=d.ts, heartbeat=heartbeat, changed=changed,
-                       expected_sku=d.expected_sku, planogram=d.planogram, planogram_changed=planogram_changed,
-                       view_id=d.view_id)
+        out = replace(d, heartbeat=heartbeat, changed=changed, planogram_changed=planogram_changed)
         self._current = out
         self._published_at = now
         return out
