@@ -1,4 +1,4 @@
-"""``storelens search --image PATH --text QUERY``: ranked products as a table or JSON."""
+"""``storelens search --image PATH --text QUERY`` (or ``--video CLIP``): ranked products as a table or JSON."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def register(sub: Any) -> None:
         "the top hit clears the catalog's unknown-product thresholds.")
     p.add_argument("--image", type=Path, default=None, metavar="PATH", help="query photo")
     p.add_argument("--text", default=None, metavar="QUERY", help="query words")
+    p.add_argument("--video", type=Path, default=None, metavar="CLIP",
+                   help="a short clip (phone or tray recording): one answer for the item it shows, its views pooled "
+                   "as at the kiosk, with the candidates a shopper would pick from")
     p.add_argument("-k", type=int, default=DEFAULT_K,
                    help=f"how many products (clamped to the catalog size; default {DEFAULT_K})")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -29,8 +32,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.video is not None:
+        if args.image is not None or args.text:
+            raise InputError("--video searches on its own", hint="drop --image/--text, or search them separately")
+        from edge.cli.search_video import run_video
+
+        return run_video(args)
     if args.image is None and not args.text:
-        raise InputError("nothing to search for", hint="pass --image PATH, --text QUERY, or both")
+        raise InputError("nothing to search for", hint="pass --image PATH, --text QUERY, --video CLIP or both")
     if args.k < 1:
         raise InputError(f"-k must be at least 1, got {args.k}", hint="e.g. -k 5")
     image = read_image(args.image) if args.image is not None else None

@@ -9,6 +9,7 @@ frame loop's.
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ from edge.catalog.ranking import DEFAULT_K
 from edge.comms.commands import CommandRouter, load_images, optional_int, reject_unknown_keys, require_str
 from edge.core.errors import CommandError, InputError
 from edge.models.encoders.base import ImageEncoder
+from edge.pipeline.clip import clip_from_bytes, decide_clip
+from edge.pipeline.vote import VoteParams
 from edge.recommend.service import Recommender
 from edge.recommend.similar import Filters
 from edge.text.profiles import TextProfiles, catalog_profiles
@@ -98,8 +101,14 @@ class RuntimeCommands:
             cands: Sequence[Any] = _optional(self.rt.matcher, "search_text")(text, k)
         elif "images" in args:
             cands = self.rt.match_images(self._images(args)[:1], k)[0]
+        elif "video" in args:  # a short clip: one answer through the kiosk's item logic (edge.pipeline.clip)
+            answer = decide_clip(clip_from_bytes(_video_bytes(args["video"])), self.rt.match_images,
+                                 VoteParams.from_settings(self.rt.settings.decision,
+                                                          getattr(self.rt.matcher, "thresholds", None)),
+                                 self.rt.settings.gate)
+            return {**answer.to_dict(), "catalog_version": self.rt.matcher.catalog_version}
         else:
-            raise CommandError("search needs 'text' or 'images'", hint='e.g. {"text": "oat milk"}')
+            raise CommandError("search needs 'text', 'images' or 'video'", hint='e.g. {"text": "oat milk"}')
         return {"candidates": [c.to_dict() for c in cands], "catalog_version": self.rt.matcher.catalog_version}
 
     def snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +128,17 @@ class RuntimeCommands:
 
     def _images(self, args: dict[str, Any]) -> list[np.ndarray]:
         return load_images(args.get("images"), allowed_dir=self.rt.settings.mqtt.enroll_dir)
+
+
+def _video_bytes(spec: Any) -> bytes:
+    """``{"b64": "<base64 clip>"}`` -> bytes (the payload is already bounded by ``mqtt.command_max_bytes``)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("b64"), str):
+        raise CommandError("'video' must be {\"b64\": \"<base64 MP4/AVI clip>\"}",
+                           hint="send a short clip; its size counts towards mqtt.command_max_bytes")
+    try:
+        return base64.b64decode(spec["b64"], validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise CommandError(f"video.b64 is not valid base64: {e}") from e
 
 
 def _label_text(rt: Runtime, matcher: Any) -> tuple[TextProfiles, dict[str, str]] | None:
