@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
         description="Search every labelled photo against the catalog and choose a threshold on the top score and "
         "on the top-1 minus top-2 margin that names the most photos correctly while at most --max-wrong of what it "
         "names is wrong (another enrolled product, or a product held out of the catalog: --holdout of the enrolled "
-        "products are treated as not enrolled; labelled products missing from the catalog are held out too). The thresholds are stored with "
+        "products are treated as not enrolled; labelled products missing from the catalog are held out too). "
+        "The thresholds are stored with "
         "the catalog; decision.threshold / decision.margin in the config override them.")
     p.add_argument("labelled", type=Path, help="split file (`path, class_id, ...` + classes.csv beside it) or "
                    "<root>/<sku>/*.jpg folder")
