@@ -253,6 +253,8 @@ class RecommendSettings(Section):
         "older baskets are rejected as stale (they could not be de-duplicated)",
     )
     max_basket_items: int = Field(200, ge=1, le=10000, description="Baskets with more distinct skus are rejected")
+    max_baskets_per_minute: int = Field(600, ge=1, le=100_000, description="Baskets counted a minute at most "
+                                        "(the rest rejected as `rate`): a flood of forged events stays bounded")
     near_duplicate: float = Field(
         0.98,
         gt=0,

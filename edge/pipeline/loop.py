@@ -127,6 +127,7 @@ class Runtime:
         self._text = LabelTextVotes(reranker, revotes=settings.decision.window)
         self._jsonl: IO[str] | None = None
         self._last_frames: dict[str, Frame] = {}
+        self._decided_crops: dict[str, tuple[str | None, np.ndarray | None]] = {}  # region -> (view, its crop)
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.counts = {"frames": 0, "embedded": 0, "batches": 0, "decisions": 0, "unknown": 0, "planogram": 0,
                        "heartbeats": 0, "errors": 0, "crops_failed": 0}
@@ -325,10 +326,21 @@ class Runtime:
         self._send(suffix, msg)
 
     def _view_crop(self, d: Decision) -> np.ndarray | None:
-        """The decided region's crop of its camera's newest frame (what a kiosk confirmation keeps)."""
+        """The crop a decision was made on (what a confirmation keeps and learning learns).
+
+        A decision is published in the round of its frame, so that is the region's crop of the camera's
+        newest frame; a heartbeat re-sends an older decision, so it gets the crop its view decided on
+        (kept per region), never the newest frame (issue 28, finding 10), or None for another view.
+        """
+        key = f"{d.camera}/{d.roi}"
+        if d.heartbeat:
+            kept = self._decided_crops.get(key)
+            return kept[1] if kept is not None and kept[0] == d.view_id else None
         frame = self._last_frames.get(d.camera)
         region = next((r for r in self.regions.get(d.camera, ()) if r.roi.name == d.roi), None)
-        return None if frame is None or region is None else crop(frame.image, region.roi.rect)
+        c = None if frame is None or region is None else crop(frame.image, region.roi.rect)
+        self._decided_crops[key] = (d.view_id, None if c is None else c.copy())  # frames may be reused
+        return c
 
     # -- what command handlers use (on the command worker thread) -----------------------------------
 

@@ -18,6 +18,13 @@ stored exponent grows large. The pair counts are exactly the Gram matrix ``X^T X
 
 Bad input never raises out of :meth:`BasketStore.handle_message`: malformed, empty, oversized,
 stale, future-dated and duplicate baskets are rejected, counted (persistently) and logged.
+
+Forged baskets (issue 28): when ``mqtt.command_token`` is set a basket must carry it as
+``"token"`` (compared in constant time), else it is rejected ``unauthorised``; skus the catalog
+does not hold are dropped (a basket left with none is rejected ``unknown_sku``), so a forged
+basket cannot invent rows; and at most ``recommend.max_baskets_per_minute`` baskets are counted
+a minute (the rest rejected ``rate``). ``unauthorised`` and ``rate`` are counted in memory only,
+so a flood never writes to the database.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,12 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.core.auth import token_matches
 from edge.core.errors import ConfigError, InputError
 from edge.core.sqlite import BUSY_TIMEOUT_S, connect, transaction
 
 log = logging.getLogger("storelens.baskets")
 
-REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate", "storage")
+REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate", "storage",
+                  "unauthorised", "unknown_sku", "rate")
+MEMORY_REASONS = ("storage", "unauthorised", "rate")  # counted in memory: writing them is what they must not cause
 MAX_PAYLOAD_BYTES = 256 * 1024
 FUTURE_SKEW_S = 300.0  # clocks of store systems may be this far ahead of ours
 _REBASE_EXPONENT = 64.0  # rescale stored weights once a new basket would weigh 2**64 times t_ref
@@ -143,8 +154,13 @@ class Cooccurrence:
         )
 
 
-def parse_basket(payload: bytes | str, *, now: float, max_items: int) -> Basket:
-    """Validate one basket event; raise :class:`BasketRejected` saying what is wrong with it."""
+def parse_basket(payload: bytes | str, *, now: float, max_items: int, token: str | None = None,
+                 known: Callable[[str], bool] | None = None) -> Basket:
+    """Validate one basket event; raise :class:`BasketRejected` saying what is wrong with it.
+
+    ``token``: the shared secret the event must carry as ``"token"``; ``known(sku)``: whether the
+    catalog holds a sku (others are dropped from the basket).
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise BasketRejected("malformed", f"basket event of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
                              hint="publish one basket per event")
@@ -156,10 +172,13 @@ def parse_basket(payload: bytes | str, *, now: float, max_items: int) -> Basket:
     if not isinstance(doc, dict):
         raise BasketRejected("malformed", f"basket event must be a JSON object, got {type(doc).__name__}",
                              hint='send {"id": "...", "skus": ["..."]}')
-    unknown = set(doc) - {"id", "skus", "ts"}
+    if token is not None and not token_matches(doc.get("token"), token):
+        raise BasketRejected("unauthorised", "basket event without the right token",
+                             hint="send the device's mqtt.command_token as \"token\"")
+    unknown = set(doc) - {"id", "skus", "ts", "token"}
     if unknown:
         raise BasketRejected("malformed", f"basket event has unknown keys {sorted(unknown)}",
-                             hint="only id, skus and ts are allowed")
+                             hint="only id, skus, ts and token are allowed")
     bid = doc.get("id")
     if isinstance(bid, bool) or not isinstance(bid, str | int) or not str(bid).strip() or len(str(bid)) > _MAX_TEXT:
         raise BasketRejected("malformed", f"basket id must be a non-empty string or integer, got {bid!r}",
@@ -176,6 +195,11 @@ def parse_basket(payload: bytes | str, *, now: float, max_items: int) -> Basket:
     if len(clean) > max_items:
         raise BasketRejected("too_many_items", f"basket {bid} has {len(clean)} distinct skus (limit {max_items})",
                              hint="raise recommend.max_basket_items if such baskets are real")
+    if known is not None:
+        clean = [s for s in clean if known(s)]
+        if not clean:
+            raise BasketRejected("unknown_sku", f"basket {bid}: none of its skus is in the catalog",
+                                 hint="publish the catalog's skus (storelens catalog import)")
     return Basket(id=str(bid).strip(), skus=tuple(clean), ts=_parse_ts(doc.get("ts"), bid, now))
 
 
@@ -210,8 +234,12 @@ class BasketStore:
     """Durable, incremental, time-decayed basket statistics in one SQLite file (thread-safe)."""
 
     def __init__(self, *, path: Path, half_life_s: float | None, dedup_window_s: float, max_items: int,
-                 clock: Callable[[], float] = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S,
+                 max_per_minute: int | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
+        self.max_per_minute = max_per_minute
+        self._monotonic = monotonic
+        self._recent: deque[float] = deque()  # monotonic times of baskets counted in the last minute
         self.half_life_s = half_life_s
         self.dedup_window_s = dedup_window_s
         self.max_items = max_items
@@ -227,7 +255,7 @@ class BasketStore:
         self._check_half_life()
         self._accepted_since_prune = 0
         self._version = int(self._meta("version") or 0)
-        self._storage_errors = 0  # in memory: the database that failed cannot count them
+        self._memory_counts = dict.fromkeys(MEMORY_REASONS, 0)  # never written: see MEMORY_REASONS
 
     def _check_half_life(self) -> None:
         want = "none" if self.half_life_s is None else repr(float(self.half_life_s))
@@ -250,16 +278,22 @@ class BasketStore:
         self._db.execute("INSERT INTO counters VALUES(?, 1) ON CONFLICT(name) DO UPDATE SET n = n + 1", (name,))
 
     # -- writing ---------------------------------------------------------------------------
-    def handle_message(self, payload: bytes | str) -> IngestResult:
-        """Parse and count one basket event; every rejection is counted and logged, never raised."""
+    def handle_message(self, payload: bytes | str, *, token: str | None = None,
+                       known: Callable[[str], bool] | None = None) -> IngestResult:
+        """Parse and count one basket event; every rejection is counted and logged, never raised.
+
+        ``token`` and ``known``: see :func:`parse_basket`; the rate bound is ``max_per_minute``.
+        """
         try:
-            basket = parse_basket(payload, now=self._clock(), max_items=self.max_items)
+            basket = parse_basket(payload, now=self._clock(), max_items=self.max_items, token=token, known=known)
         except BasketRejected as e:
             return self._reject(e.reason, None, str(e))
+        if not self._within_rate():
+            return self._reject("rate", basket.id, f"more than {self.max_per_minute} baskets in a minute")
         try:
             return self.add(basket)
         except sqlite3.Error as e:  # disk full, file locked or corrupt: said and counted, the runtime goes on
-            self._storage_errors += 1
+            self._memory_counts["storage"] += 1
             log.error("basket not stored: %s (check free disk space and %s)", e, self.path,
                       extra={"basket": basket.id})
             return IngestResult(accepted=False, reason="storage", basket_id=basket.id, message=str(e))
@@ -295,7 +329,28 @@ class BasketStore:
         if self._accepted_since_prune >= PRUNE_EVERY:
             self._prune_seen(now)
 
+    def _within_rate(self) -> bool:
+        """Room for one more basket in the sliding minute (and take it)."""
+        if self.max_per_minute is None:
+            return True
+        now = self._monotonic()
+        with self._lock:
+            while self._recent and now - self._recent[0] >= 60.0:
+                self._recent.popleft()
+            if len(self._recent) >= self.max_per_minute:
+                return False
+            self._recent.append(now)
+            return True
+
     def _reject(self, reason: str, basket_id: str | None, message: str) -> IngestResult:
+        if reason in MEMORY_REASONS:
+            with self._lock:
+                self._memory_counts[reason] += 1
+                first = self._memory_counts[reason] == 1
+            if first or self._memory_counts[reason] % 1000 == 0:  # a flood is logged, not echoed line by line
+                log.warning("basket rejected", extra={"reason": reason, "basket": basket_id, "detail": message,
+                                                      "count": self._memory_counts[reason]})
+            return IngestResult(accepted=False, reason=reason, basket_id=basket_id, message=message)
         with self._lock, transaction(self._db):
             self._bump(reason)
         # replays are routine (POS re-sends after an outage): counted, logged quietly
@@ -343,7 +398,7 @@ class BasketStore:
         """Accepted and rejected (by reason) basket events since the file was created."""
         with self._lock:
             rows = dict(self._db.execute("SELECT name, n FROM counters").fetchall())
-        rows["storage"] = self._storage_errors
+        rows.update(self._memory_counts)
         return {name: int(rows.get(name, 0)) for name in ("accepted", *REJECT_REASONS)}
 
     def snapshot(self, now: float | None = None) -> Cooccurrence:
