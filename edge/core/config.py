@@ -389,7 +389,7 @@ class SettingsError(ConfigError):
         return cls(probs, source)
 
 
-SECRET_KEYS = ("password", "command_token")
+SECRET_KEYS = ("password", "command_token", "token")
 MASK = "**********"
 
 
