@@ -162,3 +162,30 @@ def test_metrics_server_caps_connections_and_header_time(monkeypatch: pytest.Mon
             s.close()
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_a_real_browser_drops_the_token_from_its_address_and_keeps_working(serve: Any) -> None:
+    """Real Chromium: opened as /?token=..., the page's address no longer holds it, and the page's stream,
+    search and images work on the HttpOnly cookie alone (the page's script cannot read it)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from benchmarks._kiosk import chromium_path, launch_chromium
+
+    if chromium_path() is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    srv = serve(token=TOKEN)
+    with sync_api.sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{srv.port}/?token={TOKEN}")
+            page.wait_for_function("window.__kiosk && window.__kiosk.connects >= 1", timeout=10_000)
+            assert page.evaluate("location.href") == f"http://127.0.0.1:{srv.port}/"
+            assert TOKEN not in page.evaluate("document.cookie + JSON.stringify(sessionStorage)")
+            page.fill("#q", "oats")
+            page.press("#q", "Enter")
+            page.wait_for_selector('#r-cards .card[data-sku="OATS"]', timeout=10_000)
+            page.reload()  # a reload (or the next boot's first load) has no token in the address: the cookie does
+            page.wait_for_function("window.__kiosk && window.__kiosk.connects >= 1", timeout=10_000)
+        finally:
+            browser.close()
