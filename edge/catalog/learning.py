@@ -333,8 +333,9 @@ class Learner:
         photos = int(self._db.execute("SELECT COUNT(*) FROM learned_images").fetchone()[0])
         review = int(self._db.execute("SELECT COUNT(*) FROM learning_review").fetchone()[0])
         hold = self.hold_below
-        out: dict[str, Any] = {**counts, "photos": photos, "review": review, "hold_below": None if hold is None else round(hold, 4),
-               "calibrated": hold is not None, "max_learned_per_hour": self.settings.max_learned_per_hour}
+        out: dict[str, Any] = {**counts, "photos": photos, "review": review, "calibrated": hold is not None,
+                               "hold_below": None if hold is None else round(hold, 4),
+                               "max_learned_per_hour": self.settings.max_learned_per_hour}
         if hold is None:
             out["holding"] = UNCALIBRATED
         return out

@@ -27,7 +27,7 @@ from edge.pipeline.gate import RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
 from edge.pipeline.vote import RegionVoter
-from edge.recommend.baskets import MAX_PAYLOAD_BYTES as BASKET_MAX_BYTES
+from edge.recommend.basket_events import MAX_PAYLOAD_BYTES as BASKET_MAX_BYTES
 from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
 

@@ -16,7 +16,8 @@ stored exponent grows large. The pair counts are exactly the Gram matrix ``X^T X
 (decayed) basket-item matrix, which is all that the association models in
 :mod:`edge.recommend` need.
 
-Bad input never raises out of :meth:`BasketStore.handle_message`: malformed, empty, oversized,
+Bad input never raises out of :meth:`BasketStore.handle_message` (parsing and checks:
+:mod:`edge.recommend.basket_events`): malformed, empty, oversized,
 stale, future-dated and duplicate baskets are rejected, counted (persistently) and logged.
 
 Forged baskets (issue 28): when ``mqtt.command_token`` is set a basket must carry it as
@@ -29,52 +30,30 @@ so a flood never writes to the database.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import permutations
 from pathlib import Path
 
 import numpy as np
 
-from edge.core.auth import token_matches
-from edge.core.errors import ConfigError, InputError
+from edge.core.errors import ConfigError
 from edge.core.sqlite import BUSY_TIMEOUT_S, connect, transaction
+from edge.recommend.basket_events import Basket, BasketRejected, parse_basket
 
 log = logging.getLogger("storelens.baskets")
 
 REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate", "storage",
                   "unauthorised", "unknown_sku", "rate")
 MEMORY_REASONS = ("storage", "unauthorised", "rate")  # counted in memory: writing them is what they must not cause
-MAX_PAYLOAD_BYTES = 256 * 1024
 FUTURE_SKEW_S = 300.0  # clocks of store systems may be this far ahead of ours
 _REBASE_EXPONENT = 64.0  # rescale stored weights once a new basket would weigh 2**64 times t_ref
-_MAX_TEXT = 128
 PRUNE_EVERY = 1000  # accepted baskets between prunes of expired ids
-
-
-class BasketRejected(InputError):
-    """A basket event that cannot be counted; ``reason`` is one of :data:`REJECT_REASONS`."""
-
-    def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message, hint=hint)
-
-
-@dataclass(frozen=True, slots=True)
-class Basket:
-    """One sold basket: a unique id, its distinct skus (first-seen order) and the sale time."""
-
-    id: str
-    skus: tuple[str, ...]
-    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,72 +131,6 @@ class Cooccurrence:
             total=total * scale,
             version=version,
         )
-
-
-def parse_basket(payload: bytes | str, *, now: float, max_items: int, token: str | None = None,
-                 known: Callable[[str], bool] | None = None) -> Basket:
-    """Validate one basket event; raise :class:`BasketRejected` saying what is wrong with it.
-
-    ``token``: the shared secret the event must carry as ``"token"``; ``known(sku)``: whether the
-    catalog holds a sku (others are dropped from the basket).
-    """
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise BasketRejected("malformed", f"basket event of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
-                             hint="publish one basket per event")
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BasketRejected("malformed", f"basket event is not JSON: {e}",
-                             hint='send {"id": "...", "skus": ["..."], "ts": epoch seconds}') from e
-    if not isinstance(doc, dict):
-        raise BasketRejected("malformed", f"basket event must be a JSON object, got {type(doc).__name__}",
-                             hint='send {"id": "...", "skus": ["..."]}')
-    if token is not None and not token_matches(doc.get("token"), token):
-        raise BasketRejected("unauthorised", "basket event without the right token",
-                             hint="send the device's mqtt.command_token as \"token\"")
-    unknown = set(doc) - {"id", "skus", "ts", "token"}
-    if unknown:
-        raise BasketRejected("malformed", f"basket event has unknown keys {sorted(unknown)}",
-                             hint="only id, skus, ts and token are allowed")
-    bid = doc.get("id")
-    if isinstance(bid, bool) or not isinstance(bid, str | int) or not str(bid).strip() or len(str(bid)) > _MAX_TEXT:
-        raise BasketRejected("malformed", f"basket id must be a non-empty string or integer, got {bid!r}",
-                             hint="give every basket the POS transaction id, so replays count once")
-    skus = doc.get("skus")
-    if not isinstance(skus, list) or not all(isinstance(s, str) for s in skus):
-        raise BasketRejected("malformed", f"basket {bid}: skus must be a list of strings",
-                             hint='e.g. "skus": ["4001", "4002"]')
-    clean = list(dict.fromkeys(s.strip() for s in skus if s.strip()))
-    if any(len(s) > _MAX_TEXT for s in clean):
-        raise BasketRejected("malformed", f"basket {bid}: a sku is longer than {_MAX_TEXT} characters")
-    if not clean:
-        raise BasketRejected("empty", f"basket {bid} has no skus", hint="publish only baskets with items")
-    if len(clean) > max_items:
-        raise BasketRejected("too_many_items", f"basket {bid} has {len(clean)} distinct skus (limit {max_items})",
-                             hint="raise recommend.max_basket_items if such baskets are real")
-    if known is not None:
-        clean = [s for s in clean if known(s)]
-        if not clean:
-            raise BasketRejected("unknown_sku", f"basket {bid}: none of its skus is in the catalog",
-                                 hint="publish the catalog's skus (storelens catalog import)")
-    return Basket(id=str(bid).strip(), skus=tuple(clean), ts=_parse_ts(doc.get("ts"), bid, now))
-
-
-def _parse_ts(ts: object, bid: object, now: float) -> float:
-    if ts is None:
-        return now
-    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
-        return float(ts)
-    if isinstance(ts, str):
-        try:
-            dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            if dt.tzinfo is not None:
-                return dt.timestamp()
-    raise BasketRejected("malformed", f"basket {bid}: ts must be epoch seconds or ISO 8601 with a zone, got {ts!r}",
-                         hint='e.g. "ts": 1732450000 or "ts": "2026-11-24T17:00:00Z"')
 
 
 _SCHEMA = """
