@@ -2,7 +2,8 @@
 
 The table holds a few GSD products with a few train photos each (absolute paths), one product
 with an unreadable photo and a missing one besides its good photos, and one product whose only
-photo is unreadable. The HTTP server is the stdlib's, serving one folder on 127.0.0.1.
+photo is unreadable. The HTTP server is the stdlib's, serving one folder on 127.0.0.1. Snapshots are signed with
+:data:`TEST_KEY`, a key made for this test session; devices trust :data:`TEST_PUBLIC`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.fleet.signing import public_key_text
 from tests.conftest import shared_dir
 
 BAD_SKU = "ONLY-BAD"
+TEST_KEY = Ed25519PrivateKey.generate()  # the chain's signing key in these tests (devices trust TEST_PUBLIC)
+TEST_PUBLIC = public_key_text(TEST_KEY.public_key())
 
 
 def gsd_photos(per_class: int, classes: int, *, offset: int = 0) -> dict[str, list[Path]]:
