@@ -58,8 +58,16 @@ def write_table(folder: Path, *, classes: int = 5, per_class: int = 3, offset: i
 class _Quiet(SimpleHTTPRequestHandler):
     """GET serves the folder; PUT /<name> writes a file into it (what `catalog publish --to http://...` does)."""
 
+    requests: list[str] | None = None  # set per server: every request's method and path
+
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.requests is not None:
+            self.requests.append(f"{self.command} {self.path}")
+        return ok
 
     def do_PUT(self) -> None:
         name = self.path.strip("/")
@@ -74,9 +82,11 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def http_server(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port; GET and PUT); yields the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+def http_server(folder: Path, requests: list[str] | None = None) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port; GET and PUT); yields the base URL. Every request
+    is appended to ``requests`` when given."""
+    handler = type("Logged", (_Quiet,), {"requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
