@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.catalog import index as ix
 from edge.catalog.learning import SCHEMA as LEARNING_SCHEMA
 from edge.catalog.snapshot import CATALOG_DB, MANIFEST, content_id, read_manifest, sha256_file
+from edge.core.types import Calibration
 from edge.fleet.fetch import Announcement
 from edge.fleet.publish import publish_snapshot
 
@@ -170,9 +171,13 @@ def _edit_db(folder: Path, *statements: tuple[str, tuple[Any, ...]]) -> None:
 
 
 def _meta_overwrite(folder: Path) -> Path:
-    evil = json.dumps({"threshold": 0.01, "margin": 0.0, "fingerprint": "0" * 16})
+    m = read_manifest(folder)
+    evil = Calibration(score=0.01, margin=0.0, target=0.5, known_queries=1, unknown_queries=0, known_accept_rate=1.0,
+                       known_top1_accuracy=1.0, accepted_precision=1.0, false_accept_rate=1.0, held_out=(),
+                       catalog_version=m.catalog_version, fingerprint=m.bundle, learn_floor=0.0)  # accept anything
     _edit_db(folder, *[("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = "
-                        "excluded.value", (k, evil)) for k in ("calibration", "fusion_weights")])
+                        "excluded.value", (k, v)) for k, v in (("calibration", evil.to_json()),
+                                                               ("fusion_weights", "{}"))])
     return rebless(folder)
 
 
@@ -189,7 +194,11 @@ def _damaged_graph(folder: Path) -> Path:
     assert meta is not None
     path = folder / meta.file
     data = bytearray(path.read_bytes())
-    for i in range(len(data) // 3, len(data), 7):  # the neighbour lists: loads, then crashes a search
+    itemsize = {"i8": 1, "f16": 2}.get(meta.dtype, 4)
+    # USearch's file: the vectors (8-byte shape, then rows), the graph's 64-byte header, a level a node, then
+    # the nodes' neighbour lists. Damaged neighbour ids pass load() and crash the first search (a segfault).
+    nodes = 8 + meta.vectors * meta.ndim * itemsize + 64 + 2 * meta.vectors + 64
+    for i in range(min(nodes, len(data) - 1), len(data), 7):
         data[i] = 0xFF
     path.write_bytes(bytes(data))
     side = folder / "image.index.json"  # fresh checksums: only a probe can tell

@@ -74,9 +74,9 @@ class Device:
         before = self.updater.counts["refused"]
         result = self.updater.handle(case.payload)
         assert result["result"] == "refused", result
+        self.assert_untouched()
         assert case.expect in result["error"], result["error"]
         assert self.updater.counts["refused"] == before + 1
-        self.assert_untouched()
         return str(result["error"])
 
     def assert_untouched(self) -> None:
