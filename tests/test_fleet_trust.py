@@ -68,6 +68,7 @@ class Device:
     cases: dict[str, MaliciousSnapshot]
     requests: list[str]  # what the snapshot server was asked
     v1_version: int
+    v1_payload: bytes
 
     def refuses(self, name: str) -> str:
         case = self.cases[name]
@@ -104,7 +105,7 @@ def device(tmp_path: Path, snapshots: tuple[Path, Path], encoder: ImageEncoder) 
                                     slow_url_base=slow)
         requests.clear()
         try:
-            yield Device(store, updater, {c.name: c for c in cases}, requests, v1.version)
+            yield Device(store, updater, {c.name: c for c in cases}, requests, v1.version, v1.to_payload())
         finally:
             store.close()
 
@@ -118,6 +119,16 @@ def test_finding1_unsigned_foreign_or_altered_announcements_are_refused_before_a
     result = keyless.handle(device.cases["meta-overwrite"].payload)  # even a good signature, without a pinned key
     assert result["result"] == "refused" and "fleet.trusted_keys is empty" in result["error"]
     assert "storelens catalog keygen" in result["error"]
+
+
+def test_a_replayed_older_announcement_is_refused(device: Device, snapshots: tuple[Path, Path]) -> None:
+    pub = device.store.data_dir.parent / "work" / "pub"
+    v2 = publish_snapshot(snapshots[1], to=str(pub), key=TEST_KEY)
+    device.updater.fleet = device.updater.fleet.model_copy(update={"snapshot_dir": pub})
+    assert device.updater.handle(v2.to_payload())["result"] == "installed"
+    result = device.updater.handle(device.v1_payload)  # validly signed, but old: someone replayed it
+    assert result["result"] == "refused" and "older than the installed" in result["error"]
+    assert device.store.catalog_version == v2.version
 
 
 def test_finding1_a_snapshot_never_overwrites_device_meta(device: Device) -> None:

@@ -203,8 +203,8 @@ def _replace_rows(db: sqlite3.Connection) -> None:
     replaced products go, as the cascade would have taken them) and ``meta`` is never read from the snapshot."""
     mine, theirs = _tables(db, "main"), _tables(db, "snap")
     tables = sorted(t for t in mine if t in theirs and t in CHAIN_TABLES)
-    if lacking := sorted((CHAIN_TABLES & set(mine)) - set(tables)):
-        raise SnapshotError(f"the snapshot lacks the catalog tables {lacking}",
+    if absent := sorted((CHAIN_TABLES & set(mine)) - set(tables)):
+        raise SnapshotError(f"the snapshot lacks the catalog tables {absent}",
                             hint="build the snapshot with the StoreLens version the devices run")
     missing = sorted(t for t in mine if t not in CHAIN_TABLES and t != "meta")  # the device's own tables
     for table in tables:

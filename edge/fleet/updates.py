@@ -117,6 +117,11 @@ class CatalogUpdater:
         if (state.get("rolled_back_from") or {}).get("sha256") == a.sha256:
             log.info("announced snapshot %s was rolled back on this device: not installed again", a.snapshot)
             return {"result": "rolled-back", "snapshot": a.snapshot}
+        installed = int((state["current"] or {}).get("catalog_version") or 0)
+        if a.version < installed:  # a replayed old announcement: the signature alone would let it through
+            raise SnapshotError(f"announced snapshot {a.snapshot} is catalog version {a.version}, older than the "
+                                f"installed {installed}", hint="build a new version (in the same build folder, "
+                                "versions grow), or return a device with cmd/rollback")
         bundle = self._bundle()
         if a.bundle != bundle:
             raise SnapshotError(f"announced snapshot {a.snapshot} is for image bundle {a.bundle}, this device runs "
