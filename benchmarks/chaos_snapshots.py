@@ -14,8 +14,8 @@ Use::
           case.refused False -> the snapshot is installed and case.expect holds (see each case);
           case.victim        -> that path (outside data_dir) must still exist afterwards.
 
-``good`` is a snapshot folder ``storelens catalog build`` (or
-:func:`edge.catalog.snapshot.write_snapshot`) wrote for the device's bundle and dtype; ``key``
+``good`` is a snapshot folder ``storelens catalog build`` (or :func:`snapshot_of`, a device's own
+catalog) wrote for the device's bundle and dtype; ``key``
 the Ed25519 private key the device trusts (``fleet.trusted_keys``): every case but the
 signature ones is signed with it, to show that the device's checks hold even against a
 snapshot the chain's own key blessed (a stolen key, a broken build). The device needs
@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.catalog import index as ix
 from edge.catalog.learning import SCHEMA as LEARNING_SCHEMA
-from edge.catalog.snapshot import CATALOG_DB, MANIFEST, content_id, read_manifest, sha256_file
+from edge.catalog.snapshot import CATALOG_DB, MANIFEST, content_id, read_manifest, sha256_file, write_snapshot
 from edge.core.types import Calibration
 from edge.fleet.fetch import Announcement
 from edge.fleet.publish import publish_snapshot
@@ -134,6 +134,15 @@ def malicious_snapshots(good: Path, work: Path, *, key: Ed25519PrivateKey, data_
             publish(good), url=f"{slow_url_base}/{good.name}.tar").to_payload(), refused=True,
             expect="took longer than fleet.download_timeout_s"))
     return cases
+
+
+def snapshot_of(data_dir: Path, out: Path, *, bundle: str, text_bundle: str | None = None,
+                dtype: str = "i8") -> Path:
+    """A good snapshot of the catalog in ``data_dir`` (nobody writing it: copy a running device's first) made
+    with the image ``bundle`` (and ``text_bundle``) fingerprints and ``dtype`` a device runs; its folder."""
+    folder, _ = write_snapshot(data_dir, out, bundle=bundle, text_bundle=text_bundle, dtype=dtype, counts={},
+                               assortment=None)
+    return folder
 
 
 def _sign_raw(fields: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
