@@ -205,3 +205,37 @@ def test_scan_events_need_the_token() -> None:
             assert reply["ok"] is False and "unauthorised" in reply["error"]
     finally:
         intake.close()
+
+
+def test_the_runtime_checks_baskets_against_its_catalog(broker: Broker, tmp_path: Path, tiny_onnx: Path,
+                                                        pos: paho.Client) -> None:
+    """Finding 7 through the real wiring: a runtime over a catalog store drops skus its catalog lacks."""
+    import io
+
+    from edge.catalog.store import Store
+    from edge.core.config import load_settings
+    from edge.pipeline.factory import assemble_runtime
+    from edge.recommend.service import recommender_for
+    from tests.encoders_for_tests import TinyImageEncoder, product_image
+
+    enc = TinyImageEncoder(tiny_onnx)
+    store = Store(data_dir=tmp_path / "data", image_encoder=enc, dtype="f32")
+    for i, sku in enumerate(("MILK", "BREAD")):
+        store.enroll(sku, name=sku, images=[product_image(i)])
+    settings = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "data")},
+                             mqtt={"host": broker.host, "port": broker.port, "command_token": TOKEN})
+    rec = recommender_for(settings, store=store)
+    rt = assemble_runtime(settings=settings, encoder=enc, matcher=store, out=io.StringIO(), recommender=rec)
+    rt.start()
+    try:
+        assert rt.link is not None and rt.link.wait_subscribed(10)
+        for doc in ({"id": 1, "skus": ["MILK", "CAVIAR"], "token": TOKEN},
+                    {"id": 2, "skus": ["CAVIAR"], "token": TOKEN}, {"id": 3, "skus": ["MILK", "BREAD"]}):
+            pos.publish("storelens/s1/d1/events/basket", json.dumps(doc), qos=1).wait_for_publish(5)
+        assert until(lambda: sum(rec.store.counters().values()) == 3)
+        counts = rec.store.counters()
+        assert (counts["accepted"], counts["unknown_sku"], counts["unauthorised"]) == (1, 1, 1)
+        assert rec.store.snapshot().skus == ("MILK",)
+    finally:
+        rt.shutdown()
+        store.close()
