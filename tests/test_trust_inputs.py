@@ -164,7 +164,12 @@ def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -
 
     calls: list[tuple[bytes, bytes]] = []
     real = auth.hmac.compare_digest
-    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     router = CommandRouter(prefix=PREFIX, reply=lambda t, b: None, token=TOKEN)
     router.register("echo", lambda args: {})
     assert router.handle("echo", json.dumps({"token": "x" * len(TOKEN)}).encode())["ok"] is False
