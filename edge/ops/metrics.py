@@ -266,6 +266,7 @@ class RuntimeCollector:
         yield _counter("storelens_mqtt_disconnects", "Lost broker connections", st.disconnects)
         yield _gauge("storelens_mqtt_inflight", "Messages handed to the broker and not yet acknowledged", st.inflight)
         yield _counter("storelens_mqtt_rejected", "Messages the broker refused (MQTT 5 reason code)", st.rejected)
+        yield _counter("storelens_mqtt_oversized", "Messages dropped: over their topic's byte limit", st.oversized)
 
     def _ocr(self) -> Iterator[Metric]:
         if self.view.reranker is None:
