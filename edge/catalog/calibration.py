@@ -23,7 +23,7 @@ tagged with the catalog version and encoder fingerprint it was measured on.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,23 +194,35 @@ def read_labelled(source: Path, *, classes: Path | None = None) -> list[tuple[Pa
     return out
 
 
-def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, target: float = DEFAULT_TARGET,
-                    max_wrong: float | None = DEFAULT_MAX_WRONG, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
-                    batch: int = 32, progress: bool = True) -> tuple[Calibration, list[str]]:
-    """Embed labelled images, simulate held-out products, choose thresholds (risk mode when ``max_wrong`` is
-    set, else acceptance mode at ``target``). Returns (result, problems)."""
+@dataclass(frozen=True)
+class LabelledRankings:
+    """Labelled photos searched against a store: what :func:`choose_calibration` chooses from (embed once, choose
+    at several targets)."""
+
+    rankings: list[list[Candidate]]
+    labels: list[str]
+    vectors: np.ndarray
+    unknown: set[str]  # held out of the catalog (simulated) or not enrolled
+    problems: list[str]
+
+
+def search_labelled(store: Store, labelled: Sequence[tuple[Path, str]], *, holdout: float = DEFAULT_HOLDOUT,
+                    seed: int = 0, batch: int = 32, progress: bool = True, exclude: frozenset[str] = frozenset(),
+                    load: Callable[[Path], np.ndarray] | None = None) -> LabelledRankings:
+    """Embed labelled photos (``load``: how a path becomes the image the camera would give; default: read it) and
+    rank the store's products for each, with ``holdout`` of the enrolled products chosen to be simulated as unknown.
+    Skus in ``exclude`` are never an answer (the kiosk's empty-tray entry) and are left out of the rankings."""
     from tqdm import tqdm
 
-    from edge.catalog.learning import learn_floor
     from edge.core.errors import ImageError
     from edge.models.preprocess import read_image
 
     if store.image_encoder is None:
         raise InputError("no image encoder is loaded", hint="configure model.image_bundle")
-    enrolled = {p.sku for p in store.catalog.products()}
+    enrolled = {p.sku for p in store.catalog.products()} - exclude
     held_out = pick_held_out([s for _, s in labelled if s in enrolled], fraction=holdout, seed=seed)
     unknown = held_out | {s for _, s in labelled if s not in enrolled}
-    k = min(len(enrolled), len(held_out) + 5)
+    k = min(len(enrolled) + len(exclude), len(held_out) + len(exclude) + 5)
     problems: list[str] = []
     rankings: list[list[Candidate]] = []
     labels: list[str] = []
@@ -219,35 +231,54 @@ def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, targe
         images, names = [], []
         for path, sku in labelled[i : i + batch]:
             try:
-                images.append(read_image(path))
+                images.append((load or read_image)(path))
                 names.append(sku)
             except ImageError as e:
                 problems.append(f"skipped: {e}")
         if images:
             vectors.append(store.image_encoder.embed(images))
-            rankings.extend(store.match_vectors(vectors[-1], k))
+            rankings.extend([c for c in r if c.sku not in exclude] for r in store.match_vectors(vectors[-1], k))
             labels.extend(names)
     if not labels:
         raise InputError("no labelled image could be read", hint="check the paths in the labelled list")
-    q = query_scores(rankings, labels, unknown)
+    return LabelledRankings(rankings, labels, np.concatenate(vectors), unknown, problems)
+
+
+def choose_calibration(store: Store, r: LabelledRankings, *, target: float = DEFAULT_TARGET,
+                       max_wrong: float | None = DEFAULT_MAX_WRONG, seed: int = 0) -> tuple[Calibration, list[str]]:
+    """The thresholds for searched labelled photos (risk mode when ``max_wrong`` is set, else acceptance mode at
+    ``target``), as a Calibration for ``store``. Returns (result, problems)."""
+    from edge.catalog.learning import learn_floor
+
+    problems = list(r.problems)
+    q = query_scores(r.rankings, r.labels, r.unknown)
     risk: dict[str, float] | None = None
     if max_wrong is not None:
-        fit, check = split_halves(len(labels), seed)
+        fit, check = split_halves(len(r.labels), seed)
         score, margin, risk = choose_for_risk(subset(q, fit), subset(q, check), max_wrong=max_wrong)
         if risk["tightened"]:
             problems.append(f"the pair chosen on the fit half named {max_wrong:.0%}+ wrongly on the check half; "
                             f"took the {int(risk['tightened'])}. stricter pair")
-        if len(labels) < 200:
-            problems.append(f"only {len(labels)} labelled photos: a wrong share of {max_wrong:.0%} is measured on "
-                            f"~{len(labels) // 2} photos a half; label more (a few per product, 200+) for a "
+        if len(r.labels) < 200:
+            problems.append(f"only {len(r.labels)} labelled photos: a wrong share of {max_wrong:.0%} is measured on "
+                            f"~{len(r.labels) // 2} photos a half; label more (a few per product, 200+) for a "
                             "figure that holds")
     else:
         score, margin = choose_thresholds(q, target=target)
     s = summarise(q, score=score, margin=margin)
     enc = store.image_encoder
     cal = Calibration(score=score, margin=margin, target=target, known_queries=int(q.known.sum()),
-                      unknown_queries=int((~q.known).sum()), held_out=tuple(sorted(unknown)),
+                      unknown_queries=int((~q.known).sum()), held_out=tuple(sorted(r.unknown)),
                       catalog_version=store.catalog_version, fingerprint=enc.fingerprint if enc else "",
-                      learn_floor=learn_floor(store, np.concatenate(vectors), labels), max_wrong=max_wrong,
-                      risk=risk, **s)
+                      learn_floor=learn_floor(store, r.vectors, r.labels), max_wrong=max_wrong, risk=risk, **s)
     return cal, problems
+
+
+def run_calibration(store: Store, labelled: Sequence[tuple[Path, str]], *, target: float = DEFAULT_TARGET,
+                    max_wrong: float | None = DEFAULT_MAX_WRONG, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
+                    batch: int = 32, progress: bool = True,
+                    exclude: frozenset[str] = frozenset()) -> tuple[Calibration, list[str]]:
+    """Embed labelled images, simulate held-out products, choose thresholds (risk mode when ``max_wrong`` is
+    set, else acceptance mode at ``target``). Returns (result, problems)."""
+    r = search_labelled(store, labelled, holdout=holdout, seed=seed, batch=batch, progress=progress, exclude=exclude)
+    return choose_calibration(store, r, target=target, max_wrong=max_wrong, seed=seed)

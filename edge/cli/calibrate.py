@@ -14,7 +14,7 @@ from edge.catalog.calibration import (
     read_labelled,
     run_calibration,
 )
-from edge.cli.common import add_common, open_store
+from edge.cli.common import add_common, open_store, settings_from_args
 
 
 def register(sub: Any) -> None:
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, image=True, text=False)
     try:
         mode = _mode(args)
-        cal, problems = run_calibration(store, labelled, **mode, holdout=args.holdout, seed=args.seed)
+        empty = frozenset({settings_from_args(args).decision.empty_sku})  # never an item's answer at a kiosk
+        cal, problems = run_calibration(store, labelled, **mode, holdout=args.holdout, seed=args.seed, exclude=empty)
         if not args.dry_run:
             store.save_calibration(cal)
         if args.fusion:
