@@ -23,7 +23,7 @@ from edge.core.errors import StoreLensError
 from edge.models.encoders.base import ImageEncoder
 from edge.ops.hooks import RuntimeHooks
 from edge.pipeline.capture import CameraThread, SourceFactory
-from edge.pipeline.gate import RegionGate
+from edge.pipeline.gate import NEVER_STEADY_WARN_S, RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
 from edge.pipeline.vote import RegionVoter
@@ -91,7 +91,8 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
     fpv = g.frames_per_view or settings.decision.window
     return {c.name: [Region(c, r, RegionGate(change_threshold=g.change_threshold,
                                              steady_frames=g.steady_frames if c.mode == "kiosk" else 0,
-                                             frames_per_view=fpv, enabled=g.enabled),
+                                             frames_per_view=fpv, enabled=g.enabled, name=f"{c.name}/{r.name}",
+                                             warn_never_steady_after=round(c.fps * NEVER_STEADY_WARN_S)),
                             RegionVoter(camera=c.name, roi=r.name, params=params,
                                         expected_sku=r.expected_sku if c.mode == "shelf" else None,
                                         per_view=c.mode == "kiosk"))

@@ -1,0 +1,96 @@
+"""The first hour with StoreLens (issue 29): each step a newcomer takes does what they expect.
+
+Real parts: image-folder cameras, the tiny ONNX encoder in onnxruntime, the real SQLite/USearch
+catalog and the real CLI; only cameras are stood in for (by folders of images).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.core.config import load_settings
+from edge.pipeline.capture import ImageFolderSource, open_source
+from edge.pipeline.factory import assemble_runtime
+from edge.pipeline.gate import RegionGate
+from tests.runtime_helpers import NumpyMatcher, TinyOnnxEncoder, product_image, write_catalog, write_frames
+
+SKUS = ["RED", "GREEN", "BLUE"]
+
+
+def folder_camera_settings(tmp_path: Path, frames: Path, **camera: Any) -> Any:
+    return load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "data")},
+                         cameras=[{"name": "cam", "source": str(frames), "fps": 30, **camera}],
+                         gate={"steady_frames": 2}, decision={"window": 3, "min_frames": 2, "heartbeat_s": 3600},
+                         mqtt={"enabled": False})
+
+
+def run_folder(settings: Any, tiny_onnx: Path, catalog: Path) -> tuple[dict[str, Any], str]:
+    enc = TinyOnnxEncoder(tiny_onnx)
+    out = io.StringIO()
+    rt = assemble_runtime(settings=settings, encoder=enc, matcher=NumpyMatcher(write_catalog(catalog, enc, SKUS), enc),
+                          out=out)
+    rt.start()
+    stop = threading.Event()
+    rt.run(stop, max_seconds=20)  # returns when the folder has ended
+    return rt.shutdown(), out.getvalue()
+
+
+# -- item 1: a folder of photos as the camera ---------------------------------------------------------------
+
+
+def test_folder_source_holds_each_image_and_a_single_photo_is_a_source(tmp_path: Path) -> None:
+    frames = write_frames(tmp_path / "f", ["RED", "BLUE"], per_sku=1)
+    cam = {"name": "c", "source": str(frames), "hold_frames": 3}
+    src = open_source(load_settings(None, device={"store": "s", "id": "d"}, cameras=[cam]).cameras[0])
+    reads = [src.read() for _ in range(7)]
+    assert [r is not None for r in reads] == [True] * 6 + [False]
+    assert all((reads[0] == r).all() for r in reads[1:3]) and not (reads[0] == reads[3]).all()
+    one = open_source(load_settings(None, device={"store": "s", "id": "d"},
+                                    cameras=[{**cam, "source": str(frames / "00000.png")}]).cameras[0])
+    assert isinstance(one, ImageFolderSource) and one.paths == [frames / "00000.png"]
+
+
+def test_photo_folder_kiosk_decides_with_hold_frames_and_says_why_without(tmp_path: Path, tiny_onnx: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    frames = write_frames(tmp_path / "frames", SKUS, per_sku=1)  # one photo a product, as a user's folder is
+    summary, out = run_folder(folder_camera_settings(tmp_path, frames, hold_frames=8), tiny_onnx, tmp_path / "c.json")
+    assert [ln.split()[3] for ln in out.splitlines()] == SKUS
+    from edge.cli.run import never_steady_hint
+
+    settings = folder_camera_settings(tmp_path / "one", frames)
+    summary, out = run_folder(settings, tiny_onnx, tmp_path / "c1.json")
+    assert summary["decisions"] == 0 and summary["frames"] == 3
+    assert "hold_frames" in (never_steady_hint(summary, settings) or "")
+
+
+def test_gate_warns_once_when_no_view_ever_holds_still(caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+
+    gate = RegionGate(change_threshold=0.02, steady_frames=2, frames_per_view=3, name="cam/tray",
+                      warn_never_steady_after=10)
+    rng = np.random.default_rng(0)
+    with caplog.at_level(logging.WARNING, logger="storelens.gate"):
+        for i in range(25):  # every frame a different product: never still
+            gate.check(product_image(SKUS[i % 3], size=64, rng=rng))
+    warned = [r for r in caplog.records if "never held still" in r.getMessage()]
+    assert len(warned) == 1 and "cam/tray" in warned[0].getMessage() and "hold_frames" in warned[0].getMessage()
+    caplog.clear()
+    steady = RegionGate(change_threshold=0.02, steady_frames=2, frames_per_view=3, warn_never_steady_after=10)
+    img = product_image("RED", size=64, rng=rng)
+    with caplog.at_level(logging.WARNING, logger="storelens.gate"):
+        for _ in range(25):
+            steady.check(img)
+    assert not caplog.records
+
+
+def test_shipped_kiosk_config_shows_loop_and_hold_frames() -> None:
+    text = (Path(__file__).resolve().parents[1] / "configs" / "kiosk.toml").read_text()
+    cam = load_settings(Path(__file__).resolve().parents[1] / "configs" / "kiosk.toml").cameras[0]
+    assert "\nloop = " in text and "\nhold_frames = " in text and cam.hold_frames > 1
+
