@@ -94,3 +94,51 @@ def test_shipped_kiosk_config_shows_loop_and_hold_frames() -> None:
     cam = load_settings(Path(__file__).resolve().parents[1] / "configs" / "kiosk.toml").cameras[0]
     assert "\nloop = " in text and "\nhold_frames = " in text and cam.hold_frames > 1
 
+
+
+# -- item 2: updating a product keeps its photos; item 8: the catalog lives where the config says ----------------
+
+
+def test_catalog_add_without_image_updates_fields_and_keeps_photos(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edge.cli.main import main
+    from tests.encoders_for_tests import product_image as photo
+    from tests.encoders_for_tests import write_jpeg
+
+    data = ["--data-dir", str(tmp_path / "data")]
+    imgs = [str(write_jpeg(tmp_path / f"p{i}.jpg", photo(1, size=96))) for i in range(2)]
+    assert main(["catalog", "add", "OAT", "--name", "Oat milk", "--description", "creamy oat drink",
+                 "--location", "aisle 2", "--image", imgs[0], "--image", imgs[1], *data]) == 0
+    capsys.readouterr()
+    assert main(["catalog", "add", "OAT", "--price", "12.5", *data]) == 0  # a new price, nothing else
+    assert "kept its 2 photos" in capsys.readouterr().out
+    assert main(["catalog", "list", "--json", *data]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["products"]
+    assert (row["images"], row["name"], row["description"], row["location"], row["price"]) == (
+        2, "Oat milk", "creamy oat drink", "aisle 2", 12.5)
+    assert main(["search", "--image", imgs[0], "--json", *data]) == 0  # still recognised by its photos
+    assert json.loads(capsys.readouterr().out)["results"][0]["sku"] == "OAT"
+    assert main(["catalog", "add", "OAT", "--image", imgs[0], *data]) == 0
+    assert "replaced the 2 photos of OAT with 1" in capsys.readouterr().out
+    assert main(["catalog", "add", "NEW", *data]) == 3  # a new sku needs a name
+    assert "--name is required" in capsys.readouterr().err
+
+
+def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli.main import main
+
+    cfg = tmp_path / "etc" / "my.toml"
+    cfg.parent.mkdir()
+    cfg.write_text('[device]\nstore = "s1"\nid = "d1"\n[catalog]\ndata_dir = "var/catalog"\n')
+    assert load_settings(cfg).catalog.data_dir == tmp_path / "etc" / "var" / "catalog"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["catalog", "list", "--config", str(cfg)]) == 0
+    assert f"catalog in {tmp_path / 'etc' / 'var' / 'catalog'}" in capsys.readouterr().out
+    assert not (elsewhere / "var").exists()
+    monkeypatch.setenv("STORELENS_CATALOG__DATA_DIR", "from-env")  # the environment stays relative to the shell
+    assert load_settings(cfg).catalog.data_dir == Path("from-env")
