@@ -142,3 +142,34 @@ def test_relative_data_dir_is_relative_to_the_config_file(tmp_path: Path, monkey
     assert not (elsewhere / "var").exists()
     monkeypatch.setenv("STORELENS_CATALOG__DATA_DIR", "from-env")  # the environment stays relative to the shell
     assert load_settings(cfg).catalog.data_dir == Path("from-env")
+
+
+# -- item 4: cmd/reload turns label text on once calibrate --fusion stored a weight --------------------------------
+
+
+def test_reload_starts_label_text_after_a_fusion_weight_is_stored(tmp_path: Path, tiny_onnx: Path) -> None:
+    import json
+
+    from edge.catalog.store import Store
+    from edge.text.fusion import FusionWeights, save_weights
+    from tests.encoders_for_tests import TinyImageEncoder
+    from tests.encoders_for_tests import product_image as photo
+
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "data")},
+                      mqtt={"enabled": False})
+    enc = TinyImageEncoder(tiny_onnx)
+    store = Store.from_settings(s, image_encoder=enc, text_encoder=None)
+    store.enroll("OAT", name="Oat milk", images=[photo(1)])
+    rt = assemble_runtime(settings=s, encoder=enc, matcher=store, out=io.StringIO())
+    assert rt.reranker is None and rt.stats()["ocr"] == {"enabled": False}  # no weight fitted at start
+    save_weights(store.catalog, FusionWeights(ocr=0.3, fitted_on="test"))  # what calibrate --fusion does
+    reply = rt.router.handle("reload", json.dumps({"id": "r1"}).encode())
+    try:
+        assert reply["ok"], reply
+        assert rt.reranker is not None and rt.reranker.weights.ocr == 0.3
+        assert "enabled" not in rt.stats()["ocr"]  # the OCR worker's counters now
+        save_weights(store.catalog, FusionWeights(ocr=0.5, fitted_on="refit"))
+        assert rt.router.handle("reload", b"{}")["ok"] and rt.reranker.weights.ocr == 0.5
+    finally:
+        rt.reranker.worker.close()
+        store.close()

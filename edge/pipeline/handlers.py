@@ -19,6 +19,7 @@ from edge.catalog.ranking import DEFAULT_K
 from edge.comms.commands import CommandRouter, load_images, optional_int, reject_unknown_keys, require_str
 from edge.core.errors import CommandError, InputError
 from edge.models.encoders.base import ImageEncoder
+from edge.pipeline.label_text import reload_label_text
 from edge.recommend.service import Recommender
 from edge.recommend.similar import Filters
 from edge.text.profiles import TextProfiles, catalog_profiles
@@ -68,6 +69,7 @@ class RuntimeCommands:
             rt.swap_models(new_encoder, matcher, text=_label_text(rt, matcher))
         else:  # the same matcher reopens its newest index generation, in the swap (new thresholds too)
             rt.swap_models(rt.encoder, rt.matcher, reload=True, text=_label_text(rt, rt.matcher))
+        reload_label_text(rt, rt.matcher)  # OCR on once calibrate --fusion stored a weight; new weights
         if rt.recommender is not None:
             rt.recommender.reload_products(rt.matcher)
         rt.publish_status()
