@@ -16,16 +16,13 @@ reload under its own lock.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edge.core.config import Settings
 from edge.core.types import Candidate
 from edge.text.fusion import LabelTextReranker
-
-if TYPE_CHECKING:
-    from edge.pipeline.loop import Runtime
 
 log = logging.getLogger("storelens.pipeline")
 
@@ -92,8 +89,9 @@ def label_reranker(settings: Settings, store: Any) -> LabelTextReranker | None:
                              weights=weights, names=names)
 
 
-def reload_label_text(rt: Runtime, matcher: Any) -> None:
-    """On ``reload``: the fusion weights stored with the catalog now, as ``storelens calibrate --fusion`` left them.
+def reload_label_text(rt: Any, matcher: Any) -> None:
+    """On ``reload`` of ``rt`` (a :class:`~edge.pipeline.loop.Runtime`, which imports this module): the fusion
+    weights stored with the catalog now, as ``storelens calibrate --fusion`` left them.
 
     A runtime started before any weight was fitted has no reranker; once a non-zero OCR weight is
     stored, reload starts one (as a restart would), so the README's "reload picks up stored
