@@ -72,8 +72,8 @@ def test_photo_folder_kiosk_decides_with_hold_frames_and_says_why_without(tmp_pa
 def test_gate_warns_once_when_no_view_ever_holds_still(caplog: pytest.LogCaptureFixture) -> None:
     import numpy as np
 
-    gate = RegionGate(change_threshold=0.02, steady_frames=2, frames_per_view=3, name="cam/tray",
-                      warn_never_steady_after=10)
+    gate = RegionGate(change_threshold=0.02, steady_frames=2, frames_per_view=3)
+    gate.watch_never_steady("cam/tray", after=10)
     rng = np.random.default_rng(0)
     with caplog.at_level(logging.WARNING, logger="storelens.gate"):
         for i in range(25):  # every frame a different product: never still
@@ -81,7 +81,8 @@ def test_gate_warns_once_when_no_view_ever_holds_still(caplog: pytest.LogCapture
     warned = [r for r in caplog.records if "never held still" in r.getMessage()]
     assert len(warned) == 1 and "cam/tray" in warned[0].getMessage() and "hold_frames" in warned[0].getMessage()
     caplog.clear()
-    steady = RegionGate(change_threshold=0.02, steady_frames=2, frames_per_view=3, warn_never_steady_after=10)
+    steady = RegionGate(change_threshold=0.02, steady_frames=2, frames_per_view=3)
+    steady.watch_never_steady("cam/tray", after=10)
     img = product_image("RED", size=64, rng=rng)
     with caplog.at_level(logging.WARNING, logger="storelens.gate"):
         for _ in range(25):

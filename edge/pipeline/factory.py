@@ -62,6 +62,8 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
                  out=out if out is not None else sys.stdout, recommender=recommender, reranker=reranker,
                  hooks=RuntimeHooks.from_settings(settings, link))
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
+    for region in (r for regions in rt.regions.values() for r in regions):  # a view that never holds still: said
+        region.gate.watch_never_steady(region.key, after=round(region.camera.fps * NEVER_STEADY_WARN_S))
     if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
         attach_recommender(recommender, link=link, router=router)
     if settings.kiosk_screen.enabled:  # the shopper's page (edge.kiosk); starts and stops with the runtime
@@ -92,8 +94,7 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
     fpv = g.frames_per_view or settings.decision.window
     return {c.name: [Region(c, r, RegionGate(change_threshold=g.change_threshold,
                                              steady_frames=g.steady_frames if c.mode == "kiosk" else 0,
-                                             frames_per_view=fpv, enabled=g.enabled, name=f"{c.name}/{r.name}",
-                                             warn_never_steady_after=round(c.fps * NEVER_STEADY_WARN_S)),
+                                             frames_per_view=fpv, enabled=g.enabled),
                             RegionVoter(camera=c.name, roi=r.name, params=params,
                                         expected_sku=r.expected_sku if c.mode == "shelf" else None,
                                         per_view=c.mode == "kiosk"))

@@ -66,9 +66,9 @@ class RegionGate:
     """The gate of one region of one camera."""
 
     def __init__(self, *, change_threshold: float, steady_frames: int, frames_per_view: int,
-                 enabled: bool = True, name: str = "", warn_never_steady_after: int = 0) -> None:
-        self.name = name  # camera/region, for the log
-        self.warn_never_steady_after = warn_never_steady_after  # frames; 0 = never warn
+                 enabled: bool = True) -> None:
+        self.name = ""  # camera/region, for the log
+        self.warn_never_steady_after = 0  # frames; 0 = never warn (watch_never_steady)
         self.change_threshold = change_threshold
         self.steady_frames = steady_frames
         self.frames_per_view = frames_per_view
@@ -104,6 +104,10 @@ class RegionGate:
             return GateVerdict.EMBED
         self.stats.skipped_unchanged += 1
         return GateVerdict.UNCHANGED
+
+    def watch_never_steady(self, name: str, *, after: int) -> None:
+        """Warn once (naming ``name``) when ``after`` frames were seen and no view ever held still."""
+        self.name, self.warn_never_steady_after = name, after
 
     def _warn_never_steady(self) -> None:
         """Frames keep coming but no view was ever still for ``steady_frames`` frames: nothing is recognised.
