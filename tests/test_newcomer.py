@@ -174,3 +174,65 @@ def test_reload_starts_label_text_after_a_fusion_weight_is_stored(tmp_path: Path
     finally:
         rt.reranker.worker.close()
         store.close()
+
+
+# -- items 3 and 18: calibrate says what it chose, in words, and never keeps a fusion weight that loses ----------
+
+
+def test_fusion_weight_that_loses_on_held_out_photos_is_not_used() -> None:
+    import numpy as np
+
+    from edge.text.calibration import checked_weights, split_for_check
+
+    labels = np.array([0, 1] * 10)
+    image = np.where(np.eye(2, dtype=bool)[labels], 0.62, 0.60).astype(np.float32)  # vision right, narrowly
+    fit, check = split_for_check(labels)
+    assert check.sum() == 10 and not (fit & check).any()
+    right = np.eye(2, dtype=np.float32)[labels]
+    misleading = np.where(check[:, None], 1 - right, right)  # the label text helps where fitted, misleads after
+    w = checked_weights(image, labels, ocr=misleading, fitted_on="t")
+    assert w.ocr == 0.0 and "not used" in w.fitted_on
+    assert (w.metrics["check_image_r1"], w.metrics["check_fused_r1"], w.metrics["check_queries"]) == (1.0, 0.0, 10)
+    kept = checked_weights(image, labels, ocr=right, fitted_on="t")
+    assert kept.ocr > 0 and kept.metrics["check_fused_r1"] == 1.0 and "not used" not in kept.fitted_on
+
+
+def test_calibration_report_is_rounded_interpreted_and_says_what_it_replaced() -> None:
+    from edge.cli.calibrate_report import fusion_lines, report_lines
+    from edge.core.types import Calibration
+    from edge.text.fusion import FusionWeights
+
+    cal = Calibration(score=0.81234567, margin=0.0005, target=0.95, known_queries=30, unknown_queries=15,
+                      known_accept_rate=0.9667, known_top1_accuracy=0.9, accepted_precision=0.931,
+                      false_accept_rate=0.5333, held_out=("A", "B"), catalog_version=7, fingerprint="f")
+    old = Calibration(**{**cal.__dict__, "score": 0.7, "margin": 0.04, "catalog_version": 5})
+    text = "\n".join(report_lines(cal, previous=old, stored=True))
+    assert "at least 0.812" in text and "0.8123" not in text and "no margin test" in text
+    assert "8 of 15 (53%) were wrongly named" in text and "29 of 30 (97%) named" in text
+    assert "warning: few photos" in text and "look-alike" in text
+    assert "replaced the previous calibration: score 0.700, margin 0.040 (catalog version 5" in text
+    assert "replaced" not in "\n".join(report_lines(cal, previous=None, stored=True))
+    lost = FusionWeights(fitted_on="x; not used: ...", metrics={"check_image_r1": 0.8, "check_fused_r1": 0.771,
+                                                                "check_queries": 12})
+    lines = "\n".join(fusion_lines(lost, FusionWeights(ocr=0.2, fitted_on="before"), photos=24, dry_run=False))
+    assert "0.800 -> with label text 0.771" in lines and "not used" in lines and "only 12 held-out" in lines
+    assert "replaced the previous OCR weight 0.2" in lines
+
+
+def test_calibrate_cli_never_replaces_silently(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli.main import main
+    from tests.encoders_for_tests import product_image as photo
+    from tests.encoders_for_tests import write_jpeg
+
+    for p in range(5):
+        for i in range(2):
+            write_jpeg(tmp_path / "catalog" / f"P{p}" / f"{i}.jpg", photo(p, size=96))
+            write_jpeg(tmp_path / "labelled" / f"P{p}" / f"{i}.jpg", photo(p, size=96, noise=0.05))
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main(["catalog", "import", str(tmp_path / "catalog"), *data]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", str(tmp_path / "labelled"), *data]) == 0
+    first = capsys.readouterr().out
+    assert "warning: few photos" in first and "replaced" not in first
+    assert main(["calibrate", str(tmp_path / "labelled"), "--target", "0.8", *data]) == 0
+    assert "replaced the previous calibration: score" in capsys.readouterr().out
