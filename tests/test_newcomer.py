@@ -236,3 +236,41 @@ def test_calibrate_cli_never_replaces_silently(tmp_path: Path, capsys: pytest.Ca
     assert "warning: few photos" in first and "replaced" not in first
     assert main(["calibrate", str(tmp_path / "labelled"), "--target", "0.8", *data]) == 0
     assert "replaced the previous calibration: score" in capsys.readouterr().out
+
+
+# -- item 7: the first fleet snapshot keeps the device's own catalog as the rollback point -----------------------
+
+
+def test_first_snapshot_keeps_the_local_catalog_to_roll_back_to(tmp_path: Path, tiny_onnx: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from edge.catalog.snapshot import write_snapshot
+    from edge.catalog.store import Store
+    from edge.core.fleet_settings import FleetSettings
+    from edge.fleet.updates import CatalogUpdater
+    from tests.encoders_for_tests import TinyImageEncoder
+    from tests.encoders_for_tests import product_image as photo
+
+    enc = TinyImageEncoder(tiny_onnx)
+
+    def store_at(name: str, products: int) -> Store:
+        s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / name)})
+        store = Store.from_settings(s, image_encoder=enc, text_encoder=None)
+        for p in range(products):
+            store.enroll(f"{name}-{p}", name=f"{name} {p}", images=[photo(p), photo(p, noise=0.05)])
+        return store
+
+    chain = store_at("chain", 2)
+    folder, _ = write_snapshot(chain.data_dir, tmp_path / "built", bundle=enc.fingerprint, text_bundle=None,
+                               dtype=chain.dtype, counts={"products": 2}, assortment=None)
+    chain.close()
+    local = store_at("local", 5)  # loaded by hand before joining the fleet
+    version = local.catalog_version
+    updater = CatalogUpdater(local, fleet=FleetSettings(), store_id="s1")
+    with caplog.at_level(logging.WARNING, logger="storelens.snapshot"):
+        updater._install(folder, sha256="a" * 64, rollback=False)  # what an announcement ends in
+    assert local.catalog.count() == 2
+    assert any("replaces this device's own catalog (5 products" in r.getMessage() for r in caplog.records)
+    result = updater.rollback()
+    assert result["result"] == "rolled-back" and result["catalog_version"] == version
+    assert sorted(p.sku for p in local.catalog.products()) == [f"local-{p}" for p in range(5)]
+    local.close()

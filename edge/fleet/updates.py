@@ -28,6 +28,7 @@ from edge.catalog.store import Store
 from edge.core.errors import StoreLensError
 from edge.core.fleet_settings import FleetSettings
 from edge.fleet.fetch import Announcement, announce_topic, download
+from edge.fleet.local_catalog import keep_local_catalog
 
 log = logging.getLogger("storelens.snapshot")
 
@@ -142,6 +143,8 @@ class CatalogUpdater:
 
     def _install(self, folder: Path, *, sha256: str, rollback: bool) -> Installed:
         manifest = verify(folder, **self._fits())
+        if not rollback:  # the first snapshot: the device's own catalog becomes the rollback point
+            keep_local_catalog(self.store, self.root, **self._fits())
         entry = install(self.store, folder, manifest, sha256=sha256, pause=self._pause, rollback=rollback)
         self._prune()
         return entry
