@@ -274,3 +274,30 @@ def test_first_snapshot_keeps_the_local_catalog_to_roll_back_to(tmp_path: Path, 
     assert result["result"] == "rolled-back" and result["catalog_version"] == version
     assert sorted(p.sku for p in local.catalog.products()) == [f"local-{p}" for p in range(5)]
     local.close()
+
+
+# -- item 12: publishing to a folder says what the devices need ---------------------------------------------------
+
+
+def test_publish_to_a_folder_says_devices_need_snapshot_dir(tmp_path: Path, tiny_onnx: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.catalog.snapshot import write_snapshot
+    from edge.catalog.store import Store
+    from edge.cli.catalog_fleet import file_url_note
+    from edge.cli.main import main
+    from tests.encoders_for_tests import TinyImageEncoder
+    from tests.encoders_for_tests import product_image as photo
+
+    enc = TinyImageEncoder(tiny_onnx)
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "chain")})
+    store = Store.from_settings(s, image_encoder=enc, text_encoder=None)
+    store.enroll("A", name="A", images=[photo(1)])
+    folder, _ = write_snapshot(store.data_dir, tmp_path / "built", bundle=enc.fingerprint, text_bundle=None,
+                               dtype=store.dtype, counts={"products": 1}, assortment=None)
+    store.close()
+    assert main(["catalog", "publish", str(folder), "--to", str(tmp_path / "share"), "--no-announce"]) == 0
+    err = capsys.readouterr().err
+    assert f'snapshot_dir = "{tmp_path / "share"}"' in err
+    assert file_url_note("https://cdn.example/s/abc.tar") is None
+    shipped = (Path(__file__).resolve().parents[1] / "configs" / "kiosk.toml").read_text()
+    assert "# snapshot_dir = " in shipped and "file://" in shipped
