@@ -301,3 +301,30 @@ def test_publish_to_a_folder_says_devices_need_snapshot_dir(tmp_path: Path, tiny
     assert file_url_note("https://cdn.example/s/abc.tar") is None
     shipped = (Path(__file__).resolve().parents[1] / "configs" / "kiosk.toml").read_text()
     assert "# snapshot_dir = " in shipped and "file://" in shipped
+
+
+# -- item 13: a successful catalog build prints no alarming Ray noise --------------------------------------------
+
+
+@pytest.mark.slow
+def test_catalog_build_on_ray_is_quiet_and_leaves_home_alone(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    from tests.fleet_helpers import write_table
+
+    table = write_table(tmp_path / "t", classes=2, per_class=1, broken=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-m", "edge.cli.main", "catalog", "build", str(table), "--out",
+                           str(tmp_path / "out"), "--data-dir", str(tmp_path / "d"), "--workers", "1",
+                           "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "2 products" in done.stdout
+    noise = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert noise == [], noise  # no token notice, no error-level actor line, no Ray Data plan/progress lines
+    assert not (home / ".ray" / "auth_token").exists()
