@@ -328,3 +328,17 @@ def test_catalog_build_on_ray_is_quiet_and_leaves_home_alone(tmp_path: Path) -> 
     noise = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert noise == [], noise  # no token notice, no error-level actor line, no Ray Data plan/progress lines
     assert not (home / ".ray" / "auth_token").exists()
+
+
+# -- item 14: the demo does not promise to deliver what it deletes ------------------------------------------------
+
+
+def test_demo_without_workdir_does_not_promise_later_delivery(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli.demo import outbox_note
+    from edge.cli.main import main
+
+    assert main(["demo"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("no broker:") and "later delivery" not in last and "--workdir" in last
+    kept = outbox_note(3, Path("/srv/demo"))
+    assert "/srv/demo/data/outbox.db" in kept and "later delivery" in kept
