@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -95,8 +96,8 @@ def _private_token() -> None:
 def embed_ray(paths: Sequence[str], *, model: ModelSettings, workers: int, batch_size: int, on_batch: OnBatch,
               address: str | None = None) -> None:
     """Ray Data ``map_batches`` over an actor pool of ``workers`` encoders (see the module docstring)."""
-    if not address:
-        _private_token()  # before Ray is imported: it reads its authentication mode once
+    if not address and "ray" not in sys.modules:
+        _private_token()  # only before Ray is imported: it reads its authentication mode once, at import
     try:
         import ray
         import ray.data
