@@ -342,3 +342,26 @@ def test_demo_without_workdir_does_not_promise_later_delivery(capsys: pytest.Cap
     assert last.startswith("no broker:") and "later delivery" not in last and "--workdir" in last
     kept = outbox_note(3, Path("/srv/demo"))
     assert "/srv/demo/data/outbox.db" in kept and "later delivery" in kept
+
+
+# -- item 15: validate-config checks camera files and says OK -----------------------------------------------------
+
+
+def test_validate_config_checks_camera_paths_and_says_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli.main import main
+
+    photos = write_frames(tmp_path / "photos", ["RED"], per_sku=1)
+    (tmp_path / "empty").mkdir()
+    cfg = tmp_path / "k.toml"
+    cams = [("door", str(tmp_path / "nope")), ("tray", str(photos)), ("usb", "0"), ("shelf", str(tmp_path / "empty"))]
+    cfg.write_text('[device]\nstore = "s1"\nid = "k1"\n' + "".join(
+        f'[[cameras]]\nname = "{n}"\nsource = "{src}"\n' for n, src in cams))
+    assert main(["validate-config", str(cfg)]) == 2
+    out = capsys.readouterr().out
+    assert f"cameras[0].source -> '{tmp_path / 'nope'}' -> no such file or folder" in out
+    assert "cameras[3].source" in out and "cameras[1]" not in out and "cameras[2]" not in out
+    cfg.write_text('[device]\nstore = "s1"\nid = "k1"\n' + "".join(
+        f'[[cameras]]\nname = "{n}"\nsource = "{src}"\n' for n, src in cams[1:3]))
+    assert main(["validate-config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK: {cfg} is a valid StoreLens config") and len(out.splitlines()) < 10

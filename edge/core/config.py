@@ -241,7 +241,8 @@ class RecommendSettings(Section):
         ge=0,
         le=86400,
         description="Rebuild the model at most this often when new baskets arrived, in the background while the "
-        "old one serves (0 = on the next request)",
+        "old one serves (0 = on the next request): a running box recommends from new baskets up to this long after "
+        "they arrived, while `storelens recommend` (a new process) counts them at once",
     )
     dedup_window_days: float = Field(
         30.0,

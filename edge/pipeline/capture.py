@@ -141,6 +141,22 @@ def _image_paths(source: str) -> list[Path] | None:
     return None
 
 
+def source_problem(source: str) -> str | None:
+    """What is wrong with a camera source string without opening a device (None: looks usable).
+
+    Camera indexes and URLs are only opened by ``run``; a file, folder or glob must exist and hold images."""
+    src = source.strip()
+    if src.isdigit() or "://" in src:
+        return None
+    paths = _image_paths(src)
+    if paths == []:
+        return "no images in it (jpg/png/...): put photos there or fix the glob"
+    if paths is None and not Path(src).is_file():
+        return ("no such file or folder, and not a camera index or URL (e.g. 0, rtsp://host/stream, clip.mp4, "
+                "photos/, 'shots/*.jpg')")
+    return None
+
+
 def open_source(cam: CameraSettings) -> FrameSource:
     """Open the source named in config, or raise CaptureError naming the camera and what to fix."""
     src = cam.source.strip()
