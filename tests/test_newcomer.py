@@ -365,3 +365,27 @@ def test_validate_config_checks_camera_paths_and_says_ok(tmp_path: Path, capsys:
     assert main(["validate-config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"OK: {cfg} is a valid StoreLens config") and len(out.splitlines()) < 10
+
+
+# -- item 16: service install checks the user, keeps /tmp visible, and says where the unit must go ----------------
+
+
+def test_service_install_checks_user_tmp_and_unit_dir(tmp_path: Path) -> None:
+    from edge.ops.systemd import under_tmp
+    from tests.ops_helpers import storelens, write_config
+
+    config = tmp_path / "kiosk.toml"
+    write_config(config, {"device": {"store": "s1", "id": "d1"}, "catalog": {"data_dir": str(tmp_path / "data")}})
+    base = ["service", "install", "--config", str(config), "--unit-dir", str(tmp_path / "units"),
+            "--env-file", str(tmp_path / "s.env")]
+    bad = storelens(*base, "--run-as", "no-such-user-29a")
+    assert bad.returncode == 3 and "no such user" in bad.stderr and "useradd" in bad.stderr
+    assert not (tmp_path / "units").exists()
+    ok = storelens(*base, "--run-as", "daemon")
+    assert ok.returncode == 0, ok.stderr
+    unit = (tmp_path / "units" / "storelens.service").read_text()
+    assert "PrivateTmp=yes" not in unit and "no PrivateTmp" in unit  # the config and catalog are under /tmp
+    assert "under /tmp" in ok.stderr
+    assert f"systemd does not read {tmp_path / 'units'}: copy the unit to /etc/systemd/system/" in ok.stdout
+    assert under_tmp(Path("/etc/storelens/kiosk.toml"), Path("/opt/venv/bin/python")) == []
+    assert under_tmp(Path("/var/tmp/x")) == [Path("/var/tmp/x")]
