@@ -389,3 +389,46 @@ def test_service_install_checks_user_tmp_and_unit_dir(tmp_path: Path) -> None:
     assert f"systemd does not read {tmp_path / 'units'}: copy the unit to /etc/systemd/system/" in ok.stdout
     assert under_tmp(Path("/etc/storelens/kiosk.toml"), Path("/opt/venv/bin/python")) == []
     assert under_tmp(Path("/var/tmp/x")) == [Path("/var/tmp/x")]
+
+
+# -- item 19: commands that change the device are logged; refusals name verb and id; unknown skus are refused -------
+
+
+def test_command_log_lines_and_recommend_for_an_unknown_sku(tmp_path: Path, tiny_onnx: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+    import json
+
+    import cv2
+
+    from edge.catalog.store import Store
+    from edge.pipeline.handlers import recommend_handler
+    from edge.recommend.service import recommender_for
+    from tests.encoders_for_tests import TinyImageEncoder
+    from tests.encoders_for_tests import product_image as photo
+
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "data")},
+                      mqtt={"enabled": False})
+    enc = TinyImageEncoder(tiny_onnx)
+    store = Store.from_settings(s, image_encoder=enc, text_encoder=None)
+    rt = assemble_runtime(settings=s, encoder=enc, matcher=store, out=io.StringIO())
+    jpeg = base64.b64encode(cv2.imencode(".jpg", photo(1))[1].tobytes()).decode()
+    with caplog.at_level(logging.INFO, logger="storelens.commands"):
+        assert rt.router.handle("enroll", json.dumps({"id": "e1", "sku": "OAT", "images": [{"b64": jpeg}]}).encode())[
+            "ok"]
+        assert not rt.router.handle("remove", json.dumps({"id": "r9", "sku": "NOPE"}).encode())["ok"]
+        assert rt.router.handle("remove", json.dumps({"id": "r1", "sku": "OAT"}).encode())["ok"]
+    done = [r for r in caplog.records if r.getMessage() == "command done"]
+    assert [(r.verb, r.id, r.sku) for r in done] == [("enroll", "e1", "OAT"), ("remove", "r1", "OAT")]  # type: ignore[attr-defined]
+    (refused,) = [r for r in caplog.records if r.getMessage() == "command refused"]
+    assert (refused.verb, refused.id) == ("remove", "r9")  # type: ignore[attr-defined]
+    store.enroll("OAT", name="Oat milk", images=[photo(1)])
+    store.enroll("RYE", name="Rye bread", images=[photo(2)])
+    rec = recommender_for(s, store=store)
+    handle = recommend_handler(rec)
+    assert [r["sku"] for r in handle({"sku": "OAT", "kind": "similar"})["recommendations"]] == ["RYE"]
+    from edge.core.errors import CommandError
+
+    with pytest.raises(CommandError, match="'Tomato' is not in the catalog"):
+        handle({"sku": "Tomato"})
+    store.close()
