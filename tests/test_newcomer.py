@@ -432,3 +432,31 @@ def test_command_log_lines_and_recommend_for_an_unknown_sku(tmp_path: Path, tiny
     with pytest.raises(CommandError, match="'Tomato' is not in the catalog"):
         handle({"sku": "Tomato"})
     store.close()
+
+
+# -- item 20: the kiosk page's search and cmd/search take the same key --------------------------------------------
+
+
+def test_kiosk_api_search_takes_text_like_cmd_search(tmp_path: Path) -> None:
+    import json
+
+    from edge.catalog.db import Catalog, Product
+    from edge.kiosk.actions import KioskActions
+    from edge.kiosk.cards import ProductCards
+    from edge.kiosk.confirmations import ConfirmationStore
+    from edge.kiosk.hub import KioskHub
+
+    cat = Catalog(tmp_path / "catalog.db")
+    with cat.transaction() as db:
+        for sku, name in (("OATS", "Morning Oats"), ("TEA", "Mint Tea")):
+            cat.upsert_product(db, Product(key=0, sku=sku, name=name))
+    cards = ProductCards(cat, hidden=frozenset())
+    actions = KioskActions(hub=KioskHub(cards, camera="cam", empty_sku="EMPTY", candidates=3), cards=cards,
+                           confirmations=ConfirmationStore(tmp_path / "c", max_items=3), publish=lambda t, m: None,
+                           device="d1", search=lambda q, k: [p for p in cat.products() if q in p.name.lower()][:k])
+    for body in ({"text": "oats"}, {"q": "oats"}):  # the documented key, and the page's old one
+        status, reply = actions.handle("search", json.dumps(body).encode())
+        assert status == 200 and [c["sku"] for c in reply["result"]["results"]] == ["OATS"], body
+    status, reply = actions.handle("search", b"{}")
+    assert status == 400 and "'text'" in reply["error"]
+    cat.close()
