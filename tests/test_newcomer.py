@@ -460,3 +460,43 @@ def test_kiosk_api_search_takes_text_like_cmd_search(tmp_path: Path) -> None:
     status, reply = actions.handle("search", b"{}")
     assert status == 400 and "'text'" in reply["error"]
     cat.close()
+
+
+# -- item 21: held crops can be approved or discarded -------------------------------------------------------------
+
+
+def test_held_crops_can_be_approved_or_discarded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from edge.catalog.learning import Learner
+    from edge.catalog.store import Store
+    from edge.cli.main import main
+    from edge.core.learning_settings import LearningSettings
+    from edge.models.encoders import load_image_encoder
+    from tests.encoders_for_tests import product_image as photo
+    from tests.encoders_for_tests import write_jpeg
+
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert main(["catalog", "add", "OAT", "--name", "Oat milk", "--image",
+                 str(write_jpeg(tmp_path / "oat.jpg", photo(1, size=96))), *data]) == 0
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(tmp_path / "data")})
+    store = Store.from_settings(s, image_encoder=load_image_encoder(s.model), text_encoder=None)
+    lrn = Learner(store, LearningSettings(hold_below=0.999))  # every confirmation held for review
+    from edge.models.preprocess import read_image
+    from tests.fleet_helpers import gsd_photos
+
+    for real in next(iter(gsd_photos(2, 1).values())):  # real shop photos: nothing like the drawn carton
+        assert lrn.learn("OAT", read_image(real), source="kiosk").outcome == "held"
+    lrn.close()
+    store.close()
+    capsys.readouterr()
+    assert main(["catalog", "learned", "--held", "--json", *data]) == 0
+    first, second = (h["id"] for h in json.loads(capsys.readouterr().out)["held"])
+    assert main(["catalog", "learned", "--approve", first, "--discard", second, *data]) == 0
+    out = capsys.readouterr().out
+    assert f"{first}: approved: learned as a photo of OAT" in out and f"{second}: discarded" in out
+    assert main(["catalog", "learned", "--json", *data]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed["learned"]) == 1 and listed["stats"]["review"] == 0
+    assert main(["catalog", "learned", "--discard", second, *data]) == 3  # no longer held
+    assert "no held crop" in capsys.readouterr().err

@@ -126,10 +126,11 @@ class Learner:
     # ---- learning -----------------------------------------------------------------------
 
     def learn(self, sku: str, crop: np.ndarray, *, source: str, ref: str | None = None, ts: float | None = None,
-              embedding: np.ndarray | None = None) -> LearnResult:
+              embedding: np.ndarray | None = None, hold: bool = True) -> LearnResult:
         """Judge one confirmed crop (BGR) of ``sku`` and learn, skip or hold it (see the module docstring).
 
         ``embedding``: the crop's vector when the caller already has it (else the store's encoder embeds it).
+        ``hold=False``: a person approved it (:meth:`review`), so a low cosine does not hold it again.
         """
         store = self.store
         product = store.catalog.get(sku)
@@ -146,7 +147,7 @@ class Learner:
             photos = self._photo_vectors(product.key)
             cosine = float((photos @ vec).max()) if len(photos) else -1.0
             threshold = self.hold_below
-            if cosine < threshold:
+            if hold and cosine < threshold:
                 self._hold(sku, crop, source=source, ref=ref, ts=ts, cosine=cosine, threshold=threshold)
                 return self._result("held", sku, cosine, threshold)
             if cosine >= self.settings.duplicate_cosine:
@@ -287,6 +288,29 @@ class Learner:
                                 "ORDER BY ts DESC LIMIT ?", (int(limit),)).fetchall()
         keys = ("id", "ts", "sku", "source", "ref", "cosine", "threshold")
         return [{**dict(zip(keys, r[:7], strict=True)), "path": str(self.review_dir / r[7])} for r in rows]
+
+    def review(self, review_id: str, *, approve: bool) -> LearnResult | None:
+        """Approve a held crop (learned as a photo of its sku: a person looked, so its low cosine does not hold it
+        again; a duplicate still adds nothing) or discard it; either way it leaves the review. Returns the
+        approval's result (None for a discard); :class:`InputError` for an id that is not held."""
+        row = self._db.execute("SELECT sku, source, ref, ts, file FROM learning_review WHERE id = ?",
+                               (review_id,)).fetchone()
+        if row is None:
+            raise InputError(f"no held crop {review_id!r}", hint="`storelens catalog learned --held` lists their ids")
+        sku, source, ref, ts, name = row
+        result = None
+        if approve:
+            crop = cv2.imread(str(self.review_dir / name))
+            if crop is None:
+                raise ImageError(f"the held crop file {self.review_dir / name} is missing or unreadable",
+                                 hint="discard it instead (--discard)")
+            result = self.learn(str(sku), crop, source=str(source), ref=ref, ts=float(ts), hold=False)
+        with transaction(self._db) as db:
+            db.execute("DELETE FROM learning_review WHERE id = ?", (review_id,))
+        unlink_files([self.review_dir / name])
+        log.info("held crop reviewed", extra={"id": review_id, "sku": sku, "approved": approve,
+                                              "outcome": result.outcome if result else "discarded"})
+        return result
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:
