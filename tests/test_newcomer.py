@@ -500,3 +500,21 @@ def test_held_crops_can_be_approved_or_discarded(tmp_path: Path, capsys: pytest.
     assert len(listed["learned"]) == 1 and listed["stats"]["review"] == 0
     assert main(["catalog", "learned", "--discard", second, *data]) == 3  # no longer held
     assert "no held crop" in capsys.readouterr().err
+
+
+# -- house-keeping: no import cycle outside edge/ either, and export/ modules of a readable size ------------------
+
+
+@pytest.mark.parametrize("package", ["benchmarks", "export"])
+def test_no_import_cycle_and_readable_modules_outside_edge(package: str) -> None:
+    from tests.test_layout import MAX_MODULE_LINES, find_cycle, imported_names
+
+    root = Path(__file__).resolve().parents[1]
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in sorted((root / package).rglob("*.py"))}
+    graph = {name: {t for t in imported_names(path) if t in modules and t != name} for name, path in modules.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or [])
+    if package == "export":
+        long = {n: p.read_text().count("\n") for n, p in modules.items()}
+        assert max(long.values()) <= MAX_MODULE_LINES, {n: c for n, c in long.items() if c > MAX_MODULE_LINES}
