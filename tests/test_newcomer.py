@@ -245,10 +245,11 @@ def test_first_snapshot_keeps_the_local_catalog_to_roll_back_to(tmp_path: Path, 
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     from edge.catalog.snapshot import write_snapshot
     from edge.catalog.store import Store
-    from edge.core.fleet_settings import FleetSettings
+    from edge.fleet.publish import publish_snapshot
     from edge.fleet.updates import CatalogUpdater
     from tests.encoders_for_tests import TinyImageEncoder
     from tests.encoders_for_tests import product_image as photo
+    from tests.fleet_helpers import TEST_KEY, TEST_PUBLIC
 
     enc = TinyImageEncoder(tiny_onnx)
 
@@ -259,20 +260,29 @@ def test_first_snapshot_keeps_the_local_catalog_to_roll_back_to(tmp_path: Path, 
             store.enroll(f"{name}-{p}", name=f"{name} {p}", images=[photo(p), photo(p, noise=0.05)])
         return store
 
-    chain = store_at("chain", 2)
-    folder, _ = write_snapshot(chain.data_dir, tmp_path / "built", bundle=enc.fingerprint, text_bundle=None,
-                               dtype=chain.dtype, counts={"products": 2}, assortment=None)
+    chain = store_at("chain", 2)  # the chain's catalog: versions 2 and 3, below the device's own
+    announced = []
+    for n in (1, 2):
+        if n == 2:
+            chain.enroll("chain-new", name="new", images=[photo(9)])  # the chain's next version
+        folder, _ = write_snapshot(chain.data_dir, tmp_path / f"built{n}", bundle=enc.fingerprint, text_bundle=None,
+                                   dtype=chain.dtype, counts={"products": 2 + n - 1}, assortment=None)
+        announced.append(publish_snapshot(folder, to=str(tmp_path / "pub"), key=TEST_KEY))
     chain.close()
-    local = store_at("local", 5)  # loaded by hand before joining the fleet
+    local = store_at("local", 5)  # loaded by hand before joining the fleet: 5 enrolls, version 5
     version = local.catalog_version
-    updater = CatalogUpdater(local, fleet=FleetSettings(), store_id="s1")
+    fleet = load_settings(None, device={"store": "s1", "id": "d1"},
+                          fleet={"snapshot_dir": str(tmp_path / "pub"), "trusted_keys": [TEST_PUBLIC]}).fleet
+    updater = CatalogUpdater(local, fleet=fleet, store_id="s1")
     with caplog.at_level(logging.WARNING, logger="storelens.snapshot"):
-        updater._install(folder, sha256="a" * 64, rollback=False)  # what an announcement ends in
+        assert updater.handle(announced[0].to_payload())["result"] == "installed"
     assert local.catalog.count() == 2
     assert any("replaces this device's own catalog (5 products" in r.getMessage() for r in caplog.records)
     result = updater.rollback()
     assert result["result"] == "rolled-back" and result["catalog_version"] == version
     assert sorted(p.sku for p in local.catalog.products()) == [f"local-{p}" for p in range(5)]
+    # the device's own version is no chain version: the chain's next snapshot still installs
+    assert updater.handle(announced[1].to_payload())["result"] == "installed"
     local.close()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.catalog.learning import Learner
+from edge.catalog.review import review_held
 from edge.cli.common import open_store, settings_from_args
 from edge.core.errors import InputError
 
@@ -117,7 +118,7 @@ def run_review(args: argparse.Namespace) -> int:
     try:
         for ids, approve in ((args.approve, True), (args.discard, False)):
             for rid in ids:
-                result = learner.review(rid, approve=approve)
+                result = review_held(learner, rid, approve=approve)
                 out.append({"id": rid, "approved": approve, **(result.to_dict() if result else {})})
     finally:
         learner.close()
@@ -126,7 +127,8 @@ def run_review(args: argparse.Namespace) -> int:
         print(json.dumps({"reviewed": out}, indent=2, ensure_ascii=False))
         return 0
     said = {"learned": "learned as a photo of {sku} (catalog version {catalog_version})",
-            "duplicate": "adds nothing: {sku} already has a photo this close"}
+            "duplicate": "adds nothing: {sku} already has a photo this close",
+            "limited": "still held: {sku} reached learning.max_learned_per_hour, approve it again later"}
     for r in out:
         print(f"{r['id']}: " + (f"approved: {said[r['outcome']].format(**r)}" if r["approved"] else "discarded"))
     return 0

@@ -27,6 +27,12 @@ log = logging.getLogger("storelens.snapshot")
 LOCAL_SHA = "local"  # the sha256 field of a kept local catalog: it was never an announced archive
 
 
+def is_local(entry: dict[str, Any] | None) -> bool:
+    """Whether a ``meta.snapshot`` entry is a kept local catalog (its version is the device's own count, not
+    the chain's: a chain snapshot of a lower version must still install after a rollback to it)."""
+    return str((entry or {}).get("sha256", "")).startswith(f"{LOCAL_SHA}-")
+
+
 def keep_local_catalog(store: Store, root: Path, *, bundle: str, text_bundle: str | None,
                        dtype: str) -> Installed | None:
     """Before the first snapshot install: the store's own catalog as a snapshot under ``root`` and as the
