@@ -65,7 +65,8 @@ def fusion_lines(w: FusionWeights, before: FusionWeights, *, photos: int, dry_ru
                      "image only (label text did not help on these photos)")
     if checked < FEW_CHECK_PHOTOS:
         lines.append(f"fusion: warning: only {checked} held-out photos checked the weight (at least "
-                     f"{FEW_CHECK_PHOTOS} advised: two or more labelled photos of each product)")
+                     f"{FEW_CHECK_PHOTOS} advised: label more photos of each product; half of each product's "
+                     "photos check it)")
     if dry_run:
         lines.append("fusion: dry run: not stored")
     elif before.ocr or before.metrics:
