@@ -1,6 +1,7 @@
 /* StoreLens kiosk screen. Live decisions arrive as server-sent events from the runtime
    (/events); search, recommend and confirm are JSON POSTs to /api/<verb>. No framework, no
-   network beyond this device. window.__kiosk exposes render times for tests and benchmarks. */
+   network beyond this device. window.__kiosk exposes the renders (times, item, pick list) and the
+   confirmations for tests and benchmarks. */
 (() => {
   'use strict';
   const cfg = JSON.parse(document.getElementById('kiosk-config').textContent);
@@ -12,7 +13,7 @@
   const BROWSE_MS = 60000; // a product opened from search or a recommendation shows this long
   const $ = (id) => document.getElementById(id);
   const stage = $('stage');
-  const kiosk = window.__kiosk = { rendered: [], connects: 0, last: null };
+  const kiosk = window.__kiosk = { rendered: [], connects: 0, last: null, confirms: [] };
   let live = null;      // the runtime's current decision event
   let shown = null;     // what the screen shows: {kind, product, matchId, item, pick, browse}
   let online = false;
@@ -179,6 +180,7 @@
     const target = matchId || (shown && shown.matchId);
     try {
       const result = await api('confirm', { match_id: target, sku: product.sku, source });
+      kiosk.confirms.push(result);
       closeResults();
       if (!result.shown) toast(L.confirmed); // else the screen shows it, with its "confirmed" badge
     } catch (e) {
