@@ -367,8 +367,7 @@ class Runtime:
     # -- stats and status --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        ocr = ({**self.reranker.worker.stats().to_dict(), "fused": self.reranker.fused}
-               if self.reranker is not None else {"enabled": False})
+        ocr = messages.ocr_stats(self.reranker)
         return messages.stats_message(
             counts=self.counts, uptime_s=time.monotonic() - self._started, latencies_ms=self.latencies,
             gates=(r.gate.stats for regions in self.regions.values() for r in regions),
