@@ -111,6 +111,36 @@ def decision_line(d: Decision) -> str:
     return f"{stamp} {d.camera}/{d.roi} {d.decision:7s} {top} frames={d.frames}{extra}{hb}"
 
 
+class DecisionLines:
+    """The printed decision lines of a kiosk, numbered by item (issue 29 item 22).
+
+    Each line of a kiosk camera ends with the item it is about (``item 3``): the runtime's
+    ``item_id`` when the match carries one, else its view. A later answer for the same item
+    (corrected or firmed up) says ``item 3 updated``, so it never reads as a second item;
+    shelf cameras keep the plain line.
+    """
+
+    REMEMBERED = 256  # items whose numbers are kept (a late update of an older one gets a new number)
+
+    def __init__(self, kiosk_cameras: Iterable[str]) -> None:
+        self.kiosk_cameras = frozenset(kiosk_cameras)
+        self._numbers: dict[str, int] = {}
+        self._count = 0
+
+    def line(self, d: Decision, *, item: str | None) -> str:
+        base = decision_line(d)
+        if d.camera not in self.kiosk_cameras or not item:
+            return base
+        number = self._numbers.get(item)
+        if number is None:
+            self._count += 1
+            number = self._numbers[item] = self._count
+            if len(self._numbers) > self.REMEMBERED:
+                del self._numbers[next(iter(self._numbers))]
+            return f"{base}  item {number}"
+        return f"{base}  item {number}" + ("" if d.heartbeat else " updated")
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """The ``q`` quantile of already sorted values (nearest rank), rounded to 0.01; None when empty."""
     if not sorted_values:
