@@ -1,7 +1,8 @@
 """Remote commands over MQTT: ``<prefix>/cmd/<verb>`` in, ``<prefix>/cmd/<verb>/reply`` out.
 
 Every payload is checked before anything runs: size (``mqtt.command_max_bytes``), JSON
-object, the shared ``token`` when ``mqtt.command_token`` is set, a known verb. A bad command
+object, the shared ``token`` when ``mqtt.command_token`` is set (compared in constant time:
+:func:`token_matches`), a known verb. A bad command
 gets an error reply ``{"ok": false, "error": ..., "code": ...}``; a handler that raises gets
 one too. Handlers run on one worker thread behind a bounded queue, never on paho's network
 thread, so a slow reload or enroll cannot stall the broker link or the frame loop, and a
@@ -9,6 +10,11 @@ flood of commands is answered ``busy`` instead of piling up.
 
 Handlers are registrable (``router.register("recommend", fn)``): ``fn(args: dict) -> dict``
 returns the reply's ``result`` or raises :class:`CommandError` (or any StoreLensError).
+
+An MQTT 5 response topic is honoured only under ``<prefix>/cmd/<verb>/reply`` (e.g.
+``.../cmd/search/reply/pos-1``): anything else (the device's own ``match`` topic, another
+device's) is ignored, counted in ``bad_response_topics`` and the reply goes to the
+default topic — a forged command must not make the device publish on a topic of its choosing.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.auth import token_matches
 from edge.core.config import MqttSettings
 from edge.core.errors import CommandError, StoreLensError
 from edge.models.preprocess import decode_image, read_image
@@ -50,6 +57,7 @@ class CommandRouter:
         self.token = token
         self.handlers: dict[str, CommandHandler] = {}
         self.counts = {"ok": 0, "error": 0, "busy": 0}
+        self.bad_response_topics = 0  # MQTT 5 response topics ignored: not under <prefix>/cmd/<verb>/reply
         self._reply = reply
         self._queue: queue.Queue[tuple[str, bytes, str | None, bytes | None] | None] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
@@ -82,6 +90,11 @@ class CommandRouter:
         verb = topic.rsplit("/", 1)[-1]
         resp_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
         corr = getattr(properties, "CorrelationData", None) if properties is not None else None
+        if resp_topic is not None and not self._own_reply_topic(verb, resp_topic):
+            self.bad_response_topics += 1
+            log.warning("command's response topic ignored: not under this device's reply topic",
+                        extra={"verb": verb[:64], "response_topic": resp_topic[:200]})
+            resp_topic = None
         if len(payload) > self.max_bytes:
             self._send(verb, self._error(None, CommandError(
                 f"command payload of {len(payload)} bytes exceeds mqtt.command_max_bytes={self.max_bytes}",
@@ -115,6 +128,11 @@ class CommandRouter:
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def _own_reply_topic(self, verb: str, topic: str) -> bool:
+        """``<prefix>/cmd/<verb>/reply`` or a topic below it, without wildcards."""
+        base = f"{self.prefix}/cmd/{verb}/reply"
+        return (topic == base or topic.startswith(base + "/")) and not any(c in topic for c in "+#\0")
+
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
             verb, payload, resp_topic, corr = item
@@ -147,7 +165,7 @@ class CommandRouter:
         return args
 
     def _authorise(self, token: Any) -> None:
-        if self.token is not None and token != self.token:
+        if self.token is not None and not token_matches(token, self.token):
             raise CommandError("unauthorised: missing or wrong token",
                                hint="send the device's mqtt.command_token as \"token\"")
 

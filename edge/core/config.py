@@ -245,14 +245,11 @@ class RecommendSettings(Section):
         description="Rebuild the model at most this often when new baskets arrived, in the background while the "
         "old one serves (0 = on the next request)",
     )
-    dedup_window_days: float = Field(
-        30.0,
-        gt=0,
-        le=3650,
-        description="Basket ids are remembered this long; "
-        "older baskets are rejected as stale (they could not be de-duplicated)",
-    )
+    dedup_window_days: float = Field(30.0, gt=0, le=3650, description="Basket ids are remembered this long; "
+                                     "older baskets are rejected as stale (they could not be de-duplicated)")
     max_basket_items: int = Field(200, ge=1, le=10000, description="Baskets with more distinct skus are rejected")
+    max_baskets_per_minute: int = Field(600, ge=1, le=100_000, description="Baskets counted a minute at most "
+                                        "(the rest rejected as `rate`): a flood of forged events stays bounded")
     near_duplicate: float = Field(
         0.98,
         gt=0,
@@ -387,7 +384,7 @@ class SettingsError(ConfigError):
         return cls(probs, source)
 
 
-SECRET_KEYS = ("password", "command_token")
+SECRET_KEYS = ("password", "command_token", "token")
 MASK = "**********"
 
 

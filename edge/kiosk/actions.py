@@ -1,9 +1,11 @@
 """What the kiosk page may ask for: ``search``, ``recommend`` and ``confirm`` — and nothing else.
 
 Requests go through a :class:`~edge.comms.commands.CommandRouter` of their own, so the page
-gets exactly the validation an MQTT command gets: the payload size limit, a JSON object, the
-shared ``mqtt.command_token`` when one is configured, argument checks — and only the three
-verbs registered here exist: enroll, remove, reload or snapshot cannot be reached from the page.
+gets exactly the validation an MQTT command gets: the payload size limit, a JSON object,
+argument checks — and only the three verbs registered here exist: enroll, remove, reload or
+snapshot cannot be reached from the page. Who may use the page at all is the server's
+``kiosk_screen.token`` (:mod:`edge.kiosk.guard`), never the admin ``mqtt.command_token``: the
+page's browser must not hold the key to the device's commands (issue 28, finding 9).
 
 A confirmation is kept in the :class:`~edge.kiosk.confirmations.ConfirmationStore` (with the
 crop the runtime decided on) and published as ``<prefix>/<camera>/confirm`` through the same

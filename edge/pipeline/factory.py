@@ -27,6 +27,7 @@ from edge.pipeline.gate import RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
 from edge.pipeline.vote import RegionVoter
+from edge.recommend.basket_events import MAX_PAYLOAD_BYTES as BASKET_MAX_BYTES
 from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
 
@@ -62,7 +63,7 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
                  hooks=RuntimeHooks.from_settings(settings, link))
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
     if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
-        attach_recommender(recommender, link=link, router=router)
+        attach_recommender(recommender, link=link, router=router, known=_catalog_holds(rt))
     if settings.kiosk_screen.enabled:  # the shopper's page (edge.kiosk); starts and stops with the runtime
         from edge.kiosk.screen import attach_screen
 
@@ -70,18 +71,28 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
     return rt
 
 
-def attach_recommender(recommender: Recommender, *, link: MqttLink | None, router: CommandRouter) -> None:
+def attach_recommender(recommender: Recommender, *, link: MqttLink | None, router: CommandRouter,
+                       known: Callable[[str], bool] | None = None) -> None:
     """``cmd/recommend`` on the router and ``events/basket`` on the link (call before ``link.start()``).
 
     The basket handler runs on paho's network thread: one small SQLite transaction, never raises.
+    A basket must carry the router's token when it has one; ``known(sku)`` drops skus the catalog lacks.
     """
     router.register("recommend", recommend_handler(recommender))
 
     def on_basket(_topic: str, payload: bytes, _props: Any) -> None:
-        recommender.handle_basket_message(payload)
+        recommender.handle_basket_message(payload, token=router.token, known=known)
 
     if link is not None:
-        link.add_topic_handler(link.topic("events/basket"), on_basket)
+        link.add_topic_handler(link.topic("events/basket"), on_basket, max_bytes=BASKET_MAX_BYTES)
+
+
+def _catalog_holds(rt: Runtime) -> Callable[[str], bool] | None:
+    """Whether the runtime's current catalog (read on every call: a reload swaps it) holds a sku; None for a
+    matcher without a catalog (then baskets are not checked against one)."""
+    if getattr(rt.matcher, "catalog", None) is None:
+        return None
+    return lambda sku: rt.matcher.catalog.get(sku) is not None  # type: ignore[attr-defined]
 
 
 def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:

@@ -36,6 +36,7 @@ from edge.models.encoders.base import ImageEncoder
 from edge.ops.hooks import RuntimeHooks
 from edge.pipeline import messages
 from edge.pipeline.capture import CameraThread, Frame
+from edge.pipeline.crops import DecidedCrops, crop
 from edge.pipeline.gate import GateVerdict, RegionGate
 from edge.pipeline.label_text import LabelTextVotes
 from edge.pipeline.vote import Decision, RegionVoter, VoteParams
@@ -86,14 +87,6 @@ class Region:
         return f"{self.camera.name}/{self.roi.name}"
 
 
-def crop(image: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
-    """The normalised ``(x, y, w, h)`` region of ``image`` (a view, at least 1x1 pixel)."""
-    h, w = image.shape[:2]
-    x0, y0 = int(rect[0] * w), int(rect[1] * h)
-    x1, y1 = max(x0 + 1, round((rect[0] + rect[2]) * w)), max(y0 + 1, round((rect[1] + rect[3]) * h))
-    return image[y0:min(y1, h), x0:min(x1, w)]
-
-
 def vote_params(settings: Settings, matcher: Any) -> VoteParams:
     """The voting parameters for ``matcher``: its stored thresholds (``matcher.thresholds``) under the config's."""
     return VoteParams.from_settings(settings.decision, getattr(matcher, "thresholds", None))
@@ -128,6 +121,7 @@ class Runtime:
         self._text = LabelTextVotes(reranker, revotes=settings.decision.window)
         self._jsonl: IO[str] | None = None
         self._last_frames: dict[str, Frame] = {}
+        self._crops = DecidedCrops()  # the crop each region's view was decided on
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.counts = {"frames": 0, "embedded": 0, "batches": 0, "decisions": 0, "unknown": 0, "planogram": 0,
                        "heartbeats": 0, "errors": 0, "crops_failed": 0}
@@ -326,10 +320,11 @@ class Runtime:
         self._send(suffix, msg)
 
     def _view_crop(self, d: Decision) -> np.ndarray | None:
-        """The decided region's crop of its camera's newest frame (what a kiosk confirmation keeps)."""
+        """The crop ``d``'s view was decided on; a heartbeat's is kept, never its newest frame (edge.pipeline.crops)."""
         frame = self._last_frames.get(d.camera)
         region = next((r for r in self.regions.get(d.camera, ()) if r.roi.name == d.roi), None)
-        return None if frame is None or region is None else crop(frame.image, region.roi.rect)
+        newest = None if frame is None or region is None else crop(frame.image, region.roi.rect)
+        return self._crops.for_decision(d, newest)
 
     # -- what command handlers use (on the command worker thread) -----------------------------------
 

@@ -6,9 +6,9 @@
   'use strict';
   const cfg = JSON.parse(document.getElementById('kiosk-config').textContent);
   const L = cfg.labels;
-  const params = new URLSearchParams(location.search);
-  const token = params.get('token') || sessionStorage.getItem('storelens-token');
-  if (token) sessionStorage.setItem('storelens-token', token);
+  // The kiosk token came once in the address (/?token=...); the server answered with an HttpOnly
+  // cookie that every later request carries. Drop it from the address (and so from history).
+  if (new URLSearchParams(location.search).has('token')) history.replaceState(null, '', location.pathname);
   const money = new Intl.NumberFormat(cfg.locale, { style: 'currency', currency: cfg.currency });
   const BROWSE_MS = 60000; // a product opened from search or a recommendation shows this long
   const $ = (id) => document.getElementById(id);
@@ -79,9 +79,8 @@
       : state === 'store-offline' ? L.store_offline : L.live;
   }
   async function api(verb, body) {
-    const payload = Object.assign({}, body, token ? { token } : {});
     const r = await fetch(`/api/${verb}`, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(payload),
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
     });
     const reply = await r.json();
     if (!reply.ok) throw new Error(reply.error || `HTTP ${r.status}`);
