@@ -33,6 +33,7 @@ def test_a_corrected_answer_reads_as_an_update_of_the_same_item() -> None:
     assert corrected.endswith("known   OATS (0.90) frames=3  item 1 updated")
     assert beat.endswith("heartbeat  item 1") and other.endswith("COLA (0.90) frames=3  item 2")
     assert lines.line(decided("COLA", camera="shelf"), item="s1").endswith("frames=3")  # shelves: plain lines
+    assert lines.line(decided(None, view="v3"), item=None).endswith("frames=3")  # the empty tray is no item
 
 
 def test_a_kiosk_run_prints_one_numbered_line_per_item(tmp_path: Path, tiny_onnx: Path) -> None:

@@ -301,7 +301,8 @@ class Runtime:
                 d, match_id=msg["id"], device=self.settings.device.id, catalog_version=self.matcher.catalog_version))
         if not d.heartbeat:  # a heartbeat re-sends an old frame's decision: not a latency sample
             self.latencies.append(max(0.0, (time.time() - d.ts) * 1000))
-        print(self._lines.line(d, item=msg.get("item_id") or d.view_id), file=self._out, flush=True)
+        item = msg["item_id"] if "item_id" in msg else d.view_id  # a runtime with items: the empty tray has none
+        print(self._lines.line(d, item=item), file=self._out, flush=True)
 
     def _send(self, suffix: str, msg: dict[str, Any]) -> None:
         body = json.dumps(msg, separators=(",", ":")).encode()

@@ -115,9 +115,9 @@ class DecisionLines:
     """The printed decision lines of a kiosk, numbered by item (issue 29 item 22).
 
     Each line of a kiosk camera ends with the item it is about (``item 3``): the runtime's
-    ``item_id`` when the match carries one, else its view. A later answer for the same item
-    (corrected or firmed up) says ``item 3 updated``, so it never reads as a second item;
-    shelf cameras keep the plain line.
+    ``item_id`` when the match carries one, else its view (no item: the plain line). A later
+    answer for the same item says ``item 3 updated``, so it never reads as a second item;
+    heartbeats and the final answer keep ``item 3``; shelf cameras keep the plain line.
     """
 
     REMEMBERED = 256  # items whose numbers are kept (a late update of an older one gets a new number)
@@ -138,7 +138,8 @@ class DecisionLines:
             if len(self._numbers) > self.REMEMBERED:
                 del self._numbers[next(iter(self._numbers))]
             return f"{base}  item {number}"
-        return f"{base}  item {number}" + ("" if d.heartbeat else " updated")
+        firm = d.heartbeat or bool(getattr(d, "final", False))  # the line already says heartbeat / final
+        return f"{base}  item {number}" + ("" if firm else " updated")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
