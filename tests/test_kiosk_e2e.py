@@ -1,10 +1,11 @@
 """The README's kiosk path end to end, the way a store's engineer tries it (issue 29, "Done when").
 
 Nothing is driven from inside: a product table of real photos (the Grocery Store dataset, read in
-place), ``storelens catalog import``, the shipped ``configs/kiosk.toml`` with only what a user has to
-change (the camera is a folder of real photos of the products and of one the catalog does not hold,
-each held ``hold_frames`` frames and looped; the broker's and the screen's ports; the screen switched
-on; baskets counted at once), a real Mosquitto, ``storelens run`` as its own process, basket events
+place) with the bare tray as ``decision.empty_sku`` (README), ``storelens catalog import``, the shipped
+``configs/kiosk.toml`` with only what a user has to change (the camera is a folder of real photos of
+the products and of one the catalog does not hold, the bare tray between them, each held
+``hold_frames`` frames and looped; the broker's and the screen's ports; the screen switched on;
+baskets counted at once), a real Mosquitto, ``storelens run`` as its own process, basket events
 published by a "store system" over MQTT, and the screen in a real Chromium. Every decision the page
 shows arrived over MQTT with the same answer and the same ranked alternatives; the photos of
 enrolled products are named; the header is not the device's id; a basket naming a product the
@@ -59,9 +60,11 @@ PRODUCTS = [("Packages/Milk/Arla-Standard-Milk", "ARLA-MILK-1L", "Arla Standard 
             ("Vegetables/Cucumber", "CUCUMBER", "Cucumber", 12.5, "Aisle 1 · Vegetables"),
             ("Fruit/Kiwi", "KIWI", "Kiwi", 4.5, "Aisle 1 · Fruit"),
             ("Fruit/Lemon", "LEMON", "Lemon", 5.0, "Aisle 1 · Fruit")]
-# what the camera shows, in turn: a val photo (never enrolled) of each, and a product the catalog lacks
+# what the camera shows, in turn, the bare tray after each: val photos (never enrolled) of enrolled products,
+# and a product the catalog lacks
 SHOWN = [("Packages/Milk/Arla-Standard-Milk", 0, "ARLA-MILK-1L"), ("Fruit/Banana", 0, "BANANA"),
-         ("Fruit/Pineapple", 2, None), ("Vegetables/Cucumber", 1, "CUCUMBER"), ("Fruit/Kiwi", 0, "KIWI")]
+         ("Fruit/Pineapple", 2, None), ("Vegetables/Cucumber", 1, "CUCUMBER")]
+EMPTY = "EMPTY"  # decision.empty_sku: the bare tray, enrolled from photos of it
 PHOTOS_PER_PRODUCT = 4
 BASKETS = [["ARLA-MILK-1L", "BANANA"], ["ARLA-MILK-1L", "BANANA", "KIWI"], ["ARLA-MILK-1L", "LEMON"],
            ["BANANA", "KIWI"], ["ARLA-MILK-1L", "TOMATO-NOT-SOLD-HERE"], ["ARLA-MILK-1L", "TOMATO-NOT-SOLD-HERE"]]
@@ -89,6 +92,17 @@ def set_key(text: str, section: str, key: str, value: str) -> str:
     return text[:head.end()] + body + text[end:]
 
 
+def tray_photo(path: Path, *, seed: int) -> Path:
+    """A photo of the bare tray as the kiosk's camera would take it (a stand-in: the dataset has none)."""
+    import cv2
+    import numpy as np
+
+    from edge.pipeline.demo import light_and_noise, tray_background
+
+    cv2.imwrite(str(path), light_and_noise(tray_background(), np.random.default_rng(seed), jitter=0.3))
+    return path
+
+
 def kiosk_config(shipped: str, *, camera: Path, broker_port: int, screen_port: int) -> str:
     assert re.search(r"^hold_frames\s*=", shipped, re.M), \
         "configs/kiosk.toml must ship cameras.hold_frames: a folder of photos is never steady without it"
@@ -104,16 +118,19 @@ def kiosk_config(shipped: str, *, camera: Path, broker_port: int, screen_port: i
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = shared_dir() / "datasets" / "grocery-store"
     work = tmp_path_factory.mktemp("store")
+    trays = [tray_photo(work / f"tray-{i}.jpg", seed=i) for i in range(4)]  # the box's camera, tray bare
     with (work / "products.csv").open("w", newline="", encoding="utf-8") as f:
         table = csv.writer(f)
         table.writerow(["sku", "name", "price", "location", "images"])
         for folder, sku, name, price, where in PRODUCTS:
             photos = split_paths(root, "train", folder)[:PHOTOS_PER_PRODUCT]
             table.writerow([sku, name, price, where, ";".join(str(p) for p in photos)])  # read in place
+        table.writerow([EMPTY, "Empty tray", "", "", ";".join(str(p) for p in trays[:3])])
     camera = work / "camera"
     camera.mkdir()
     for i, (folder, n, _sku) in enumerate(SHOWN):
-        (camera / f"{i:02d}.jpg").symlink_to(split_paths(root, "val", folder)[n])  # the dataset's file, not a copy
+        (camera / f"{i:02d}a.jpg").symlink_to(split_paths(root, "val", folder)[n])  # the dataset's file, no copy
+        (camera / f"{i:02d}b.jpg").symlink_to(trays[3])
     broker = Broker.on_free_port(work / "broker")
     broker.start()
     screen_port = free_port()
@@ -125,7 +142,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     subprocess.run([*cli, "validate-config", str(config)], cwd=work, env=env, check=True, capture_output=True)
     imported = subprocess.run([*cli, "catalog", "import", "products.csv", "--config", str(config), "--json"],
                               cwd=work, env=env, capture_output=True, text=True, check=True)
-    assert json.loads(imported.stdout)["products_added"] == len(PRODUCTS)
+    assert json.loads(imported.stdout)["products_added"] == len(PRODUCTS) + 1
     collector = Collector(broker.port, "storelens/store-001/kiosk-1/#", client_id="store-system")
     log = (work / "run.log").open("w")
     run = subprocess.Popen([*cli, "run", "--config", str(config)], cwd=work, env=env, stdout=log,
@@ -187,9 +204,10 @@ def test_a_folder_of_real_photos_reaches_the_screen_through_a_real_broker(store:
             m = wait_for(lambda r=r: next((x for x in collector.json_of("/kiosk/match") if x["id"] == r["match_id"]),
                                           None), f"match {r['match_id']} over MQTT", store, timeout_s=20)
             top = m["candidates"][0]["sku"]
-            assert r["kind"] == m["decision"] and (r["sku"] == top if r["kind"] == "known" else r["sku"] is None)
-            if r["kind"] == "known":
-                assert r["picks"] == [c["sku"] for c in m["candidates"][1:5]], (r, m)
+            assert r["kind"] == ("empty" if top == EMPTY else m["decision"]), (r, m)
+            assert r["sku"] == (top if r["kind"] == "known" else None), (r, m)
+            if r["kind"] == "known":  # the pick list: the match's other candidates, in its order
+                assert r["picks"] == [c["sku"] for c in m["candidates"] if c["sku"] not in (top, EMPTY)][:4], (r, m)
         named = {r["sku"] for r in rendered if r["kind"] == "known"}
         enrolled = {sku for _f, _n, sku in SHOWN if sku}
         assert len(named & enrolled) >= len(enrolled) - 1, (named, rendered)  # real photos, uncalibrated fallback
@@ -204,11 +222,12 @@ def test_a_folder_of_real_photos_reaches_the_screen_through_a_real_broker(store:
 
 
 def _pass_shown(page: Any) -> list[dict[str, Any]] | None:
-    """The page's renders of one whole pass of the folder (each item once), or None while it is not there yet."""
-    rendered = [r for r in page.evaluate("window.__kiosk.rendered") if not r["update"]]
-    if len(rendered) < len(SHOWN) + 1:  # the first may be the state the page was shown on connecting
+    """The page's renders (updates of an item too) until it showed one whole pass of the folder (each item
+    and the empty tray after it), or None while it has not yet."""
+    rendered = page.evaluate("window.__kiosk.rendered")[1:]  # the first: what the page was shown on connecting
+    if sum(1 for r in rendered if not r["update"]) < 2 * len(SHOWN):
         return None
-    return list(rendered[1: len(SHOWN) + 1])
+    return list(rendered)
 
 
 def _check_recommendations(page: Any, store: dict[str, Any]) -> None:
@@ -233,20 +252,28 @@ def _screenshots(browser: Any, url: str, folder: Path, store: dict[str, Any]) ->
         pages[name] = browser.new_page(viewport={"width": size[0], "height": size[1]})
         pages[name].goto(url)
         wait_live(pages[name], timeout_s=30)
-    links = sorted((store["work"] / "camera").iterdir())
-    photos = [link.resolve() for link in links]  # the dataset's files, before any link is turned
-    for shown, (kind, sku, suffix) in ((0, ("known", "ARLA-MILK-1L", "")), (2, ("unknown", None, "-unknown"))):
-        target = photos[shown]
-        for link in links:  # atomically, one by one
-            tmp = link.with_suffix(".tmp")
-            tmp.symlink_to(target)
-            tmp.replace(link)
+    camera = store["work"] / "camera"
+    links = sorted(camera.iterdir())
+    tray, milk, pineapple = ((camera / f).resolve() for f in ("00b.jpg", "00a.jpg", "02a.jpg"))  # before turning
+    for photo, kind, sku, suffix in ((milk, "known", "ARLA-MILK-1L", ""), (pineapple, "unknown", None, "-unknown")):
+        _hold(links, tray)  # the tray empties first: the next item is a new one
+        for page in pages.values():
+            wait_for(lambda p=page: _showing(p, "empty", None), "the empty tray", store, timeout_s=30)
+        _hold(links, photo)
         for name, page in pages.items():
             shot = folder / f"kiosk-{name}{suffix}.png"
             wait_for(lambda p=page, k=kind, s=sku, f=shot: _still_shot(p, k, s, f),
                      f"a still {kind} item for the {name} screenshot", store, timeout_s=60)
     for page in pages.values():
         page.close()
+
+
+def _hold(links: list[Path], photo: Path) -> None:
+    """Every photo of the camera folder turned into ``photo`` (atomically, one by one): held still."""
+    for link in links:
+        tmp = link.with_suffix(".tmp")
+        tmp.symlink_to(photo)
+        tmp.replace(link)
 
 
 def _still_shot(page: Any, kind: str, sku: str | None, path: Path) -> bool:
