@@ -128,7 +128,8 @@ class KioskActions:
     # -- handlers ----------------------------------------------------------------------------------
 
     def _cmd_search(self, args: dict[str, Any]) -> dict[str, Any]:
-        q = require_str(args, "q", max_len=MAX_QUERY_CHARS).strip()
+        # "text", as cmd/search has it (the documented key); "q", the page's first name for it, still works
+        q = require_str(args, "text" if "text" in args or "q" not in args else "q", max_len=MAX_QUERY_CHARS).strip()
         k = _int_arg(args, "k", self.search_k, 1, 24)
         if self._search is None:
             raise CommandError("search is not available on this device", hint="load the catalog with a text index")
