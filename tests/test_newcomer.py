@@ -528,3 +528,24 @@ def test_no_import_cycle_and_readable_modules_outside_edge(package: str) -> None
     if package == "export":
         long = {n: p.read_text().count("\n") for n, p in modules.items()}
         assert max(long.values()) <= MAX_MODULE_LINES, {n: c for n, c in long.items() if c > MAX_MODULE_LINES}
+
+
+def test_import_replace_of_a_row_without_images_keeps_the_photos(tmp_path: Path, tiny_onnx: Path) -> None:
+    from edge.catalog.importers.tables import ProductRecord
+    from edge.catalog.store import Store
+    from tests.encoders_for_tests import TinyImageEncoder
+    from tests.encoders_for_tests import product_image as photo
+
+    enc = TinyImageEncoder(tiny_onnx)
+    store = Store(data_dir=tmp_path / "data", image_encoder=enc, text_encoder=None, dtype="f32")
+    store.enroll("OAT", name="Oat milk", images=[photo(1), photo(2)])
+    report = store.import_records([ProductRecord(sku="OAT", name="Oat milk", price=9.5)], replace=True,
+                                  progress=False)
+    assert report.products_replaced == 1 and store.catalog.get("OAT").price == 9.5  # type: ignore[union-attr]
+    assert len(store.catalog.images("OAT")) == 2
+    assert store.search_image([photo(1)], k=1)[0][0].sku == "OAT"  # its image vectors are still indexed
+    assert store.catalog.vector_counts("image", enc.fingerprint) == (2, 1)
+    store.close()
+    again = Store(data_dir=tmp_path / "data", image_encoder=enc, text_encoder=None, dtype="f32")
+    assert again.repairs.rebuilds == 0  # the indexes agree with the catalog: nothing to repair on open
+    again.close()
