@@ -162,13 +162,13 @@ def test_reload_starts_label_text_after_a_fusion_weight_is_stored(tmp_path: Path
     store = Store.from_settings(s, image_encoder=enc, text_encoder=None)
     store.enroll("OAT", name="Oat milk", images=[photo(1)])
     rt = assemble_runtime(settings=s, encoder=enc, matcher=store, out=io.StringIO())
-    assert rt.reranker is None and rt.stats()["ocr"] == {"enabled": False}  # no weight fitted at start
+    assert rt.reranker is None and rt.stats()["ocr"]["enabled"] is False  # no weight fitted at start
     save_weights(store.catalog, FusionWeights(ocr=0.3, fitted_on="test"))  # what calibrate --fusion does
     reply = rt.router.handle("reload", json.dumps({"id": "r1"}).encode())
     try:
         assert reply["ok"], reply
         assert rt.reranker is not None and rt.reranker.weights.ocr == 0.3
-        assert "enabled" not in rt.stats()["ocr"]  # the OCR worker's counters now
+        assert rt.stats()["ocr"]["enabled"] is True  # the OCR worker's counters now
         save_weights(store.catalog, FusionWeights(ocr=0.5, fitted_on="refit"))
         assert rt.router.handle("reload", b"{}")["ok"] and rt.reranker.weights.ocr == 0.5
     finally:
