@@ -139,10 +139,11 @@ class Learner:
     # ---- learning -----------------------------------------------------------------------
 
     def learn(self, sku: str, crop: np.ndarray, *, source: str, ref: str | None = None, ts: float | None = None,
-              embedding: np.ndarray | None = None) -> LearnResult:
+              embedding: np.ndarray | None = None, hold: bool = True) -> LearnResult:
         """Judge one confirmed crop (BGR) of ``sku`` and learn, skip or hold it (see the module docstring).
 
         ``embedding``: the crop's vector when the caller already has it (else the store's encoder embeds it).
+        ``hold=False``: a person approved it (:mod:`edge.catalog.review`), so a low cosine does not hold it again.
         """
         store = self.store
         product = store.catalog.get(sku)
@@ -163,7 +164,7 @@ class Learner:
             photos = self._photo_vectors(product.key)
             cosine = float((photos @ vec).max()) if len(photos) else -1.0
             threshold = self.hold_below
-            if threshold is None or cosine < threshold:
+            if hold and (threshold is None or cosine < threshold):
                 reason = "uncalibrated" if threshold is None else "far"
                 self._hold(sku, crop, source=source, ref=ref, ts=ts, cosine=cosine, threshold=threshold)
                 return self._result("held", sku, cosine, threshold, reason=reason)

@@ -44,6 +44,8 @@ Reply = Callable[[str, bytes], None]  # (topic, payload)
 MAX_IMAGES = 32  # images one enroll / search command may carry
 QUEUE_SIZE = 16  # commands waiting for the worker before new ones are answered "busy"
 STR_MAX_CHARS = 256
+LOGGED_VERBS = frozenset({"enroll", "remove", "reload", "rollback", "confirm"})  # they change the device: logged
+LOGGED_KEYS = ("sku", "images", "removed", "outcome", "catalog_version")  # of their result, in the log line
 _DEFAULTS = MqttSettings()
 
 
@@ -96,7 +98,7 @@ class CommandRouter:
                         extra={"verb": verb[:64], "response_topic": resp_topic[:200]})
             resp_topic = None
         if len(payload) > self.max_bytes:
-            self._send(verb, self._error(None, CommandError(
+            self._send(verb, self._error(verb, None, CommandError(
                 f"command payload of {len(payload)} bytes exceeds mqtt.command_max_bytes={self.max_bytes}",
                 hint="send fewer/smaller images or an image path inside mqtt.enroll_dir")), resp_topic, corr)
             return
@@ -119,11 +121,14 @@ class CommandRouter:
                 raise CommandError(f"unknown command {verb!r}", hint=f"use one of {sorted(self.handlers)}")
             result = handler(args)
         except StoreLensError as e:
-            return self._error(req_id, e)
+            return self._error(verb, req_id, e)
         except Exception as e:
-            log.exception("command handler failed", extra={"verb": verb})
-            return self._error(req_id, CommandError(f"{verb} failed: {type(e).__name__}: {e}"))
+            log.exception("command handler failed", extra={"verb": verb, "id": req_id})
+            return self._error(verb, req_id, CommandError(f"{verb} failed: {type(e).__name__}: {e}"))
         self.counts["ok"] += 1
+        # what changed the device is logged (who enrolled what, when); searches and snapshots only at DEBUG
+        log.log(logging.INFO if verb in LOGGED_VERBS else logging.DEBUG, "command done",
+                extra={"verb": verb, "id": req_id, **{k: result[k] for k in LOGGED_KEYS if k in result}})
         return {"id": req_id, "ok": True, "result": result}
 
     # -- internals ---------------------------------------------------------------------------------
@@ -147,9 +152,9 @@ class CommandRouter:
         except Exception:
             log.exception("could not send a command reply", extra={"verb": verb})
 
-    def _error(self, req_id: Any, e: StoreLensError) -> dict[str, Any]:
+    def _error(self, verb: str, req_id: Any, e: StoreLensError) -> dict[str, Any]:
         self.counts["error"] += 1
-        log.warning("command refused", extra={"error": str(e)})
+        log.warning("command refused", extra={"verb": verb, "id": req_id, "error": str(e)})
         return {"id": req_id, "ok": False, "error": str(e), "code": type(e).__name__}
 
     @staticmethod

@@ -61,9 +61,11 @@ class KioskScreenSettings(_Section):
     language: Literal["en", "sv"] = Field("en", description="Language of the screen's words")
     camera: str | None = Field(None, min_length=1, max_length=64,
                                description="Camera whose decisions the screen shows; empty = the first kiosk camera")
-    title: str | None = Field(None, min_length=1, max_length=64, description="Heading; empty = device.store")
+    title: str | None = Field(None, min_length=1, max_length=64,
+                              description="Heading; empty = 'Price check' in the screen's language")
     currency: str = Field("SEK", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency of catalog prices")
-    candidates: int = Field(4, ge=1, le=8, description="Candidate cards shown for an unknown item")
+    candidates: int = Field(4, ge=1, le=8, description="Ranked alternatives shown: the pick list "
+                            "under a known answer ('Not this product?') and the cards for an unknown item")
     search_results: int = Field(8, ge=1, le=24, description="Cards per search")
     recommendations: int = Field(4, ge=0, le=12, description="Cards per recommendation row (0 = none)")
     max_request_bytes: int = Field(16384, ge=1024, le=1048576, description="Largest search/confirm request "

@@ -100,7 +100,7 @@ def create_screen(settings: Settings, *, catalog: Any, publish: Publish, search:
                            results=ks.search_results, recommendations=ks.recommendations)
     page = PageConfig(language=ks.language, locale=LOCALES[ks.language], labels=labels_for(ks.language),
                       currency=ks.currency, device=settings.device.id,
-                      title=ks.title or settings.device.store, token_required=token is not None)
+                      title=ks.title or labels_for(ks.language)["default_title"], token_required=token is not None)
     server = KioskServer(host=ks.host, port=ks.port, hub=hub, actions=actions, cards=cards, page=page,
                          link_status=link_status, token=token, allowed_hosts=ks.allowed_hosts,
                          max_connections=ks.max_connections, max_event_clients=ks.max_event_clients,

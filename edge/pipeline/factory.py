@@ -23,9 +23,10 @@ from edge.core.errors import StoreLensError
 from edge.models.encoders.base import ImageEncoder
 from edge.ops.hooks import RuntimeHooks
 from edge.pipeline.capture import CameraThread, SourceFactory
-from edge.pipeline.gate import RegionGate
+from edge.pipeline.gate import NEVER_STEADY_WARN_S, RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
 from edge.pipeline.item import ItemVoter
+from edge.pipeline.label_text import label_reranker
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
 from edge.pipeline.vote import RegionVoter
 from edge.recommend.basket_events import MAX_PAYLOAD_BYTES as BASKET_MAX_BYTES
@@ -63,6 +64,8 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
                  out=out if out is not None else sys.stdout, recommender=recommender, reranker=reranker,
                  hooks=RuntimeHooks.from_settings(settings, link))
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
+    for region in (r for regions in rt.regions.values() for r in regions):  # a view that never holds still: said
+        region.gate.watch_never_steady(region.key, after=round(region.camera.fps * NEVER_STEADY_WARN_S))
     if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
         attach_recommender(recommender, link=link, router=router, known=_catalog_holds(rt))
     if settings.kiosk_screen.enabled:  # the shopper's page (edge.kiosk); starts and stops with the runtime
@@ -160,27 +163,3 @@ def build_runtime(settings: Settings) -> Runtime:
 
     attach_learning(rt)  # confirmations (kiosk, cmd/confirm, events/scan) become learned photos
     return rt
-
-
-def label_reranker(settings: Settings, store: Any) -> LabelTextReranker | None:
-    """OCR + fusion for the frame loop, or None (said in the log) when it would not change a ranking.
-
-    Fusion is off unless ``storelens calibrate --fusion`` stored a non-zero OCR weight with the
-    catalog: reading labels costs CPU, and with weight 0 it cannot change a decision.
-    """
-    if not settings.ocr.enabled:
-        log.info("label text (OCR) off: ocr.enabled = false")
-        return None
-    from edge.text.fusion import load_weights
-    from edge.text.ocr.worker import start_worker
-    from edge.text.profiles import catalog_profiles
-
-    weights = load_weights(store.catalog)
-    if not weights.ocr:
-        log.info("label text (OCR) off: no fitted OCR weight; run `storelens calibrate LABELLED --fusion`",
-                 extra={"fitted_on": weights.fitted_on})
-        return None
-    names = {p.sku: p.name for p in store.catalog.products()}
-    log.info("label text (OCR) on", extra={"w_ocr": weights.ocr, "w_text": weights.text})
-    return LabelTextReranker(worker=start_worker(settings.ocr), profiles=catalog_profiles(store.catalog),
-                             weights=weights, names=names)

@@ -116,6 +116,7 @@ class Runtime:
         self.screen: DecisionScreen | None = None  # the kiosk screen (edge.kiosk), attached by the factory
         self._send_lock = threading.Lock()  # results are published from the screen's threads too (confirm)
         self._out = out
+        self._lines = messages.DecisionLines(c.name for c in settings.cameras if c.mode == "kiosk")
         self._wake = wake
         self._model_lock = threading.RLock()  # encoder, matcher and label-text profiles: one snapshot per batch
         self._text = LabelTextVotes(reranker, revotes=settings.decision.window)
@@ -300,7 +301,8 @@ class Runtime:
                 d, match_id=msg["id"], device=self.settings.device.id, catalog_version=self.matcher.catalog_version))
         if not d.heartbeat:  # a heartbeat re-sends an old frame's decision: not a latency sample
             self.latencies.append(max(0.0, (time.time() - d.ts) * 1000))
-        print(messages.decision_line(d), file=self._out, flush=True)
+        item = msg["item_id"] if "item_id" in msg else d.view_id  # a runtime with items: the empty tray has none
+        print(self._lines.line(d, item=item), file=self._out, flush=True)
 
     def _send(self, suffix: str, msg: dict[str, Any]) -> None:
         body = json.dumps(msg, separators=(",", ":")).encode()
@@ -362,8 +364,7 @@ class Runtime:
     # -- stats and status --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        ocr = ({**self.reranker.worker.stats().to_dict(), "fused": self.reranker.fused}
-               if self.reranker is not None else {"enabled": False})
+        ocr = messages.ocr_stats(self.reranker)
         return messages.stats_message(
             counts=self.counts, uptime_s=time.monotonic() - self._started, latencies_ms=self.latencies,
             gates=(r.gate.stats for regions in self.regions.values() for r in regions),

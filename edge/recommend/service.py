@@ -3,7 +3,10 @@
 :class:`Recommender` answers from an :class:`~edge.recommend.associations.AssociationModel`
 (refit from the basket store at most every ``refresh_s``, on a background thread while the
 old model serves) and optional :class:`~edge.recommend.similar.ProductVectors`. Answers are
-cached per request until the model or the products change. Products with a positive
+cached per request until the model or the products change. So a basket reaches a running box's
+answers (the kiosk, ``cmd/recommend``, match messages) up to ``refresh_s`` (300 s) after it
+arrived, while ``storelens recommend``, a new process, builds its model from every basket
+stored: the difference is the refresh period, not a lost basket. Products with a positive
 association are "together", the others "popular"; with no baskets at all, similar products
 fill the list (cold start). Each result says which of those it came from.
 """
