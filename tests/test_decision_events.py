@@ -75,12 +75,16 @@ def test_two_views_of_one_item_are_one_item_event(tmp_path: Path, parts: tuple[T
     assert len({m["view_id"] for m in got}) == 3  # two views of the item, one of the empty tray
 
 
-def test_a_swap_without_emptying_the_tray_starts_a_new_item(
+def test_a_swap_without_emptying_the_tray_stays_one_item_and_never_names_the_old_product_for_the_new(
         tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
-    frames = shown(tmp_path / "frames", [("RED", 0), ("GREEN", 0)])
-    got = decisions(tmp_path, parts, frames)
-    assert items(got) == [("known", "RED", False), ("known", "RED", True), ("known", "GREEN", False)]
-    assert len({m["item_id"] for m in got if m["item_id"]}) == 2
+    frames = shown(tmp_path / "frames", [("RED", 0), ("GREEN", 0), ("GREEN", 16), ("GREEN", 8), ("EMPTY", 0)])
+    got = [m for m in decisions(tmp_path, parts, frames) if m["item_id"]]
+    assert len({m["item_id"] for m in got}) == 1
+    answers = [(m["decision"], m["candidates"][0]["sku"] if m["decision"] == "known" else None) for m in got]
+    # RED, then views that disagree: unknown (pooled red + green would crown YELLOW, which no view showed), then
+    # GREEN once its views are the majority; the final update names GREEN
+    assert answers == [("known", "RED"), ("unknown", None), ("known", "GREEN"), ("known", "GREEN")]
+    assert got[-1]["final"] and got[-1]["views"] == 4
 
 
 def test_two_unknown_products_in_a_row_are_two_kiosk_items(tmp_path: Path,

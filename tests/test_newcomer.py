@@ -33,8 +33,8 @@ def folder_camera_settings(tmp_path: Path, frames: Path, **camera: Any) -> Any:
 def run_folder(settings: Any, tiny_onnx: Path, catalog: Path) -> tuple[dict[str, Any], str]:
     enc = TinyOnnxEncoder(tiny_onnx)
     out = io.StringIO()
-    rt = assemble_runtime(settings=settings, encoder=enc, matcher=NumpyMatcher(write_catalog(catalog, enc, SKUS), enc),
-                          out=out)
+    matcher = NumpyMatcher(write_catalog(catalog, enc, [*SKUS, "EMPTY"]), enc)  # the kiosk's empty-tray entry too
+    rt = assemble_runtime(settings=settings, encoder=enc, matcher=matcher, out=out)
     rt.start()
     stop = threading.Event()
     rt.run(stop, max_seconds=20)  # returns when the folder has ended
@@ -58,14 +58,15 @@ def test_folder_source_holds_each_image_and_a_single_photo_is_a_source(tmp_path:
 
 def test_photo_folder_kiosk_decides_with_hold_frames_and_says_why_without(tmp_path: Path, tiny_onnx: Path,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
-    frames = write_frames(tmp_path / "frames", SKUS, per_sku=1)  # one photo a product, as a user's folder is
+    # one photo a product and one of the empty tray between them, as a user's folder for a kiosk is
+    frames = write_frames(tmp_path / "frames", ["RED", "EMPTY", "GREEN", "EMPTY", "BLUE"], per_sku=1)
     summary, out = run_folder(folder_camera_settings(tmp_path, frames, hold_frames=8), tiny_onnx, tmp_path / "c.json")
-    assert [ln.split()[3] for ln in out.splitlines() if "final" not in ln] == SKUS  # a swap also ends the item
+    assert [ln.split()[3] for ln in out.splitlines() if "final" not in ln and "EMPTY" not in ln] == SKUS
     from edge.cli.run import never_steady_hint
 
     settings = folder_camera_settings(tmp_path / "one", frames)
     summary, out = run_folder(settings, tiny_onnx, tmp_path / "c1.json")
-    assert summary["decisions"] == 0 and summary["frames"] == 3
+    assert summary["decisions"] == 0 and summary["frames"] == 5
     assert "hold_frames" in (never_steady_hint(summary, settings) or "")
 
 

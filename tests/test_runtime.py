@@ -75,14 +75,14 @@ def test_crop_normalised_rect() -> None:
 
 def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, collector: Collector,
                                              parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
-    frames = write_frames(tmp_path / "frames", ["RED", "GREEN", "BLUE"], per_sku=8)
+    frames = write_frames(tmp_path / "frames", ["RED", "EMPTY", "GREEN", "EMPTY", "BLUE"], per_sku=8)
     out = io.StringIO()
     rt = assemble_runtime(settings=settings(tmp_path, frames, broker=broker), encoder=parts[0], matcher=parts[1],
                           out=out)
     rt.start()
-    run_until(rt, lambda: len(collector.of("/cam/match")) >= 5 and collector.of("/stats"))
+    run_until(rt, lambda: len(collector.of("/cam/match")) >= 7 and collector.of("/stats"))
     summary = rt.shutdown()
-    msgs = [m for m in collector.json_of("/cam/match") if not m["final"]]  # a swap also ends the item before it
+    msgs = [m for m in collector.json_of("/cam/match") if m["item_id"] and not m["final"]]  # each item's answer
     assert [(m["decision"], m["candidates"][0]["sku"]) for m in msgs] == [("known", "RED"), ("known", "GREEN"),
                                                                           ("known", "BLUE")]
     assert len({m["item_id"] for m in msgs}) == 3
@@ -104,7 +104,8 @@ def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, col
     assert stats["ocr"] == {**{k: 0 for k in stats["ocr"] if k != "enabled"}, "enabled": False}
     assert set(stats["ocr"]) >= {"enabled", "requests", "reads", "errors", "mean_ms", "fused"}  # the same keys on
     assert collector.of("/available")[-1] == b"offline"
-    assert [ln.split()[3] for ln in out.getvalue().splitlines() if "final" not in ln] == ["RED", "GREEN", "BLUE"]
+    assert [ln.split()[3] for ln in out.getvalue().splitlines() if "final" not in ln] == [
+        "RED", "EMPTY", "GREEN", "EMPTY", "BLUE"]
 
 
 def test_gate_skips_static_frames(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
@@ -123,7 +124,7 @@ def test_gate_skips_static_frames(tmp_path: Path, parts: tuple[TinyOnnxEncoder, 
 
 def test_no_broker_prints_writes_jsonl_and_keeps_outbox(tmp_path: Path,
                                                          parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
-    frames = write_frames(tmp_path / "frames", ["RED", "BLUE"], per_sku=8)
+    frames = write_frames(tmp_path / "frames", ["RED", "EMPTY", "BLUE"], per_sku=8)
     jsonl = tmp_path / "decisions.jsonl"
     out = io.StringIO()
     rt = assemble_runtime(settings=settings(tmp_path, frames, jsonl_out=str(jsonl)), encoder=parts[0], matcher=parts[1],
@@ -132,21 +133,22 @@ def test_no_broker_prints_writes_jsonl_and_keeps_outbox(tmp_path: Path,
     run_until(rt, lambda: False, timeout=10)
     summary = rt.shutdown()
     lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
-    # RED's item, its final update (BLUE replaced it on the tray), BLUE's item
-    assert [(x["candidates"][0]["sku"], x["final"]) for x in lines] == [("RED", False), ("RED", True), ("BLUE", False)]
+    # RED's item, its final update when the tray empties, the empty tray, BLUE's item
+    assert [(x["candidates"][0]["sku"], x["final"]) for x in lines] == [("RED", False), ("RED", True),
+                                                                        ("EMPTY", False), ("BLUE", False)]
     assert lines[0]["topic"] == f"{PREFIX}/cam/match"
-    assert summary["outbox"]["depth"] == 3 and summary["outbox_left"] == 3  # kept for later delivery
-    assert len(out.getvalue().splitlines()) == 3
+    assert summary["outbox"]["depth"] == 4 and summary["outbox_left"] == 4  # kept for later delivery
+    assert len(out.getvalue().splitlines()) == 4
 
 
 def test_unreachable_broker_keeps_running(tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
-    frames = write_frames(tmp_path / "frames", ["GREEN", "YELLOW"], per_sku=8)
+    frames = write_frames(tmp_path / "frames", ["GREEN", "EMPTY", "YELLOW"], per_sku=8)
     s = settings(tmp_path, frames, mqtt={"enabled": True, "port": 1, "flush_timeout_s": 0.2})
     rt = assemble_runtime(settings=s, encoder=parts[0], matcher=parts[1], out=io.StringIO())
     rt.start()
     run_until(rt, lambda: False, timeout=10)
     summary = rt.shutdown()
-    assert summary["decisions"] == 3 and summary["outbox_left"] == 3  # two items and the first one's final
+    assert summary["decisions"] == 4 and summary["outbox_left"] == 4  # two items, the first one's final, the tray
 
 
 def test_shelf_planogram_events(tmp_path: Path, broker: Broker, collector: Collector,
@@ -174,7 +176,7 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
                                                        parts: tuple[TinyOnnxEncoder, NumpyMatcher],
                                                        tiny_onnx: Path) -> None:
     enc, matcher = parts
-    frames = write_frames(tmp_path / "frames", ["RED", "GREEN"], per_sku=4)
+    frames = write_frames(tmp_path / "frames", ["RED", "EMPTY", "GREEN", "EMPTY"], per_sku=4)
     s = settings(tmp_path, frames, broker=broker,
                  cameras=[{"name": "cam", "source": str(frames), "fps": 20, "loop": True}])
     rt = assemble_runtime(settings=s, encoder=enc, matcher=matcher, out=io.StringIO(), encoder_loader=lambda: enc)
@@ -287,8 +289,8 @@ def test_demo_recognises_every_product(tmp_path: Path, capsys: pytest.CaptureFix
 class _DroppingSource:
     """Frames of one product, then a failure: a camera that drops."""
 
-    def __init__(self, sku: str, fail_after: int | None) -> None:
-        self.sku, self.fail_after, self.n = sku, fail_after, 0
+    def __init__(self, sku: str, fail_after: int | None, *, empty_first: int = 0) -> None:
+        self.sku, self.fail_after, self.n, self.empty_first = sku, fail_after, 0, empty_first
         self.rng = np.random.default_rng(0)
 
     def read(self) -> np.ndarray | None:
@@ -297,7 +299,7 @@ class _DroppingSource:
             from edge.core.errors import CaptureError
 
             raise CaptureError("stream read failed")
-        return product_image(self.sku, rng=self.rng)
+        return product_image("EMPTY" if self.n <= self.empty_first else self.sku, rng=self.rng)
 
     def close(self) -> None:
         pass
@@ -311,13 +313,15 @@ def test_camera_drop_and_return_is_reported_and_recognition_resumes(
         opens.append(1)
         if len(opens) == 2:
             raise OSError("camera still away")
-        return _DroppingSource("RED", 10) if len(opens) == 1 else _DroppingSource("BLUE", None)
+        # back with the tray emptied, then the next item (a kiosk item ends when the tray empties)
+        return _DroppingSource("RED", 10) if len(opens) == 1 else _DroppingSource("BLUE", None, empty_first=6)
 
     rt = assemble_runtime(settings=settings(tmp_path, tmp_path, broker=broker), encoder=parts[0], matcher=parts[1],
                  sources={"cam": factory}, out=io.StringIO())
     rt.cameras[0]._backoff = (0.2, 0.4)  # a short outage for the test (production: 0.5 s doubling to 30 s)
     rt.start()
-    items = lambda: [m["candidates"][0]["sku"] for m in collector.json_of("/cam/match") if not m["final"]]  # noqa: E731
+    items = lambda: [m["candidates"][0]["sku"] for m in collector.json_of("/cam/match")  # noqa: E731
+                     if m["item_id"] and not m["final"]]
     run_until(rt, lambda: items() == ["RED", "BLUE"]
               and any(json.loads(s)["cameras"]["cam"]["outages"] == 1 for s in collector.of("/stats")))
     rt.shutdown()
