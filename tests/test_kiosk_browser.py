@@ -8,7 +8,6 @@ on the tray. Chromium is Debian's ``chromium`` driven by Playwright with ``execu
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +30,7 @@ from benchmarks._kiosk import (
 from benchmarks._kiosk import (
     show as kiosk_show,
 )
+from tests.requires import missing
 from tests.runtime_helpers import Collector
 
 pytestmark = pytest.mark.slow
@@ -43,11 +43,8 @@ except ImportError:  # pragma: no cover - the browser extra is not installed
     HAVE_PLAYWRIGHT = False
 
 if not HAVE_PLAYWRIGHT or chromium_path() is None:
-    if os.environ.get("CI"):
-        pytest.fail("the kiosk browser tests need playwright and chromium (.ci/run installs them)",
-                    pytrace=False)
-    pytest.skip("playwright or chromium not installed (pip install -e '.[browser]'; apt-get install chromium)",
-                allow_module_level=True)
+    missing("playwright or chromium not installed (pip install -e '.[browser]'; apt-get install chromium; "
+            ".ci/run installs both)")
 
 DECISION_TO_PAGE_S = 1.0
 

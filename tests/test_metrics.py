@@ -20,6 +20,7 @@ from benchmarks._broker import Broker, free_port, wait_port
 from edge.core.errors import ConfigError
 from edge.ops.metrics import STAGES
 from tests.ops_helpers import SKUS, base_config, make_runtime, merged, running, wait_for, write_config
+from tests.requires import missing
 from tests.runtime_helpers import TinyOnnxEncoder, write_catalog, write_frames
 
 PROMETHEUS = shutil.which("prometheus")
@@ -88,7 +89,7 @@ class Prometheus:
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[type[Prometheus]]:
     if PROMETHEUS is None:
-        pytest.skip("the prometheus binary is not installed (apt-get install -y prometheus; .ci/run installs it)")
+        missing("the prometheus binary is not installed (apt-get install -y prometheus; .ci/run installs it)")
     started: list[Prometheus] = []
 
     class Started(Prometheus):
