@@ -57,7 +57,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     work = tmp_path_factory.mktemp("kiosk")
     (work / "broker").mkdir()
-    broker = Broker(port=free_port(), workdir=work / "broker")
+    broker = Broker.on_free_port(work / "broker")
     broker.start()
     encoder = load_image_encoder(load_settings(None, device={"store": "s", "id": "d"}).model)
     threshold, margin = build_catalog(work / "data", encoder)
