@@ -170,6 +170,37 @@ def test_search_returns_cards_and_a_result_corrects_an_unknown_item(rig: dict[st
     assert (confirm["sku"], confirm["match_id"], confirm["source"]) == ("DEMO-BERRY", shown["match_id"], "search")
 
 
+def test_a_failed_confirm_tells_the_shopper_and_a_retry_goes_through(rig: dict[str, Any]) -> None:
+    """A real device-side failure (the confirmations database locked by another writer): the page says it
+    could not confirm, publishes nothing, and the next tap works once the lock is gone."""
+    import sqlite3
+
+    page, collector = rig["page"], rig["collector"]
+    store = rig["rig"].rt.screen.confirmations
+    store._db.execute("PRAGMA busy_timeout = 50")  # fail fast instead of the production 5 s wait
+    show(rig, None, kind="empty")
+    show(rig, MYSTERY, kind="unknown")
+    cards = page.locator("#u-cards .card")
+    before, kept = len(collector.json_of("/cam/confirm")), store.count()
+    other = sqlite3.connect(store.folder / "confirmations.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with page.expect_response(lambda r: r.url.endswith("/api/confirm")) as failed:
+            cards.nth(0).click()
+        assert failed.value.status == 500
+        page.wait_for_selector("#toast:not([hidden])", timeout=5000)
+        assert page.locator("#toast").inner_text() == "Could not confirm that. Please try again."
+        assert store.count() == kept
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    with page.expect_response(lambda r: r.url.endswith("/api/confirm")) as retried:
+        cards.nth(0).click()
+    assert retried.value.status == 200
+    assert collector.wait(lambda: len(collector.json_of("/cam/confirm")) == before + 1, timeout=10)
+    assert store.count() == kept + 1 and rig["errors"] == []
+
+
 def test_broker_restart_page_recovers_without_reload(rig: dict[str, Any]) -> None:
     page, broker, collector = rig["page"], rig["broker"], rig["collector"]
     show(rig, None, kind="empty")

@@ -107,9 +107,12 @@ class CommandRouter:
             result = handler(args)
         except StoreLensError as e:
             return self._error(req_id, e)
-        except Exception as e:
+        except Exception as e:  # the device failed, not the request: code "internal" (a kiosk answers 500)
             log.exception("command handler failed", extra={"verb": verb})
-            return self._error(req_id, CommandError(f"{verb} failed: {type(e).__name__}: {e}"))
+            reply = self._error(req_id, CommandError(
+                f"{verb} failed: {type(e).__name__}: {e}",
+                hint="a failure on the device, not in the request: retry; if it persists, see the runtime's log"))
+            return {**reply, "code": "internal"}
         self.counts["ok"] += 1
         return {"id": req_id, "ok": True, "result": result}
 

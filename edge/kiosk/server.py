@@ -179,6 +179,7 @@ class KioskServer:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        self.port = int(self._runner.addresses[0][1])  # port 0 (tests): the listener owns the port it got
         self._watcher = asyncio.get_running_loop().create_task(self._watch_link())
 
     async def _shutdown(self) -> None:
