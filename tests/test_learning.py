@@ -186,3 +186,20 @@ def test_learned_photos_survive_a_catalog_snapshot_install(store: Store, tmp_pat
         assert reopened.repairs.rebuilds == 0 and top(reopened, crop_b)[0] == ("B", 1.0)
     finally:
         reopened.close()
+
+
+def test_review_max_keeps_the_newest_held_crops_and_zero_keeps_none(store: Store) -> None:
+    """learning.review_max: held crops beyond it are dropped oldest first, rows and files; 0 keeps none."""
+    enc = store.image_encoder
+    assert enc is not None
+    far = -enc.embed([product_image(0)])[0]  # far from every photo of A: always held (hold_below 0.5)
+    lrn = learner(store, hold_below=0.5, review_max=2)
+    for i in range(4):
+        assert lrn.learn("A", product_image(1), source="scan", ref=f"pos-{i}", ts=100.0 + i,
+                         embedding=far).outcome == "held"
+    held = lrn.held()
+    assert [h["ref"] for h in held] == ["pos-3", "pos-2"]  # the newest two
+    assert sorted(p.name for p in lrn.review_dir.iterdir()) == sorted(Path(h["path"]).name for h in held)
+    none = learner(store, hold_below=0.5, review_max=0)
+    assert none.learn("A", product_image(1), source="scan", ref="pos-9", ts=200.0, embedding=far).outcome == "held"
+    assert [h["ref"] for h in none.held()] == ["pos-3", "pos-2"]  # nothing new kept for review
