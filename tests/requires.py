@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -15,7 +16,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def missing(reason: str) -> None:
+def missing(reason: str) -> NoReturn:
     """Skip with ``reason`` here; fail with it in CI (never returns)."""
     if in_ci():
         pytest.fail(f"CI is set and a tool this test needs is missing: {reason}", pytrace=False)
@@ -28,4 +29,3 @@ def need_module(name: str, hint: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as e:
         missing(f"{name} is not importable ({e}): {hint}")
-        raise  # unreachable: missing() always raises

@@ -257,10 +257,10 @@ def test_install_enroll_learn_and_reload_at_once_leave_a_consistent_catalog(stor
         t.join(120)
     assert errors == [], errors
     store.reload()
-    skus = {p.sku for p in store.catalog.products()}
-    assert {"A", "B", "E"} <= skus and "D" not in skus and "C" not in skus  # the second snapshot is current
+    now = {p.sku for p in store.catalog.products()}
+    assert {"A", "B", "E"} <= now and "D" not in now and "C" not in now  # the second snapshot is current
     learned = lr.learned()
-    assert learned and all(p.sku in skus for p in learned)
+    assert learned and all(p.sku in now for p in learned)
     for p in learned:
         assert Path(p.path).is_file()
     reopened = Store(data_dir=store.data_dir, image_encoder=enc, dtype="f32", aggregate="max")
