@@ -208,6 +208,26 @@ def test_a_known_answer_shows_its_pick_list_and_a_tap_corrects_it(rig: dict[str,
     assert page.locator("#toast").is_hidden()  # the badge says it; no second "Thank you! Confirmed."
 
 
+def test_not_listed_search_corrects_a_known_answer(rig: dict[str, Any]) -> None:
+    """A known answer whose product is not in the pick list: "Not listed? Search", and the result tapped
+    corrects that item (a search on a known answer without it only opens the product)."""
+    page, collector = rig["page"], rig["collector"]
+    show(rig, None, kind="empty")
+    cola = show(rig, by_sku("DEMO-COLA"), kind="known", sku="DEMO-COLA")
+    before = len(collector.json_of("/cam/confirm"))
+    page.click("#pick-search")
+    page.fill("#q", "soap")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#results:not([hidden]) #r-cards .card[data-sku='DEMO-SOAP']", timeout=10_000)
+    page.click("#r-cards .card[data-sku='DEMO-SOAP']")
+    assert collector.wait(lambda: len(collector.json_of("/cam/confirm")) > before, timeout=10)
+    confirm = collector.json_of("/cam/confirm")[-1]
+    assert (confirm["sku"], confirm["match_id"], confirm["source"], confirm["predicted_sku"], confirm["corrected"]) \
+        == ("DEMO-SOAP", cola["match_id"], "search", "DEMO-COLA", True)
+    page.wait_for_selector("#p-confirmed:not([hidden])", timeout=5000)
+    assert page.locator("#p-name").inner_text() == "Ocean Soap" and page.locator("#results").is_hidden()
+
+
 def test_search_results_stay_until_closed_or_a_new_item_arrives(rig: dict[str, Any]) -> None:
     """Issue 29 item 5: a shopper who lifts the item to type keeps the results; a tap still confirms that item."""
     page, collector = rig["page"], rig["collector"]
