@@ -11,7 +11,8 @@
   recommendations' photos); the event stream itself is not counted (it never completes).
 
     python -m benchmarks.kiosk [--decisions 50] [--fps 15] [--json benchmarks/results/kiosk.json]
-        [--screenshots docs]   # also kiosk-portrait.png, kiosk-landscape.png and their -unknown views
+        [--screenshots DIR]    # also kiosk-portrait.png, kiosk-landscape.png and their -unknown views (demo
+                               # products; the README's come from tests/test_kiosk_e2e.py, real photos)
         [--language sv]        # the Swedish page (screenshots get a -sv suffix)
 
 With ``--root DIR --gallery FILE --queries FILE`` it measures kiosk *decision accuracy* instead
