@@ -39,16 +39,16 @@ def test_a_corrected_answer_reads_as_an_update_of_the_same_item() -> None:
 def test_a_kiosk_run_prints_one_numbered_line_per_item(tmp_path: Path, tiny_onnx: Path) -> None:
     enc = TinyOnnxEncoder(tiny_onnx)
     matcher = NumpyMatcher(write_catalog(tmp_path / "catalog.json", enc, SKUS), enc)
-    frames = tmp_path / "frames"  # a kiosk camera: RED held up for 8 frames, then GREEN
+    frames = tmp_path / "frames"  # a kiosk camera: RED held up for 8 frames, the empty tray, then GREEN
     frames.mkdir()
     rng = np.random.default_rng(0)
-    for i, sku in enumerate(["RED"] * 8 + ["GREEN"] * 8):
+    for i, sku in enumerate(["RED"] * 8 + ["EMPTY"] * 8 + ["GREEN"] * 8):
         cv2.imwrite(str(frames / f"{i:04d}.png"), product_image(sku, rng=rng))
     out = io.StringIO()
     rt = assemble_runtime(settings=settings(tmp_path, frames), encoder=enc, matcher=matcher, out=out)
     rt.start()
     run_until(rt, lambda: False, timeout=20)  # ends with the folder
     rt.shutdown()
-    said = [(ln.split()[3], ln.split("  ")[-1]) for ln in out.getvalue().splitlines()]
-    # (a runtime with items may also print the item's final answer when the next one starts: same number)
+    said = [(ln.split()[3], ln.split("  ")[-1]) for ln in out.getvalue().splitlines() if "EMPTY" not in ln]
+    # the item's final answer (when the tray empties) carries the same number
     assert [x for i, x in enumerate(said) if i == 0 or x != said[i - 1]] == [("RED", "item 1"), ("GREEN", "item 2")]
