@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from edge.core.errors import ConfigError
 from edge.core.fleet_settings import FleetSettings
 from edge.core.learning_settings import LearningSettings
+from edge.core.shelf_settings import ShelfSettings
 from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, KioskScreenSettings, MetricsSettings
 
 ENV_PREFIX = "STORELENS_"
@@ -295,6 +296,7 @@ class Settings(BaseSettings):
     kiosk_screen: KioskScreenSettings = Field(default_factory=KioskScreenSettings, description="Kiosk screen page")
     fleet: FleetSettings = Field(default_factory=FleetSettings, description="Catalog builds and snapshot updates")
     learning: LearningSettings = Field(default_factory=LearningSettings, description="Confirmed crops as photos")
+    shelf: ShelfSettings = Field(default_factory=ShelfSettings, description="Shelf alerts, history, staff page")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")

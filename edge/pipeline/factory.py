@@ -94,7 +94,8 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
                                              frames_per_view=fpv, enabled=g.enabled),
                             RegionVoter(camera=c.name, roi=r.name, params=params,
                                         expected_sku=r.expected_sku if c.mode == "shelf" else None,
-                                        per_view=c.mode == "kiosk"))
+                                        per_view=c.mode == "kiosk",
+                                        planned_gap=settings.shelf.planned_gap if c.mode == "shelf" else None))
                      for r in c.rois]
             for c in settings.cameras}
 

@@ -1,0 +1,34 @@
+"""The ``[shelf]`` section: shelf availability alerts, their history and the staff page (:mod:`edge.shelf`).
+
+Kept beside :mod:`edge.core.config` (which puts it on the root :class:`~edge.core.config.Settings`)
+so that module stays readable; the same rules apply: unknown keys are errors, values are frozen.
+``alert_after_s`` and ``planned_gap`` were chosen on the bundle's sessions carve of the train
+split with ``python -m benchmarks.shelf`` (docs/decisions.md, issue 30), never on val.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+AlertState = Literal["empty", "misplaced", "unknown"]
+
+
+class ShelfSettings(BaseModel):
+    """How a shelf camera's planogram states become alerts, where they are kept, who may see them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Alerts, history and the /shelf page for mode = \"shelf\" cameras")
+    alert_after_s: float = Field(30.0, gt=0, le=86400, description="A facing's state must hold this long before "
+                                 "it is an alert (or before an alert clears): occlusions and hands are not alerts")
+    alert_states: tuple[AlertState, ...] = Field(("empty", "misplaced"), description="States that alert; add "
+                                                 "\"unknown\" to be told about facings the model cannot read")
+    planned_gap: float = Field(0.05, ge=0, le=2, description="A frame counts for the planned product when its "
+                               "score clears the threshold and is within this of the top score (planogram prior)")
+    history_max_rows: int = Field(200_000, ge=100, le=50_000_000, description="State changes kept in "
+                                  "<catalog.data_dir>/shelf/history.db (oldest dropped)")
+    crops_max: int = Field(500, ge=1, le=100_000, description="Alert snapshot crops kept (oldest dropped)")
+    token: SecretStr | None = Field(None, min_length=8, description="Staff token for /shelf (cookie, header "
+                                    "X-Shelf-Token or ?token= once); required when kiosk_screen.host is not loopback")
