@@ -176,7 +176,8 @@ def test_setup_grid_writes_regions_and_an_overlay(tmp_path: Path, capsys: pytest
     table.write_text("facing,sku,row,col\na1,MILK,1,1\na2,OAT,1,2\nb2,JUICE,2,2\n")
     rois = grid_rois(Grid(2, 2, (0.1, 0.1, 0.1, 0.1), (0.0, 0.0)), read_planogram(table))
     assert [(r.name, r.rect, r.expected_sku) for r in rois] == [
-        ("a1", (0.1, 0.1, 0.4, 0.4), "MILK"), ("a2", (0.5, 0.1, 0.4, 0.4), "OAT"), ("b2", (0.5, 0.5, 0.4, 0.4), "JUICE")]
+        ("a1", (0.1, 0.1, 0.4, 0.4), "MILK"), ("a2", (0.5, 0.1, 0.4, 0.4), "OAT"),
+        ("b2", (0.5, 0.5, 0.4, 0.4), "JUICE")]
     snap = tmp_path / "snap.png"
     cv2.imwrite(str(snap), np.full((240, 320, 3), 90, np.uint8))
     cfg = tmp_path / "shelf.toml"

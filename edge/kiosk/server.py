@@ -90,6 +90,7 @@ class KioskServer:
         self.host, self.port = host, port
         self.hub, self.actions, self.cards, self.page = hub, actions, cards, page
         self._link_status = link_status or (lambda: "off")
+        self.route_adders: list[Callable[[web.Application], None]] = []  # more pages' routes (edge.shelf.page)
         self._link = "off"
         self._clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +177,8 @@ class KioskServer:
         app.router.add_get("/img/{sku}", self._image)
         app.router.add_post("/api/{verb}", self._api)
         app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        for add_routes in self.route_adders:
+            add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()

@@ -67,6 +67,9 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
         from edge.kiosk.screen import attach_screen
 
         rt.screen = attach_screen(rt, recommender=recommender)
+    from edge.shelf.attach import attach_shelf
+
+    attach_shelf(rt)  # shelf cameras: alerts, history and, with the kiosk screen's server, the /shelf page
     return rt
 
 

@@ -126,6 +126,15 @@ def planned_label(candidates: Sequence[Candidate], expected: str, threshold: flo
     return frame_label(candidates, threshold, margin)
 
 
+def planogram_state(label: str | None, expected_sku: str, empty_sku: str) -> PlanogramState:
+    """A shelf decision's state: its sku (None: unknown) against the planned sku and the empty-slot sku."""
+    if label is None:
+        return "unknown"
+    if label == expected_sku:
+        return "ok"
+    return "empty" if label == empty_sku else "misplaced"
+
+
 def _aggregate(scores: list[float], how: Aggregate) -> float:
     if how == "max":
         return max(scores)
@@ -218,16 +227,7 @@ class RegionVoter:
             return None
         candidates = self._ranked(label)
         kind: DecisionKind = "known" if label is not None else "unknown"
-        planogram: PlanogramState | None = None
-        if self.expected_sku is not None:
-            if label is None:
-                planogram = "unknown"
-            elif label == self.expected_sku:
-                planogram = "ok"
-            elif label == p.empty_sku:
-                planogram = "empty"
-            else:
-                planogram = "misplaced"
+        planogram = None if self.expected_sku is None else planogram_state(label, self.expected_sku, p.empty_sku)
         return Decision(camera=self.camera, roi=self.roi, decision=kind, candidates=candidates, frames=n,
                         agreement=round(agreement, 4), ts=self._window[-1].ts, expected_sku=self.expected_sku,
                         planogram=planogram, view_id=self._view_id)

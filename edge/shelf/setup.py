@@ -110,7 +110,8 @@ def snapshot(settings: Any, camera: str, image: Path | None) -> np.ndarray:
 
     cam = next((c for c in settings.cameras if c.name == camera), None)
     if cam is None:
-        raise ConfigError(f"no camera {camera!r} in the config", hint=f"use one of {[c.name for c in settings.cameras]}")
+        raise ConfigError(f"no camera {camera!r} in the config",
+                          hint=f"use one of {[c.name for c in settings.cameras]}")
     src = open_source(cam)
     try:
         frame = src.read()
