@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 import statistics
 import sys
 import tempfile
@@ -60,7 +61,8 @@ from edge.shelf.alerts import FacingTracker
 SHELF_FACINGS = 6
 EMPTY_SKU = "EMPTY"
 HOLDS = (10.0, 15.0, 20.0, 30.0, 45.0, 60.0)
-GAPS: tuple[float | None, ...] = (None, 0.0, 0.02, 0.05, 0.1, 0.2)  # None: no planogram prior (frame_label)
+GAPS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.2)  # None: no planogram prior (frame_label only)
+BELOWS = (0.0, 0.05, 0.1, 0.2)  # how far under the threshold the planned product may score
 SINCE_SLACK_S = 5.0  # an alert's state may begin this long before the true change (the vote's window)
 STEADY_SKIP = 2  # unchanged verdicts in a row after which the rest of a steady view is skipped (gate skips it)
 
@@ -142,10 +144,12 @@ def record(f: Facing, store: Store, enc: ImageEncoder, settings: Settings, fps: 
     return seen
 
 
-def replay(f: Facing, params: VoteParams, gap: float | None, hold: float, end: float
+def replay(f: Facing, params: VoteParams, prior: tuple[float | None, float], hold: float, end: float
            ) -> tuple[list[tuple[str, float, float]], list[tuple[float, float]]]:
-    """The facing's alerts ``(state, since, opened)`` and ok-clears ``(since, at)`` under ``gap`` and ``hold``."""
-    voter = RegionVoter(camera="shelf", roi=f.name, params=params, expected_sku=f.sku, planned_gap=gap)
+    """The facing's alerts ``(state, since, opened)`` and ok-clears ``(since, at)`` under the planogram prior
+    ``(planned_gap, planned_below)`` and ``hold``."""
+    voter = RegionVoter(camera="shelf", roi=f.name, params=params, expected_sku=f.sku, planned_gap=prior[0],
+                        planned_below=prior[1])
     tr = FacingTracker(camera="shelf", facing=f.name, expected_sku=f.sku, alert_after_s=hold)
     opens: list[tuple[str, float, float]] = []
     clears: list[tuple[float, float]] = []
@@ -169,13 +173,13 @@ def replay(f: Facing, params: VoteParams, gap: float | None, hold: float, end: f
     return opens, clears
 
 
-def score(facings: Sequence[Facing], params: VoteParams, gap: float | None, hold: float, hours: float
-          ) -> dict[str, Any]:
+def score(facings: Sequence[Facing], params: VoteParams, prior: tuple[float | None, float], hold: float,
+          hours: float) -> dict[str, Any]:
     """Precision, recall and time to alert per kind; false alerts per facing-hour; occlusion alerts."""
     tally = {k: Tally() for k in ("empty", "misplaced", "ok")}
     false = occluded = 0
     for f in facings:
-        opens, clears = replay(f, params, gap, hold, hours * 3600)
+        opens, clears = replay(f, params, prior, hold, hours * 3600)
         events = [(s, since, at) for s, since, at in opens if s in ("empty", "misplaced")] + \
             [("ok", since, at) for since, at in clears]
         alerted = {t.start for t in f.truth if t.kind != "ok"}
@@ -252,11 +256,10 @@ def play_split(items: list[Item], store: Store, enc: ImageEncoder, settings: Set
                      "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    settings = load_settings(args.config)
+def embed_days(args: argparse.Namespace, settings: Settings, plan: DayPlan) -> dict[str, Any]:
+    """Both splits' days played and embedded (the slow part): carve and val facings, thresholds, run figures."""
     enc = load_image_encoder(settings.model.model_copy(update={"image_bundle": args.bundle, "threads": args.threads}))
     names = class_names(args.root)
-    plan = DayPlan(hours=args.hours)
     with tempfile.TemporaryDirectory(prefix="bench-shelf-") as tmp:
         work = Path(tmp)
         keep, held = carve(args.root, args.gallery, bundle_dir(args.bundle))
@@ -267,26 +270,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         facings, carve_run = play_split(held, carve_store, enc, settings, names, plan, args.seed, work / "empty-c",
                                         args.facings)
         carve_store.close()
-        grid = []
-        for hold in HOLDS:
-            for gap in GAPS:
-                r = score(facings, params, gap, hold, plan.hours)
-                grid.append({"alert_after_s": hold, "planned_gap": gap, **r, "meets": meets(r, hold)})
-        chosen = choose(grid)
         store = build_store(load_split(args.root, args.gallery), work / "store", enc, names, threads=args.threads)
         store.save_calibration(cal)
         vfacings, val_run = play_split(load_split(args.root, args.queries), store, enc, settings, names, plan,
                                        args.seed + 1, work / "empty-v", args.facings)
         store.close()
-        hold, gap = chosen["alert_after_s"], chosen["planned_gap"]
-        val = score(vfacings, params, gap, hold, plan.hours)
-    return {**val, "meets": meets(val, hold), "alert_after_s": hold, "planned_gap": gap,
-            "chosen_on": "bundle's sessions carve of the gallery split", "carve_choice": chosen,
-            "carve_grid": grid, "carve_run": carve_run, "val_run": val_run,
+    return {"carve": facings, "val": vfacings, "params": params, "carve_run": carve_run, "val_run": val_run,
+            "bundle": enc.fingerprint}
+
+
+def _cache_key(args: argparse.Namespace) -> str:
+    return repr((str(args.gallery), str(args.queries), str(args.bundle), str(args.config), args.hours, args.seed,
+                 args.facings))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings(args.config)
+    plan = DayPlan(hours=args.hours)
+    days: dict[str, Any] | None = None
+    if args.cache is not None and args.cache.is_file():
+        with args.cache.open("rb") as fh:
+            cached = pickle.load(fh)  # our own file, written below
+        days = cached["days"] if cached.get("key") == _cache_key(args) else None
+    if days is None:
+        days = embed_days(args, settings, plan)
+        if args.cache is not None:
+            with args.cache.open("wb") as fh:
+                pickle.dump({"key": _cache_key(args), "days": days}, fh)
+    params = days["params"]
+    grid = []
+    for hold in HOLDS:
+        for gap in GAPS:
+            for below in BELOWS if gap is not None else (0.0,):
+                r = score(days["carve"], params, (gap, below), hold, plan.hours)
+                grid.append({"alert_after_s": hold, "planned_gap": gap, "planned_below": below, **r,
+                             "meets": meets(r, hold)})
+    chosen = choose(grid)
+    hold, prior = chosen["alert_after_s"], (chosen["planned_gap"], chosen["planned_below"])
+    val = score(days["val"], params, prior, hold, plan.hours)
+    return {**val, "meets": meets(val, hold), "alert_after_s": hold, "planned_gap": prior[0],
+            "planned_below": prior[1], "chosen_on": "bundle's sessions carve of the gallery split",
+            "carve_choice": chosen, "carve_grid": grid, "carve_run": days["carve_run"], "val_run": days["val_run"],
             "thresholds": {"score": round(params.threshold, 4), "margin": round(params.margin, 4)},
             "decision": {k: getattr(settings.decision, k) for k in ("window", "min_frames", "agreement")},
             "gate": settings.gate.model_dump(), "plan": plan.__dict__, "seed": args.seed,
-            "gallery": str(args.gallery), "queries": str(args.queries), "bundle": enc.fingerprint,
+            "gallery": str(args.gallery), "queries": str(args.queries), "bundle": days["bundle"],
             "threads": args.threads, "machine": machine()}
 
 
@@ -304,13 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--facings", type=int, default=None, help="only the first N facings of each split (a quick check)")
+    p.add_argument("--cache", type=Path, default=None, help="keep the embedded days here: a rerun with the same "
+                   "arguments only re-scores (seconds instead of the embedding)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     r = run(args)
-    print(f"val, alert_after_s {r['alert_after_s']}, planned_gap {r['planned_gap']} (chosen on the carve): "
+    print(f"val, alert_after_s {r['alert_after_s']}, planned_gap {r['planned_gap']}, planned_below "
+          f"{r['planned_below']} (chosen on the carve): "
           f"empty P {r['empty_precision']} R {r['empty_recall']}; misplaced P {r['misplaced_precision']} "
           f"R {r['misplaced_recall']}; ok P {r['ok_precision']} R {r['ok_recall']}; false alerts "
           f"{r['false_alerts_per_facing_hour']}/facing-h; time to alert p50/p95 {r['time_to_alert_s']['p50']}/"

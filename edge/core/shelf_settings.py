@@ -2,7 +2,7 @@
 
 Kept beside :mod:`edge.core.config` (which puts it on the root :class:`~edge.core.config.Settings`)
 so that module stays readable; the same rules apply: unknown keys are errors, values are frozen.
-``alert_after_s`` and ``planned_gap`` were chosen on the bundle's sessions carve of the train
+``alert_after_s``, ``planned_gap`` and ``planned_below`` were chosen on the bundle's sessions carve of the train
 split with ``python -m benchmarks.shelf`` (docs/decisions.md, issue 30), never on val.
 """
 
@@ -27,6 +27,9 @@ class ShelfSettings(BaseModel):
                                                  "\"unknown\" to be told about facings the model cannot read")
     planned_gap: float = Field(0.05, ge=0, le=2, description="A frame counts for the planned product when its "
                                "score clears the threshold and is within this of the top score (planogram prior)")
+    planned_below: float = Field(0.0, ge=0, le=1, description="For that, the planned product may score this much "
+                                 "under decision.threshold (verifying what the planogram says is easier than "
+                                 "naming an unknown product)")
     history_max_rows: int = Field(200_000, ge=100, le=50_000_000, description="State changes kept in "
                                   "<catalog.data_dir>/shelf/history.db (oldest dropped)")
     crops_max: int = Field(500, ge=1, le=100_000, description="Alert snapshot crops kept (oldest dropped)")

@@ -98,7 +98,8 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
                             RegionVoter(camera=c.name, roi=r.name, params=params,
                                         expected_sku=r.expected_sku if c.mode == "shelf" else None,
                                         per_view=c.mode == "kiosk",
-                                        planned_gap=settings.shelf.planned_gap if c.mode == "shelf" else None))
+                                        planned_gap=settings.shelf.planned_gap if c.mode == "shelf" else None,
+                                        planned_below=settings.shelf.planned_below))
                      for r in c.rois]
             for c in settings.cameras}
 

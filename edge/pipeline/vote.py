@@ -16,9 +16,10 @@ id of the view it is about (``view_id``).
 Shelf regions name an ``expected_sku``: the decision becomes a planogram state — ``ok``
 (the expected product), ``empty`` (the catalog's empty-slot entry), ``misplaced`` (another
 product) or ``unknown`` — emitted as its own event when that state changes. With a ``planned_gap``
-(``shelf.planned_gap``) a shelf frame votes for the planned product when its score clears the
-threshold and is within the gap of the top score (:func:`planned_label`): the planogram is a
-prior, so a look-alike ranked just above the planned product does not make the facing misplaced.
+(``shelf.planned_gap``) a shelf frame votes for the planned product when its score is at most
+``shelf.planned_below`` under the threshold and within the gap of the top (:func:`planned_label`):
+the planogram is a prior, so a look-alike ranked just above the planned product does not make the
+facing misplaced.
 """
 
 from __future__ import annotations
@@ -117,11 +118,11 @@ def frame_label(candidates: Sequence[Candidate], threshold: float, margin: float
 
 
 def planned_label(candidates: Sequence[Candidate], expected: str, threshold: float, margin: float,
-                  gap: float) -> str | None:
-    """A shelf frame's vote: the planned sku when it scores >= threshold within ``gap`` of the top, else
-    :func:`frame_label` (so another product must win clearly, by the margin, to make the facing misplaced)."""
+                  gap: float, below: float = 0.0) -> str | None:
+    """A shelf frame's vote: the planned sku when it scores >= threshold - ``below`` within ``gap`` of the top,
+    else :func:`frame_label` (another product must win clearly to make the facing misplaced)."""
     score = next((c.score for c in candidates if c.sku == expected), None)
-    if score is not None and candidates and score >= threshold and candidates[0].score - score <= gap:
+    if score is not None and candidates and score >= threshold - below and candidates[0].score - score <= gap:
         return expected
     return frame_label(candidates, threshold, margin)
 
@@ -147,12 +148,14 @@ class RegionVoter:
     """The sliding window and the last published decision of one region."""
 
     def __init__(self, *, camera: str, roi: str, params: VoteParams, expected_sku: str | None = None,
-                 per_view: bool = False, planned_gap: float | None = None) -> None:
+                 per_view: bool = False, planned_gap: float | None = None,
+                 planned_below: float = 0.0) -> None:
         self.camera = camera
         self.roi = roi
         self.params = params
         self.expected_sku = expected_sku
         self.planned_gap = planned_gap  # shelf: the planogram prior of planned_label (None: frame_label only)
+        self.planned_below = planned_below
         self.per_view = per_view  # kiosk: one event per view that reaches a decision (see the module docstring)
         self._window: deque[_Vote] = deque(maxlen=params.window)
         self._current: Decision | None = None
@@ -182,7 +185,7 @@ class RegionVoter:
         p = self.params
         label = frame_label(candidates, p.threshold, p.margin) if self.planned_gap is None or \
             self.expected_sku is None else planned_label(candidates, self.expected_sku, p.threshold, p.margin,
-                                                         self.planned_gap)
+                                                         self.planned_gap, self.planned_below)
         self._window.append(_Vote(label, tuple(candidates), ts))
         decided = self._decide()
         if decided is None:
