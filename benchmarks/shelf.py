@@ -270,6 +270,9 @@ def embed_days(args: argparse.Namespace, settings: Settings, plan: DayPlan) -> d
         facings, carve_run = play_split(held, carve_store, enc, settings, names, plan, args.seed, work / "empty-c",
                                         args.facings)
         carve_store.close()
+        if args.cache is not None:  # the carve alone, to look at the choice while the queries split plays
+            with args.cache.with_suffix(".carve.pkl").open("wb") as fh:
+                pickle.dump({"carve": facings, "params": params}, fh)
         store = build_store(load_split(args.root, args.gallery), work / "store", enc, names, threads=args.threads)
         store.save_calibration(cal)
         vfacings, val_run = play_split(load_split(args.root, args.queries), store, enc, settings, names, plan,

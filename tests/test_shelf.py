@@ -196,3 +196,49 @@ def test_setup_grid_writes_regions_and_an_overlay(tmp_path: Path, capsys: pytest
     assert cli(["shelf", "setup", "-c", str(cfg), "--camera", "left", "--planogram", str(table), "--rows", "2",
                 "--cols", "2", "--image", str(snap)]) != 0
     assert "only 4 cells" in capsys.readouterr().err
+
+
+def test_the_monitor_publishes_one_message_per_alert_event_and_keeps_the_history(tmp_path: Path) -> None:
+    from edge.core.config import load_settings
+    from edge.shelf.monitor import ALERT_SCHEMA, ShelfMonitor
+
+    settings = load_settings(
+        None, device={"store": "s", "id": "shelf-1"}, catalog={"data_dir": str(tmp_path)},
+        cameras=[{"name": "cam", "source": "x", "mode": "shelf",
+                  "rois": [{"name": "a1", "rect": [0, 0, 0.5, 1], "expected_sku": "MILK"}]},
+                 {"name": "kiosk", "source": "y"}],
+        shelf={"alert_after_s": 10})
+    sent: list[tuple[str, dict]] = []
+    now = [0.0]
+    m = ShelfMonitor(settings, publish=lambda suffix, msg: sent.append((suffix, msg)), clock=lambda: now[0])
+
+    def match(ts: float, sku: str | None, camera: str = "cam", roi: str = "a1") -> None:
+        cands = [{"sku": sku or "X", "name": "", "score": 0.9}]
+        m.on_match({"camera": camera, "roi": roi, "ts": ts, "decision": "known" if sku else "unknown",
+                    "candidates": cands}, np.full((8, 8, 3), 50, np.uint8))
+
+    match(0.0, "MILK")
+    match(1.0, "EMPTY")
+    match(2.0, "EMPTY")  # the same state again (a heartbeat): no new history row
+    match(3.0, "OTHER", camera="kiosk", roi="full")  # not a shelf facing: ignored
+    now[0] = 10.9
+    m.tick()
+    assert sent == []
+    now[0] = 11.0
+    m.tick()
+    [(topic, opened)] = sent
+    assert topic == "cam/alert" and opened["schema"] == ALERT_SCHEMA and opened["event"] == "open"
+    assert (opened["facing"], opened["state"], opened["since"], opened["expected_sku"]) == ("a1", "empty", 1.0, "MILK")
+    assert m.crops.load(opened["crop_id"]) is not None  # the snapshot crop is kept
+    assert [a.id for a in m.open_alerts()] == [opened["alert_id"]]
+    assert m.ack(opened["alert_id"]) is not None and m.open_alerts() == [] and sent[-1][1]["event"] == "ack"
+    assert m.ack(opened["alert_id"]) is None
+    match(20.0, "MILK")
+    now[0] = 30.0
+    m.tick()
+    assert [msg["event"] for _, msg in sent] == ["open", "ack", "clear"]
+    rows = list(m.history.states(-1, 100))
+    [alert] = m.history.alerts(-1, 100)
+    m.close()
+    assert [(r.state, r.ts) for r in rows] == [("ok", 0.0), ("empty", 1.0), ("ok", 20.0)]
+    assert (alert.acked, alert.cleared) == (11.0, 30.0)
