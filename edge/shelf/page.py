@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import importlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -52,7 +53,8 @@ class ShelfPage:
         self.settings, self.monitor = settings, monitor
         self._last_frame, self._photo = last_frame, photo
         token = settings.shelf.token
-        self._token = token.get_secret_value() if token is not None else None
+        self.token = self._token = token.get_secret_value() if token is not None else None
+        self.server_checks_token = False  # True: the server's gate for /shelf checks it (see attach_page)
         if self._token is None and settings.kiosk_screen.host not in LOOPBACK:
             raise ConfigError(f"the /shelf page would be open to anyone on the network "
                               f"(kiosk_screen.host = {settings.kiosk_screen.host!r}) without a staff token",
@@ -74,7 +76,7 @@ class ShelfPage:
     # -- the token -----------------------------------------------------------------------------------
 
     def _allowed(self, request: web.Request) -> bool:
-        if self._token is None:
+        if self._token is None or self.server_checks_token:
             return True
         given = request.cookies.get(COOKIE) or request.headers.get(HEADER) or ""
         return hmac.compare_digest(given.encode(), self._token.encode())
@@ -82,7 +84,8 @@ class ShelfPage:
     def _guarded(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             query = request.query.get("token")
-            if request.path == "/shelf" and query is not None and self._token is not None:
+            if request.path == "/shelf" and query is not None and self._token is not None \
+                    and not self.server_checks_token:
                 if not hmac.compare_digest(query.encode(), self._token.encode()):
                     return _refused()
                 resp = web.HTTPSeeOther("/shelf")  # the token leaves the address bar and the history
@@ -172,10 +175,20 @@ def _refused() -> web.Response:
 
 
 def attach_page(rt: Any, monitor: ShelfMonitor) -> ShelfPage | None:
-    """The page on the runtime's kiosk-screen server (None when ``kiosk_screen.enabled`` is false)."""
+    """The page on the runtime's kiosk-screen server (None when ``kiosk_screen.enabled`` is false).
+
+    When the server has issue 28's token gates (``add_gate``, :class:`edge.kiosk.guard.TokenGate`), the
+    shelf token becomes the gate of ``/shelf`` there (the kiosk's own gate on ``/`` then never applies to
+    it) and the page's own check stands aside; without them the page checks its token itself.
+    """
     if rt.screen is None:
         return None
     server = rt.screen.server
     page = ShelfPage(settings=rt.settings, monitor=monitor, last_frame=rt.last_frame, photo=server.cards.photo)
+    add_gate = getattr(server, "add_gate", None)
+    if add_gate is not None:
+        gate = importlib.import_module("edge.kiosk.guard").TokenGate(page.token, cookie=COOKIE, path="/shelf")
+        add_gate("/shelf", gate)
+        page.server_checks_token = True
     server.route_adders.append(page.add_routes)
     return page

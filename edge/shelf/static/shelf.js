@@ -101,5 +101,7 @@
     setTimeout(poll, POLL_MS);
   }
 
+  // the token came in the address once; from now on the cookie carries it: keep it out of the history
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
   poll();
 })();
