@@ -242,3 +242,23 @@ def test_the_monitor_publishes_one_message_per_alert_event_and_keeps_the_history
     m.close()
     assert [(r.state, r.ts) for r in rows] == [("ok", 0.0), ("empty", 1.0), ("ok", 20.0)]
     assert (alert.acked, alert.cleared) == (11.0, 30.0)
+
+
+def test_the_staff_page_refuses_to_be_open_to_the_network_without_a_token(tmp_path: Path) -> None:
+    from edge.core.config import load_settings
+    from edge.core.errors import ConfigError
+    from edge.shelf.monitor import ShelfMonitor
+    from edge.shelf.page import ShelfPage
+
+    def page(**shelf: object) -> ShelfPage:
+        s = load_settings(None, device={"store": "s", "id": "d"}, catalog={"data_dir": str(tmp_path)},
+                          kiosk_screen={"host": "0.0.0.0"}, shelf=shelf)
+        m = ShelfMonitor(s, publish=lambda *_: None)
+        try:
+            return ShelfPage(settings=s, monitor=m, last_frame=lambda _c: None, photo=lambda _s: None)
+        finally:
+            m.close()
+
+    with pytest.raises(ConfigError, match=r"shelf\.token"):
+        page()
+    assert page(token="a-long-secret").token == "a-long-secret"

@@ -20,8 +20,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from edge.core.errors import ConfigError
 from edge.core.fleet_settings import FleetSettings
 from edge.core.learning_settings import LearningSettings
-from edge.core.shelf_settings import ShelfSettings
 from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, KioskScreenSettings, MetricsSettings
+from edge.core.shelf_settings import ShelfSettings
 
 ENV_PREFIX = "STORELENS_"
 
@@ -33,9 +33,8 @@ class Section(BaseModel):
 
 
 class DeviceSettings(Section):
-    store: str = Field(
-        description="Store identifier, used in MQTT topics", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
-    )
+    store: str = Field(description="Store identifier, used in MQTT topics", min_length=1, max_length=64,
+                       pattern=r"^[A-Za-z0-9_.-]+$")
     id: str = Field(description="This device's identifier within the store", min_length=1, max_length=64,
                     pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -144,9 +143,8 @@ class DecisionSettings(Section):
     @model_validator(mode="after")
     def _min_le_window(self) -> DecisionSettings:
         if self.min_frames > self.window:
-            raise PydanticCustomError("min_frames_over_window",
-                                      "min_frames ({min_frames}) must not exceed window ({window})",
-                                      {"min_frames": self.min_frames, "window": self.window})
+            raise PydanticCustomError("min_frames_over_window", "min_frames ({min_frames}) must not exceed window "
+                                      "({window})", {"min_frames": self.min_frames, "window": self.window})
         return self
 
 

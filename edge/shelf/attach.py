@@ -47,5 +47,6 @@ def attach_shelf(rt: Any) -> ShelfMonitor | None:
     rt.decision_listeners.append(monitor.on_match)
     rt.hooks = _ShelfHooks(rt.hooks, monitor)
     rt.shelf = monitor
+    rt.extra_status["shelf"] = monitor.status  # open alerts in the retained status message
     attach_page(rt, monitor)  # /shelf on the kiosk screen's server, when it runs
     return monitor

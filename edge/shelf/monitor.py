@@ -157,6 +157,15 @@ class ShelfMonitor:
                 out.setdefault(cam, {})[facing] = f.observed
             return out
 
+    def status(self) -> dict[str, Any]:
+        """For the runtime's status message: facings watched, open alerts by state."""
+        with self._lock:
+            open_ = self.tracker.open_alerts()
+        by: dict[str, int] = {}
+        for a in open_:
+            by[a.state] = by.get(a.state, 0) + 1
+        return {"facings": len(self.tracker.facings), "open_alerts": by}
+
     def close(self) -> None:
         self.history.close()
 
