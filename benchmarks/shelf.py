@@ -256,30 +256,33 @@ def play_split(items: list[Item], store: Store, enc: ImageEncoder, settings: Set
                      "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-def embed_days(args: argparse.Namespace, settings: Settings, plan: DayPlan) -> dict[str, Any]:
-    """Both splits' days played and embedded (the slow part): carve and val facings, thresholds, run figures."""
+def embed_carve(args: argparse.Namespace, settings: Settings, plan: DayPlan) -> dict[str, Any]:
+    """The carve's days (a store of the gallery minus the carve, scenes of the carve) and its thresholds."""
     enc = load_image_encoder(settings.model.model_copy(update={"image_bundle": args.bundle, "threads": args.threads}))
     names = class_names(args.root)
     with tempfile.TemporaryDirectory(prefix="bench-shelf-") as tmp:
         work = Path(tmp)
         keep, held = carve(args.root, args.gallery, bundle_dir(args.bundle))
-        carve_store = build_store(keep, work / "carve-store", enc, names, threads=args.threads)
-        cal, _ = run_calibration(carve_store, [(it.path, names[it.label]) for it in held], progress=False)
-        carve_store.save_calibration(cal)  # storelens calibrate's thresholds, on the carve (before EMPTY joins)
-        params = VoteParams.from_settings(settings.decision, carve_store.thresholds)
-        facings, carve_run = play_split(held, carve_store, enc, settings, names, plan, args.seed, work / "empty-c",
-                                        args.facings)
-        carve_store.close()
-        if args.cache is not None:  # the carve alone, to look at the choice while the queries split plays
-            with args.cache.with_suffix(".carve.pkl").open("wb") as fh:
-                pickle.dump({"carve": facings, "params": params}, fh)
-        store = build_store(load_split(args.root, args.gallery), work / "store", enc, names, threads=args.threads)
-        store.save_calibration(cal)
-        vfacings, val_run = play_split(load_split(args.root, args.queries), store, enc, settings, names, plan,
-                                       args.seed + 1, work / "empty-v", args.facings)
+        store = build_store(keep, work / "carve-store", enc, names, threads=args.threads)
+        cal, _ = run_calibration(store, [(it.path, names[it.label]) for it in held], progress=False)
+        store.save_calibration(cal)  # storelens calibrate's thresholds, on the carve (before EMPTY joins)
+        params = VoteParams.from_settings(settings.decision, store.thresholds)
+        facings, run_ = play_split(held, store, enc, settings, names, plan, args.seed, work / "empty", args.facings)
         store.close()
-    return {"carve": facings, "val": vfacings, "params": params, "carve_run": carve_run, "val_run": val_run,
-            "bundle": enc.fingerprint}
+    return {"facings": facings, "params": params, "run": run_, "bundle": enc.fingerprint}
+
+
+def embed_val(args: argparse.Namespace, settings: Settings, plan: DayPlan) -> dict[str, Any]:
+    """The queries split's days on a store of the whole gallery (search does not depend on the thresholds)."""
+    enc = load_image_encoder(settings.model.model_copy(update={"image_bundle": args.bundle, "threads": args.threads}))
+    names = class_names(args.root)
+    with tempfile.TemporaryDirectory(prefix="bench-shelf-") as tmp:
+        work = Path(tmp)
+        store = build_store(load_split(args.root, args.gallery), work / "store", enc, names, threads=args.threads)
+        facings, run_ = play_split(load_split(args.root, args.queries), store, enc, settings, names, plan,
+                                   args.seed + 1, work / "empty", args.facings)
+        store.close()
+    return {"facings": facings, "run": run_, "bundle": enc.fingerprint}
 
 
 def _cache_key(args: argparse.Namespace) -> str:
@@ -287,37 +290,48 @@ def _cache_key(args: argparse.Namespace) -> str:
                  args.facings))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def cached_phase(args: argparse.Namespace, phase: str, settings: Settings, plan: DayPlan) -> dict[str, Any]:
+    """One phase's embedded days: from ``<cache>.<phase>.pkl`` when it holds these arguments, else played
+    (and kept there). Two processes may play the two phases at once (``--only``)."""
+    path = None if args.cache is None else args.cache.with_suffix(f".{phase}.pkl")
+    if path is not None and path.is_file():
+        with path.open("rb") as fh:
+            got = pickle.load(fh)  # our own file, written below
+        if got.get("key") == _cache_key(args):
+            return dict(got["days"])
+    days = (embed_carve if phase == "carve" else embed_val)(args, settings, plan)
+    if path is not None:
+        with path.open("wb") as fh:
+            pickle.dump({"key": _cache_key(args), "days": days}, fh)
+    return days
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
     settings = load_settings(args.config)
     plan = DayPlan(hours=args.hours)
-    days: dict[str, Any] | None = None
-    if args.cache is not None and args.cache.is_file():
-        with args.cache.open("rb") as fh:
-            cached = pickle.load(fh)  # our own file, written below
-        days = cached["days"] if cached.get("key") == _cache_key(args) else None
-    if days is None:
-        days = embed_days(args, settings, plan)
-        if args.cache is not None:
-            with args.cache.open("wb") as fh:
-                pickle.dump({"key": _cache_key(args), "days": days}, fh)
-    params = days["params"]
+    if args.only is not None:
+        cached_phase(args, args.only, settings, plan)
+        return None
+    carve_days = cached_phase(args, "carve", settings, plan)
+    val_days = cached_phase(args, "val", settings, plan)
+    params = carve_days["params"]
     grid = []
     for hold in HOLDS:
         for gap in GAPS:
             for below in BELOWS if gap is not None else (0.0,):
-                r = score(days["carve"], params, (gap, below), hold, plan.hours)
+                r = score(carve_days["facings"], params, (gap, below), hold, plan.hours)
                 grid.append({"alert_after_s": hold, "planned_gap": gap, "planned_below": below, **r,
                              "meets": meets(r, hold)})
     chosen = choose(grid)
     hold, prior = chosen["alert_after_s"], (chosen["planned_gap"], chosen["planned_below"])
-    val = score(days["val"], params, prior, hold, plan.hours)
+    val = score(val_days["facings"], params, prior, hold, plan.hours)
     return {**val, "meets": meets(val, hold), "alert_after_s": hold, "planned_gap": prior[0],
             "planned_below": prior[1], "chosen_on": "bundle's sessions carve of the gallery split",
-            "carve_choice": chosen, "carve_grid": grid, "carve_run": days["carve_run"], "val_run": days["val_run"],
+            "carve_choice": chosen, "carve_grid": grid, "carve_run": carve_days["run"], "val_run": val_days["run"],
             "thresholds": {"score": round(params.threshold, 4), "margin": round(params.margin, 4)},
             "decision": {k: getattr(settings.decision, k) for k in ("window", "min_frames", "agreement")},
             "gate": settings.gate.model_dump(), "plan": plan.__dict__, "seed": args.seed,
-            "gallery": str(args.gallery), "queries": str(args.queries), "bundle": days["bundle"],
+            "gallery": str(args.gallery), "queries": str(args.queries), "bundle": val_days["bundle"],
             "threads": args.threads, "machine": machine()}
 
 
@@ -335,14 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--facings", type=int, default=None, help="only the first N facings of each split (a quick check)")
-    p.add_argument("--cache", type=Path, default=None, help="keep the embedded days here: a rerun with the same "
-                   "arguments only re-scores (seconds instead of the embedding)")
+    p.add_argument("--cache", type=Path, default=None, help="keep the embedded days in CACHE.carve.pkl and "
+                   "CACHE.val.pkl: a rerun with the same arguments only re-scores (seconds instead of the embedding)")
+    p.add_argument("--only", choices=("carve", "val"), default=None, help="with --cache: only play and keep this "
+                   "split's days (run the two at once, then once more without --only to score)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.only is not None and args.cache is None:
+        parser.error("--only needs --cache (where the other run finds the days)")
     r = run(args)
+    if r is None:
+        print(f"kept {args.only}'s days in {args.cache.with_suffix(f'.{args.only}.pkl')}")
+        return 0
     print(f"val, alert_after_s {r['alert_after_s']}, planned_gap {r['planned_gap']}, planned_below "
           f"{r['planned_below']} (chosen on the carve): "
           f"empty P {r['empty_precision']} R {r['empty_recall']}; misplaced P {r['misplaced_precision']} "
