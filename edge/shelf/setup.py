@@ -101,6 +101,10 @@ def _q(s: str | None) -> str:
 
 def snapshot(settings: Any, camera: str, image: Path | None) -> np.ndarray:
     """One frame: ``image`` when given, else read from the camera's configured source."""
+    cam = next((c for c in settings.cameras if c.name == camera), None)
+    if cam is None:
+        raise ConfigError(f"no camera {camera!r} in the config",
+                          hint=f"use one of {[c.name for c in settings.cameras]}")
     if image is not None:
         frame = cv2.imread(str(image), cv2.IMREAD_COLOR)
         if frame is None:
@@ -108,10 +112,6 @@ def snapshot(settings: Any, camera: str, image: Path | None) -> np.ndarray:
         return frame
     from edge.pipeline.capture import open_source
 
-    cam = next((c for c in settings.cameras if c.name == camera), None)
-    if cam is None:
-        raise ConfigError(f"no camera {camera!r} in the config",
-                          hint=f"use one of {[c.name for c in settings.cameras]}")
     src = open_source(cam)
     try:
         frame = src.read()
