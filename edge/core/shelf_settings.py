@@ -33,5 +33,5 @@ class ShelfSettings(BaseModel):
     history_max_rows: int = Field(200_000, ge=100, le=50_000_000, description="State changes kept in "
                                   "<catalog.data_dir>/shelf/history.db (oldest dropped)")
     crops_max: int = Field(500, ge=1, le=100_000, description="Alert snapshot crops kept (oldest dropped)")
-    token: SecretStr | None = Field(None, min_length=8, description="Staff token for /shelf (cookie, header "
-                                    "X-Shelf-Token or ?token= once); required when kiosk_screen.host is not loopback")
+    token: SecretStr | None = Field(None, min_length=8, description="Staff token for /shelf (open "
+                                    "/shelf?token=... once: a cookie keeps it); required off loopback")

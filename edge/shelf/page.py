@@ -11,20 +11,20 @@ guard still applies: Host allow-list on loopback, same-origin POSTs, security he
 - ``GET /shelf/crop/<id>.jpg``: an alert's snapshot; ``GET /shelf/img/<sku>``: a product's photo;
 - ``POST /shelf/api/ack`` ``{"alert_id": ...}``: "done" (published on MQTT and kept in the history).
 
-Its own token (``shelf.token``), separate from the kiosk's: ``/shelf?token=T`` once sets an
-HttpOnly cookie (then the address bar no longer shows it); scripts may send ``X-Shelf-Token``.
-Without a token the page is served only when the server listens on a loopback address.
+Its own token (``shelf.token``), separate from the kiosk's, checked by the server's token gate for
+``/shelf`` (:class:`edge.kiosk.guard.TokenGate`, issue 28): ``/shelf?token=T`` once sets an HttpOnly
+cookie holding a digest of it (the page then drops the token from its address); scripts may send
+the ``X-StoreLens-Token`` header. Without a token the page is served only when the server listens
+on a loopback address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
-import importlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,14 @@ from aiohttp import web
 
 from edge.core.config import Settings
 from edge.core.errors import ConfigError
+from edge.kiosk.guard import TokenGate
 from edge.shelf.monitor import ShelfMonitor
 from edge.shelf.overlay import draw_facings
 
 STATIC = Path(__file__).with_name("static")
 COOKIE = "storelens_shelf"
-HEADER = "X-Shelf-Token"
 FRAME_MAX_WIDTH = 960
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ShelfPage:
@@ -53,9 +52,8 @@ class ShelfPage:
         self.settings, self.monitor = settings, monitor
         self._last_frame, self._photo = last_frame, photo
         token = settings.shelf.token
-        self.token = self._token = token.get_secret_value() if token is not None else None
-        self.server_checks_token = False  # True: the server's gate for /shelf checks it (see attach_page)
-        if self._token is None and settings.kiosk_screen.host not in LOOPBACK:
+        self.token = token.get_secret_value() if token is not None else None
+        if self.token is None and settings.kiosk_screen.host not in LOOPBACK:
             raise ConfigError(f"the /shelf page would be open to anyone on the network "
                               f"(kiosk_screen.host = {settings.kiosk_screen.host!r}) without a staff token",
                               hint="set shelf.token (or STORELENS_SHELF__TOKEN) to a secret of 8+ characters")
@@ -65,38 +63,14 @@ class ShelfPage:
         self._cameras = [c for c in settings.cameras if c.mode == "shelf"]
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/shelf", self._guarded(self._index))
-        app.router.add_get("/shelf/api/state", self._guarded(self._state))
-        app.router.add_post("/shelf/api/ack", self._guarded(self._ack))
-        app.router.add_get("/shelf/frame/{camera}.jpg", self._guarded(self._frame))
-        app.router.add_get("/shelf/crop/{crop_id}.jpg", self._guarded(self._crop))
-        app.router.add_get("/shelf/img/{sku}", self._guarded(self._img))
+        """The page's routes (all under ``/shelf``, so its gate guards every one of them)."""
+        app.router.add_get("/shelf", self._index)
+        app.router.add_get("/shelf/api/state", self._state)
+        app.router.add_post("/shelf/api/ack", self._ack)
+        app.router.add_get("/shelf/frame/{camera}.jpg", self._frame)
+        app.router.add_get("/shelf/crop/{crop_id}.jpg", self._crop)
+        app.router.add_get("/shelf/img/{sku}", self._img)
         app.router.add_get("/shelf/static/{name}", self._static)
-
-    # -- the token -----------------------------------------------------------------------------------
-
-    def _allowed(self, request: web.Request) -> bool:
-        if self._token is None or self.server_checks_token:
-            return True
-        given = request.cookies.get(COOKIE) or request.headers.get(HEADER) or ""
-        return hmac.compare_digest(given.encode(), self._token.encode())
-
-    def _guarded(self, handler: Handler) -> Handler:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            query = request.query.get("token")
-            if request.path == "/shelf" and query is not None and self._token is not None \
-                    and not self.server_checks_token:
-                if not hmac.compare_digest(query.encode(), self._token.encode()):
-                    return _refused()
-                resp = web.HTTPSeeOther("/shelf")  # the token leaves the address bar and the history
-                resp.set_cookie(COOKIE, self._token, httponly=True, samesite="Strict", path="/shelf",
-                                max_age=90 * 86400)
-                raise resp
-            if not self._allowed(request):
-                return _refused()
-            return await handler(request)
-
-        return guarded
 
     # -- handlers ------------------------------------------------------------------------------------
 
@@ -169,26 +143,13 @@ def _overlay_jpeg(image: np.ndarray, rois: Any, states: dict[str, str | None]) -
     return jpg.tobytes() if ok else b""
 
 
-def _refused() -> web.Response:
-    return web.Response(status=401, content_type="text/plain",
-                        text="staff token needed: open /shelf?token=YOUR_TOKEN once (shelf.token in the config)")
-
-
 def attach_page(rt: Any, monitor: ShelfMonitor) -> ShelfPage | None:
-    """The page on the runtime's kiosk-screen server (None when ``kiosk_screen.enabled`` is false).
-
-    When the server has issue 28's token gates (``add_gate``, :class:`edge.kiosk.guard.TokenGate`), the
-    shelf token becomes the gate of ``/shelf`` there (the kiosk's own gate on ``/`` then never applies to
-    it) and the page's own check stands aside; without them the page checks its token itself.
-    """
+    """The page on the runtime's kiosk-screen server (None when ``kiosk_screen.enabled`` is false), behind a
+    token gate of its own on ``/shelf`` (the longest prefix decides, so the kiosk's gate on ``/`` never applies)."""
     if rt.screen is None:
         return None
     server = rt.screen.server
     page = ShelfPage(settings=rt.settings, monitor=monitor, last_frame=rt.last_frame, photo=server.cards.photo)
-    add_gate = getattr(server, "add_gate", None)
-    if add_gate is not None:
-        gate = importlib.import_module("edge.kiosk.guard").TokenGate(page.token, cookie=COOKIE, path="/shelf")
-        add_gate("/shelf", gate)
-        page.server_checks_token = True
+    server.add_gate("/shelf", TokenGate(page.token, cookie=COOKIE, path="/shelf"))
     server.route_adders.append(page.add_routes)
     return page
