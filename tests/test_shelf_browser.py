@@ -91,7 +91,7 @@ def shelf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                   "heartbeat_s": 600},
         gate={"steady_frames": 0}, ocr={"enabled": False}, shelf={"alert_after_s": 1.5, "token": TOKEN},
         mqtt={"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 1, "flush_timeout_s": 2},
-        kiosk_screen={"enabled": True, "port": free_port()})
+        kiosk_screen={"enabled": True, "port": free_port(), "token": "kiosk-secret-99"})  # not the staff's
     camera = ShelfCamera()
     store = Store.from_settings(settings, image_encoder=encoder, text_encoder=None)
     rt = assemble_runtime(settings=settings, encoder=encoder, matcher=store, sources={"shelf": lambda: camera},
@@ -131,6 +131,7 @@ def test_the_page_needs_the_staff_token(shelf: dict[str, Any]) -> None:
     assert page.goto(shelf["url"] + "?token=wrong").status == 401
     resp = page.goto(shelf["url"] + f"?token={TOKEN}")
     assert resp.status == 200 and "token" not in page.url  # the cookie carries it from now on
+    assert page.goto(shelf["url"].replace("/shelf", "/")).status == 401  # the kiosk page keeps its own token
 
 
 def test_an_empty_facing_alerts_on_the_page_and_mqtt_and_done_acknowledges_it(shelf: dict[str, Any]) -> None:
