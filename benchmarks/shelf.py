@@ -10,11 +10,11 @@ back in the wrong slot (another product of the same shelf) and fixed, and shoppe
 front for 2-20 s. Every frame goes through the runtime's parts: the region gate (the config's
 ``[gate]``; a steady view stops being embedded, as in the runtime, so a view is embedded only
 while it changes or its vote window fills), the image encoder, the store's search, the shelf
-voter (``[decision]``, with ``shelf.planned_gap``) and the alert tracker
+voter (``[decision]``, with the ``[shelf]`` planogram prior) and the alert tracker
 (:class:`~edge.shelf.alerts.FacingTracker`, ``shelf.alert_after_s``).
 
 The gallery split is enrolled into a real store (SQLite + USearch i8) with photos of each
-shelf's bare facings as ``EMPTY``. ``alert_after_s`` and ``planned_gap`` are chosen on the
+shelf's bare facings as ``EMPTY``. ``alert_after_s`` and the prior are chosen on the
 bundle's sessions carve of the gallery (a store of the gallery minus the carve, scenes from the
 carve's photos; thresholds calibrated the same way); the queries split only reports.
 
@@ -55,14 +55,15 @@ from edge.core.types import Candidate
 from edge.models.encoders import load_image_encoder
 from edge.models.encoders.base import ImageEncoder
 from edge.pipeline.gate import GateVerdict, RegionGate
-from edge.pipeline.vote import RegionVoter, VoteParams
+from edge.pipeline.vote import PlanogramPrior, RegionVoter, VoteParams
 from edge.shelf.alerts import FacingTracker
 
 SHELF_FACINGS = 6
 EMPTY_SKU = "EMPTY"
 HOLDS = (10.0, 15.0, 20.0, 30.0, 45.0, 60.0)
-GAPS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.2)  # None: no planogram prior (frame_label only)
-BELOWS = (0.0, 0.05, 0.1, 0.2)  # how far under the threshold the planned product may score
+GAPS: tuple[float | None, ...] = (None, 0.05, 0.1, 0.2)  # None: no planogram prior (frame_label only)
+BELOWS = (0.0, 0.1, 0.2)  # how far under the threshold the planned product may score
+OTHERS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3)  # ... and another product (or the bare shelf)
 SINCE_SLACK_S = 5.0  # an alert's state may begin this long before the true change (the vote's window)
 STEADY_SKIP = 2  # unchanged verdicts in a row after which the rest of a steady view is skipped (gate skips it)
 
@@ -144,12 +145,11 @@ def record(f: Facing, store: Store, enc: ImageEncoder, settings: Settings, fps: 
     return seen
 
 
-def replay(f: Facing, params: VoteParams, prior: tuple[float | None, float], hold: float, end: float
+def replay(f: Facing, params: VoteParams, prior: PlanogramPrior | None, hold: float, end: float
            ) -> tuple[list[tuple[str, float, float]], list[tuple[float, float]]]:
     """The facing's alerts ``(state, since, opened)`` and ok-clears ``(since, at)`` under the planogram prior
-    ``(planned_gap, planned_below)`` and ``hold``."""
-    voter = RegionVoter(camera="shelf", roi=f.name, params=params, expected_sku=f.sku, planned_gap=prior[0],
-                        planned_below=prior[1])
+    and ``hold``."""
+    voter = RegionVoter(camera="shelf", roi=f.name, params=params, expected_sku=f.sku, prior=prior)
     tr = FacingTracker(camera="shelf", facing=f.name, expected_sku=f.sku, alert_after_s=hold)
     opens: list[tuple[str, float, float]] = []
     clears: list[tuple[float, float]] = []
@@ -173,7 +173,7 @@ def replay(f: Facing, params: VoteParams, prior: tuple[float | None, float], hol
     return opens, clears
 
 
-def score(facings: Sequence[Facing], params: VoteParams, prior: tuple[float | None, float], hold: float,
+def score(facings: Sequence[Facing], params: VoteParams, prior: PlanogramPrior | None, hold: float,
           hours: float) -> dict[str, Any]:
     """Precision, recall and time to alert per kind; false alerts per facing-hour; occlusion alerts."""
     tally = {k: Tally() for k in ("empty", "misplaced", "ok")}
@@ -316,23 +316,29 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     val_days = cached_phase(args, "val", settings, plan)
     params = carve_days["params"]
     grid = []
+    priors = [None] + [PlanogramPrior(g, b, o) for g in GAPS if g is not None for b in BELOWS for o in OTHERS]
     for hold in HOLDS:
-        for gap in GAPS:
-            for below in BELOWS if gap is not None else (0.0,):
-                r = score(carve_days["facings"], params, (gap, below), hold, plan.hours)
-                grid.append({"alert_after_s": hold, "planned_gap": gap, "planned_below": below, **r,
-                             "meets": meets(r, hold)})
+        for prior in priors:
+            r = score(carve_days["facings"], params, prior, hold, plan.hours)
+            grid.append({"alert_after_s": hold, **_prior_dict(prior), **r, "meets": meets(r, hold)})
     chosen = choose(grid)
-    hold, prior = chosen["alert_after_s"], (chosen["planned_gap"], chosen["planned_below"])
+    hold = chosen["alert_after_s"]
+    prior = None if chosen["planned_gap"] is None else \
+        PlanogramPrior(chosen["planned_gap"], chosen["planned_below"], chosen["other_below"])
     val = score(val_days["facings"], params, prior, hold, plan.hours)
-    return {**val, "meets": meets(val, hold), "alert_after_s": hold, "planned_gap": prior[0],
-            "planned_below": prior[1], "chosen_on": "bundle's sessions carve of the gallery split",
+    return {**val, "meets": meets(val, hold), "alert_after_s": hold, **_prior_dict(prior),
+            "chosen_on": "bundle's sessions carve of the gallery split",
             "carve_choice": chosen, "carve_grid": grid, "carve_run": carve_days["run"], "val_run": val_days["run"],
             "thresholds": {"score": round(params.threshold, 4), "margin": round(params.margin, 4)},
             "decision": {k: getattr(settings.decision, k) for k in ("window", "min_frames", "agreement")},
             "gate": settings.gate.model_dump(), "plan": plan.__dict__, "seed": args.seed,
             "gallery": str(args.gallery), "queries": str(args.queries), "bundle": val_days["bundle"],
             "threads": args.threads, "machine": machine()}
+
+
+def _prior_dict(p: PlanogramPrior | None) -> dict[str, float | None]:
+    return {"planned_gap": None if p is None else p.gap, "planned_below": None if p is None else p.below,
+            "other_below": None if p is None else p.other_below}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kept {args.only}'s days in {args.cache.with_suffix(f'.{args.only}.pkl')}")
         return 0
     print(f"val, alert_after_s {r['alert_after_s']}, planned_gap {r['planned_gap']}, planned_below "
-          f"{r['planned_below']} (chosen on the carve): "
+          f"{r['planned_below']}, other_below {r['other_below']} (chosen on the carve): "
           f"empty P {r['empty_precision']} R {r['empty_recall']}; misplaced P {r['misplaced_precision']} "
           f"R {r['misplaced_recall']}; ok P {r['ok_precision']} R {r['ok_recall']}; false alerts "
           f"{r['false_alerts_per_facing_hour']}/facing-h; time to alert p50/p95 {r['time_to_alert_s']['p50']}/"

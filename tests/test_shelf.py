@@ -15,7 +15,7 @@ import pytest
 from edge.cli.main import main as cli
 from edge.core.errors import InputError
 from edge.core.types import Candidate
-from edge.pipeline.vote import RegionVoter, VoteParams, planned_label
+from edge.pipeline.vote import PlanogramPrior, RegionVoter, VoteParams, planned_label
 from edge.shelf.alerts import AlertTracker, FacingTracker
 from edge.shelf.history import ShelfHistory, StateRow, history_path
 from edge.shelf.report import build_report, parse_duration, to_csv, to_html
@@ -88,11 +88,14 @@ def test_ack_is_once_and_the_alert_still_clears_once() -> None:
 
 def test_planned_label_prefers_the_planned_product_within_the_gap() -> None:
     cands = [Candidate("LOOKALIKE", "l", 0.80), Candidate("MILK", "m", 0.77), Candidate("EMPTY", "e", 0.2)]
-    assert planned_label(cands, "MILK", 0.5, 0.01, gap=0.05) == "MILK"
-    assert planned_label(cands, "MILK", 0.5, 0.01, gap=0.02) == "LOOKALIKE"
-    assert planned_label(cands, "MILK", 0.78, 0.01, gap=0.05) == "LOOKALIKE"  # below the threshold
+    assert planned_label(cands, "MILK", 0.5, 0.01, PlanogramPrior(gap=0.05)) == "MILK"
+    assert planned_label(cands, "MILK", 0.5, 0.01, PlanogramPrior(gap=0.02)) == "LOOKALIKE"
+    assert planned_label(cands, "MILK", 0.78, 0.01, PlanogramPrior(gap=0.05)) == "LOOKALIKE"  # below the threshold
+    assert planned_label(cands, "MILK", 0.78, 0.01, PlanogramPrior(gap=0.05, below=0.02)) == "MILK"
+    assert planned_label(cands, "MILK", 0.85, 0.01, PlanogramPrior(gap=0.01)) is None  # nothing clears 0.85
+    assert planned_label(cands, "MILK", 0.85, 0.01, PlanogramPrior(gap=0.01, other_below=0.1)) == "LOOKALIKE"
     v = RegionVoter(camera="c", roi="a1", params=VoteParams(threshold=0.5, margin=0.01, window=3, min_frames=2),
-                    expected_sku="MILK", planned_gap=0.05)
+                    expected_sku="MILK", prior=PlanogramPrior(gap=0.05))
     v.add(cands, ts=0, now=0)
     d = v.add(cands, ts=1, now=1)
     assert d is not None and d.planogram == "ok"

@@ -24,7 +24,7 @@ def scripted() -> Facing:
 
 
 def test_alerts_are_matched_to_the_true_periods_and_the_occlusion_does_not_alert() -> None:
-    r = score([scripted()], PARAMS, (None, 0.0), 20.0, 1.0)
+    r = score([scripted()], PARAMS, None, 20.0, 1.0)
     assert (r["empty_precision"], r["empty_recall"], r["misplaced_precision"], r["misplaced_recall"]) == (1, 1, 1, 1)
     assert (r["ok_precision"], r["ok_recall"], r["occlusion_alerts"], r["false_alerts"]) == (1, 1, 0, 0)
     assert r["empty_time_s"]["p50"] == 21.0  # the third frame decides (1 s), then the 20 s hold
@@ -32,9 +32,9 @@ def test_alerts_are_matched_to_the_true_periods_and_the_occlusion_does_not_alert
 
 
 def test_a_hold_shorter_than_the_occlusion_turns_it_into_a_false_alert() -> None:
-    r = score([scripted()], PARAMS, (None, 0.0), 5.0, 1.0)
+    r = score([scripted()], PARAMS, None, 5.0, 1.0)
     assert (r["occlusion_alerts"], r["false_alerts"], r["misplaced_precision"]) == (1, 1, 0.5)
     assert not meets(r, 5.0)
     grid = [{"alert_after_s": 5.0, **r, "meets": False},
-            {"alert_after_s": 20.0, **score([scripted()], PARAMS, (None, 0.0), 20.0, 1.0), "meets": True}]
+            {"alert_after_s": 20.0, **score([scripted()], PARAMS, None, 20.0, 1.0), "meets": True}]
     assert choose(grid)["alert_after_s"] == 20.0

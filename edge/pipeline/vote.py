@@ -15,11 +15,10 @@ id of the view it is about (``view_id``).
 
 Shelf regions name an ``expected_sku``: the decision becomes a planogram state — ``ok``
 (the expected product), ``empty`` (the catalog's empty-slot entry), ``misplaced`` (another
-product) or ``unknown`` — emitted as its own event when that state changes. With a ``planned_gap``
-(``shelf.planned_gap``) a shelf frame votes for the planned product when its score is at most
-``shelf.planned_below`` under the threshold and within the gap of the top (:func:`planned_label`):
-the planogram is a prior, so a look-alike ranked just above the planned product does not make the
-facing misplaced.
+product) or ``unknown`` — emitted as its own event when that state changes. With a
+:class:`PlanogramPrior` (``[shelf]``) a shelf frame votes for the planned product when it scores close
+to the top, and for another product (or the bare shelf) at a lower score than the threshold when the
+planned one is clearly not there (:func:`planned_label`): the planogram says what should be there.
 """
 
 from __future__ import annotations
@@ -117,14 +116,31 @@ def frame_label(candidates: Sequence[Candidate], threshold: float, margin: float
     return top.sku
 
 
+@dataclass(frozen=True, slots=True)
+class PlanogramPrior:
+    """Shelf: the planogram as a prior on each frame's vote (``shelf.planned_gap``, ``planned_below``,
+    ``other_below``); see :func:`planned_label`."""
+
+    gap: float
+    below: float = 0.0
+    other_below: float | None = None
+
+
 def planned_label(candidates: Sequence[Candidate], expected: str, threshold: float, margin: float,
-                  gap: float, below: float = 0.0) -> str | None:
-    """A shelf frame's vote: the planned sku when it scores >= threshold - ``below`` within ``gap`` of the top,
-    else :func:`frame_label` (another product must win clearly to make the facing misplaced)."""
+                  prior: PlanogramPrior) -> str | None:
+    """A shelf frame's vote: the planned sku when it scores >= threshold - ``below`` within ``gap`` of the top;
+    else :func:`frame_label`, and when that is unknown, the top sku (another product, or the bare shelf) if it
+    scores >= threshold - ``other_below`` and leads the planned sku by more than ``gap``: the question at a
+    facing is whether the planned product is there, not which of all products it is."""
     score = next((c.score for c in candidates if c.sku == expected), None)
-    if score is not None and candidates and score >= threshold - below and candidates[0].score - score <= gap:
+    if score is not None and candidates and score >= threshold - prior.below and \
+            candidates[0].score - score <= prior.gap:
         return expected
-    return frame_label(candidates, threshold, margin)
+    label = frame_label(candidates, threshold, margin)
+    if label is None and prior.other_below is not None and candidates and candidates[0].sku != expected and \
+            candidates[0].score >= threshold - prior.other_below:
+        return candidates[0].sku
+    return label
 
 
 def planogram_state(label: str | None, expected_sku: str, empty_sku: str) -> PlanogramState:
@@ -148,14 +164,12 @@ class RegionVoter:
     """The sliding window and the last published decision of one region."""
 
     def __init__(self, *, camera: str, roi: str, params: VoteParams, expected_sku: str | None = None,
-                 per_view: bool = False, planned_gap: float | None = None,
-                 planned_below: float = 0.0) -> None:
+                 per_view: bool = False, prior: PlanogramPrior | None = None) -> None:
         self.camera = camera
         self.roi = roi
         self.params = params
         self.expected_sku = expected_sku
-        self.planned_gap = planned_gap  # shelf: the planogram prior of planned_label (None: frame_label only)
-        self.planned_below = planned_below
+        self.prior = prior  # shelf: the planogram prior of planned_label (None: frame_label only)
         self.per_view = per_view  # kiosk: one event per view that reaches a decision (see the module docstring)
         self._window: deque[_Vote] = deque(maxlen=params.window)
         self._current: Decision | None = None
@@ -183,9 +197,8 @@ class RegionVoter:
     def add(self, candidates: Sequence[Candidate], *, ts: float, now: float) -> Decision | None:
         """Vote one frame; return a decision to publish when it changed (or a heartbeat is due)."""
         p = self.params
-        label = frame_label(candidates, p.threshold, p.margin) if self.planned_gap is None or \
-            self.expected_sku is None else planned_label(candidates, self.expected_sku, p.threshold, p.margin,
-                                                         self.planned_gap, self.planned_below)
+        label = frame_label(candidates, p.threshold, p.margin) if self.prior is None or self.expected_sku is None \
+            else planned_label(candidates, self.expected_sku, p.threshold, p.margin, self.prior)
         self._window.append(_Vote(label, tuple(candidates), ts))
         decided = self._decide()
         if decided is None:
