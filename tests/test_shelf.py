@@ -264,4 +264,4 @@ def test_the_staff_page_refuses_to_be_open_to_the_network_without_a_token(tmp_pa
 
     with pytest.raises(ConfigError, match=r"shelf\.token"):
         page()
-    assert page(token="a-long-secret").token == "a-long-secret"
+    assert page(token="a-long-staff-secret").token == "a-long-staff-secret"

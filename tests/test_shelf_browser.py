@@ -39,7 +39,7 @@ if not HAVE_PLAYWRIGHT or chromium_path() is None:
         pytest.fail("the shelf browser test needs playwright and chromium (.ci/run installs them)", pytrace=False)
     pytest.skip("playwright or chromium not installed", allow_module_level=True)
 
-TOKEN = "staff-secret-42"
+TOKEN = "staff-secret-4242"
 PLANNED = {"a1": "DEMO-COLA", "a2": "DEMO-OATS"}
 
 
@@ -91,7 +91,7 @@ def shelf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                   "heartbeat_s": 600},
         gate={"steady_frames": 0}, ocr={"enabled": False}, shelf={"alert_after_s": 1.5, "token": TOKEN},
         mqtt={"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 1, "flush_timeout_s": 2},
-        kiosk_screen={"enabled": True, "port": free_port(), "token": "kiosk-secret-99"})  # not the staff's
+        kiosk_screen={"enabled": True, "port": free_port(), "token": "kiosk-secret-99999"})  # not the staff's
     camera = ShelfCamera()
     store = Store.from_settings(settings, image_encoder=encoder, text_encoder=None)
     rt = assemble_runtime(settings=settings, encoder=encoder, matcher=store, sources={"shelf": lambda: camera},

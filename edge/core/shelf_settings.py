@@ -3,7 +3,8 @@
 Kept beside :mod:`edge.core.config` (which puts it on the root :class:`~edge.core.config.Settings`)
 so that module stays readable; the same rules apply: unknown keys are errors, values are frozen.
 ``alert_after_s``, ``planned_gap``, ``planned_below`` and ``other_below`` were chosen on the
-bundle's sessions carve of the train split with ``python -m benchmarks.shelf`` (docs/decisions.md, issue 30), never on val.
+bundle's sessions carve of the train split with ``python -m benchmarks.shelf`` (docs/decisions.md,
+issue 30), never on val.
 """
 
 from __future__ import annotations
@@ -36,5 +37,5 @@ class ShelfSettings(BaseModel):
     history_max_rows: int = Field(200_000, ge=100, le=50_000_000, description="State changes kept in "
                                   "<catalog.data_dir>/shelf/history.db (oldest dropped)")
     crops_max: int = Field(500, ge=1, le=100_000, description="Alert snapshot crops kept (oldest dropped)")
-    token: SecretStr | None = Field(None, min_length=8, description="Staff token for /shelf (open "
+    token: SecretStr | None = Field(None, min_length=16, description="Staff token for /shelf (open "
                                     "/shelf?token=... once: a cookie keeps it); required off loopback")

@@ -56,7 +56,7 @@ class ShelfPage:
         if self.token is None and settings.kiosk_screen.host not in LOOPBACK:
             raise ConfigError(f"the /shelf page would be open to anyone on the network "
                               f"(kiosk_screen.host = {settings.kiosk_screen.host!r}) without a staff token",
-                              hint="set shelf.token (or STORELENS_SHELF__TOKEN) to a secret of 8+ characters")
+                              hint="set shelf.token (or STORELENS_SHELF__TOKEN) to a secret of 16+ characters")
         v = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(STATIC.iterdir()))).hexdigest()[:10]
         self._html = (STATIC / "shelf.html").read_text(encoding="utf-8").replace("{{v}}", v) \
             .replace("{{title}}", settings.device.store)
