@@ -94,6 +94,9 @@ def test_planned_label_prefers_the_planned_product_within_the_gap() -> None:
     assert planned_label(cands, "MILK", 0.78, 0.01, PlanogramPrior(gap=0.05, below=0.02)) == "MILK"
     assert planned_label(cands, "MILK", 0.85, 0.01, PlanogramPrior(gap=0.01)) is None  # nothing clears 0.85
     assert planned_label(cands, "MILK", 0.85, 0.01, PlanogramPrior(gap=0.01, other_below=0.1)) == "LOOKALIKE"
+    bare = [Candidate("EMPTY", "e", 0.80), Candidate("MILK", "m", 0.77)]  # the prior never hides a sold-out facing
+    assert planned_label(bare, "MILK", 0.5, 0.01, PlanogramPrior(gap=0.05), empty_sku="EMPTY") == "EMPTY"
+    assert planned_label(bare, "MILK", 0.5, 0.01, PlanogramPrior(gap=0.05)) == "MILK"
     v = RegionVoter(camera="c", roi="a1", params=VoteParams(threshold=0.5, margin=0.01, window=3, min_frames=2),
                     expected_sku="MILK", prior=PlanogramPrior(gap=0.05))
     v.add(cands, ts=0, now=0)

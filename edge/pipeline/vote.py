@@ -127,16 +127,19 @@ class PlanogramPrior:
 
 
 def planned_label(candidates: Sequence[Candidate], expected: str, threshold: float, margin: float,
-                  prior: PlanogramPrior) -> str | None:
-    """A shelf frame's vote: the planned sku when it scores >= threshold - ``below`` within ``gap`` of the top;
-    else :func:`frame_label`, and when that is unknown, the top sku (another product, or the bare shelf) if it
-    scores >= threshold - ``other_below`` and leads the planned sku by more than ``gap``: the question at a
-    facing is whether the planned product is there, not which of all products it is."""
+                  prior: PlanogramPrior, empty_sku: str | None = None) -> str | None:
+    """A shelf frame's vote: the bare shelf when :func:`frame_label` says so (the prior never hides a sold-out
+    facing); else the planned sku when it scores >= threshold - ``below`` within ``gap`` of the top; else
+    :func:`frame_label`, and when that is unknown, the top sku (another product, or the bare shelf) if it
+    scores >= threshold - ``other_below``: the question at a facing is whether the planned product is there,
+    not which of all products it is."""
+    label = frame_label(candidates, threshold, margin)
+    if label is not None and label == empty_sku:
+        return label
     score = next((c.score for c in candidates if c.sku == expected), None)
     if score is not None and candidates and score >= threshold - prior.below and \
             candidates[0].score - score <= prior.gap:
         return expected
-    label = frame_label(candidates, threshold, margin)
     if label is None and prior.other_below is not None and candidates and candidates[0].sku != expected and \
             candidates[0].score >= threshold - prior.other_below:
         return candidates[0].sku
@@ -198,7 +201,7 @@ class RegionVoter:
         """Vote one frame; return a decision to publish when it changed (or a heartbeat is due)."""
         p = self.params
         label = frame_label(candidates, p.threshold, p.margin) if self.prior is None or self.expected_sku is None \
-            else planned_label(candidates, self.expected_sku, p.threshold, p.margin, self.prior)
+            else planned_label(candidates, self.expected_sku, p.threshold, p.margin, self.prior, p.empty_sku)
         self._window.append(_Vote(label, tuple(candidates), ts))
         decided = self._decide()
         if decided is None:
