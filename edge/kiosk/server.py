@@ -217,6 +217,7 @@ class KioskServer:
         assert server is not None
         self._listener = await asyncio.get_running_loop().create_server(
             self.guard.factory(server), self.host, self.port, reuse_address=True)
+        self.port = int(self._listener.sockets[0].getsockname()[1])  # port 0 (tests): the listener owns its port
         self._watcher = asyncio.get_running_loop().create_task(self._watch_link())
 
     async def _shutdown(self) -> None:
