@@ -28,7 +28,7 @@ from edge.pipeline.handlers import RuntimeCommands, recommend_handler
 from edge.pipeline.item import ItemVoter
 from edge.pipeline.label_text import label_reranker
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
-from edge.pipeline.vote import RegionVoter
+from edge.pipeline.vote import PlanogramPrior, RegionVoter
 from edge.recommend.basket_events import MAX_PAYLOAD_BYTES as BASKET_MAX_BYTES
 from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
@@ -72,6 +72,9 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
         from edge.kiosk.screen import attach_screen
 
         rt.screen = attach_screen(rt, recommender=recommender)
+    from edge.shelf.attach import attach_shelf
+
+    attach_shelf(rt)  # shelf cameras: alerts, history and, with the kiosk screen's server, the /shelf page
     return rt
 
 
@@ -109,7 +112,9 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
     def voter(c: CameraSettings, r: RoiSettings) -> RegionVoter | ItemVoter:
         if c.mode == "kiosk":
             return ItemVoter(camera=c.name, roi=r.name, params=params, items_span_views=items)
-        return RegionVoter(camera=c.name, roi=r.name, params=params, expected_sku=r.expected_sku)
+        shelf = c.mode == "shelf"
+        return RegionVoter(camera=c.name, roi=r.name, params=params, expected_sku=r.expected_sku if shelf else None,
+                           prior=shelf_prior(settings) if shelf else None)
 
     return {c.name: [Region(c, r, RegionGate(change_threshold=g.change_threshold,
                                              steady_frames=g.steady_frames if c.mode == "kiosk" else 0,
@@ -133,6 +138,12 @@ def _items_end(settings: Settings, matcher: Matcher) -> bool:
                 "view is its own item; enroll photos of the empty tray: storelens catalog add %s --name 'Empty tray' "
                 "--image tray.jpg", sku, sku)
     return False
+
+
+def shelf_prior(settings: Settings) -> PlanogramPrior:
+    """The ``[shelf]`` planogram prior of shelf regions' votes."""
+    s = settings.shelf
+    return PlanogramPrior(gap=s.planned_gap, below=s.planned_below, other_below=s.other_below)
 
 
 def build_runtime(settings: Settings) -> Runtime:
