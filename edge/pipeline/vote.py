@@ -5,13 +5,11 @@ beats the best other sku by the margin, else ``unknown``. When the window holds 
 ``min_frames`` frames and one label has ``agreement`` of them, that label is the region's
 decision; candidate scores are aggregated over the window (mean / max / median).
 
-When a decision is emitted: a kiosk region (``per_view``) emits an event for every new *view*
-(an item shown: the gate's ``new_view``, which also restarts the window) once that view reaches
-a decision, whatever the previous view's decision was (two cartons of milk in a row are two
-events; so are two different unknown products), and again only if the decision changes while
-the view lasts. A shelf region emits when its decision changes. Both re-publish the unchanged
-decision as a heartbeat every ``heartbeat_s`` — never on every frame. Each decision carries the
-id of the view it is about (``view_id``).
+A region emits when its decision changes (the gate's ``new_view`` restarts the window), and
+re-publishes the unchanged decision as a heartbeat every ``heartbeat_s`` — never on every frame.
+Each decision carries the id of the view it is about (``view_id``). This is the shelf's voter; a
+kiosk decides per *item*, its views pooled (:mod:`edge.pipeline.item`), and the decision carries
+the item fields defined here.
 
 Shelf regions name an ``expected_sku``: the decision becomes a planogram state — ``ok``
 (the expected product), ``empty`` (the catalog's empty-slot entry), ``misplaced`` (another
@@ -170,18 +168,16 @@ class RegionVoter:
     """The sliding window and the last published decision of one region."""
 
     def __init__(self, *, camera: str, roi: str, params: VoteParams, expected_sku: str | None = None,
-                 per_view: bool = False, prior: PlanogramPrior | None = None) -> None:
+                 prior: PlanogramPrior | None = None) -> None:
         self.camera = camera
         self.roi = roi
         self.params = params
         self.expected_sku = expected_sku
         self.prior = prior  # shelf: the planogram prior of planned_label (None: frame_label only)
-        self.per_view = per_view  # kiosk: one event per view that reaches a decision (see the module docstring)
         self._window: deque[_Vote] = deque(maxlen=params.window)
         self._current: Decision | None = None
         self._published_at: float | None = None
         self._view_id = uuid.uuid4().hex[:16]
-        self._view_decided = False
 
     @property
     def current(self) -> Decision | None:
@@ -197,7 +193,6 @@ class RegionVoter:
         """A new view: forget the old frames (the published decision stays until a new one forms); its id."""
         self._window.clear()
         self._view_id = uuid.uuid4().hex[:16]
-        self._view_decided = False
         return self._view_id
 
     def add(self, candidates: Sequence[Candidate], *, ts: float, now: float) -> Decision | None:
@@ -211,9 +206,7 @@ class RegionVoter:
             return self.heartbeat(now)
         prev = self._current
         changed = prev is None or (prev.decision, prev.sku) != (decided.decision, decided.sku)
-        new_item = self.per_view and not self._view_decided
-        self._view_decided = True
-        if changed or new_item:
+        if changed:
             planogram_changed = decided.planogram is not None and (prev is None or prev.planogram != decided.planogram)
             return self._publish(decided, now, changed=True, planogram_changed=planogram_changed)
         self._current = decided  # fresher candidates and ts for the next heartbeat
