@@ -45,7 +45,7 @@ def wait(cond: object, timeout: float = 10.0) -> bool:
 
 
 def test_a_scan_event_matches_the_view_on_the_tray(tmp_path: Path, broker: Broker, store: Store) -> None:
-    frames = write_frames(tmp_path / "frames", ["EMPTY", "RED", "GREEN"], per_sku=8)
+    frames = write_frames(tmp_path / "frames", ["EMPTY", "RED", "EMPTY", "GREEN"], per_sku=8)
     s = settings(tmp_path, frames, broker=broker, learning=LEARN)
     rt = assemble_runtime(settings=s, encoder=store.image_encoder, matcher=store, out=io.StringIO())  # type: ignore[arg-type]
     intake = attach_learning(rt)
@@ -53,7 +53,7 @@ def test_a_scan_event_matches_the_view_on_the_tray(tmp_path: Path, broker: Broke
     sub = Collector(broker.port, f"{PREFIX}/#")
     rt.start()
     try:
-        run_until(rt, lambda: False, timeout=20)  # ends with the folder: EMPTY, then RED, then GREEN on the tray
+        run_until(rt, lambda: False, timeout=20)  # ends with the folder: EMPTY, RED, EMPTY, then GREEN on the tray
         matches = sub.json_of("/cam/match")
         red = next(m for m in matches if m["decision"] == "known" and m["candidates"][0]["sku"] == "RED")
         green = next(m for m in matches if m["decision"] == "known" and m["candidates"][0]["sku"] == "GREEN")

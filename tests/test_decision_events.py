@@ -78,7 +78,8 @@ def test_two_views_of_one_item_are_one_item_event(tmp_path: Path, parts: tuple[T
 def test_a_swap_without_emptying_the_tray_stays_one_item_and_never_names_the_old_product_for_the_new(
         tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
     frames = shown(tmp_path / "frames", [("RED", 0), ("GREEN", 0), ("GREEN", 16), ("GREEN", 8), ("EMPTY", 0)])
-    got = [m for m in decisions(tmp_path, parts, frames) if m["item_id"]]
+    got = [m for m in decisions(tmp_path, parts, frames, decision={"threshold": 0.5, "margin": 0.02})
+           if m["item_id"]]
     assert len({m["item_id"] for m in got}) == 1
     answers = [(m["decision"], m["candidates"][0]["sku"] if m["decision"] == "known" else None) for m in got]
     # RED, then views that disagree: unknown (pooled red + green would crown YELLOW, which no view showed), then
@@ -119,7 +120,7 @@ def test_uncalibrated_thresholds_are_said_at_start_and_in_status(
         rt.start()
     rt.shutdown()
     th = rt.status()["thresholds"]
-    assert (th["source"], th["calibrated"], th["threshold"], th["margin"]) == ("uncalibrated", False, 0.5, 0.02)
+    assert (th["source"], th["calibrated"], th["threshold"], th["margin"]) == ("uncalibrated", False, 0.85, 0.02)
     assert "not calibrated" in th["note"] and "storelens calibrate" in th["note"]
     assert any("not calibrated" in r.getMessage() and "storelens calibrate" in r.getMessage() for r in caplog.records)
 
@@ -152,5 +153,5 @@ def test_a_stored_calibration_counts_and_a_stale_one_does_not(tmp_path: Path, ti
     assert VoteParams.from_settings(s, store.thresholds).source == "calibrated"
     store.save_calibration(Calibration(**cal, fingerprint="another-encoder"))  # type: ignore[arg-type]
     stale = VoteParams.from_settings(s, store.thresholds)
-    assert (stale.source, stale.calibrated, stale.threshold) == ("stale-calibration", False, 0.5)
+    assert (stale.source, stale.calibrated, stale.threshold) == ("stale-calibration", False, 0.85)
     store.close()

@@ -56,8 +56,11 @@ flush_timeout_s = 5
 
 @pytest.fixture
 def setup(tmp_path: Path, broker: Broker, tiny_onnx: Path) -> Iterator[tuple[Path, Path, Collector]]:
-    frames = write_frames(tmp_path / "frames", ["RED", "GREEN", "BLUE", "YELLOW"], per_sku=5)
-    catalog = write_catalog(tmp_path / "catalog.json", TinyOnnxEncoder(tiny_onnx), ["RED", "GREEN", "BLUE", "YELLOW"])
+    # a kiosk: each product, then the empty tray (an item ends when the tray empties)
+    frames = write_frames(tmp_path / "frames", ["RED", "EMPTY", "GREEN", "EMPTY", "BLUE", "EMPTY", "YELLOW", "EMPTY"],
+                          per_sku=5)
+    catalog = write_catalog(tmp_path / "catalog.json", TinyOnnxEncoder(tiny_onnx),
+                            ["RED", "GREEN", "BLUE", "YELLOW", "EMPTY"])
     collector = Collector(broker.port, f"{PREFIX}/#", client_id="drill-collector")  # returns once subscribed
     yield write_config(tmp_path, broker, frames), catalog, collector
     collector.stop()

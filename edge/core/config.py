@@ -128,8 +128,9 @@ class DecisionSettings(Section):
     agreement: float = Field(0.6, gt=0, le=1, description="Share of window frames that must agree")
     threshold: float | None = Field(None, ge=-1, le=1, description="Top-score threshold; empty = calibrated value")
     margin: float | None = Field(None, ge=0, le=2, description="Top-1 minus top-2 margin; empty = calibrated value")
-    uncalibrated_threshold: float = Field(0.5, ge=-1, le=1, description="Top-score threshold when neither "
-                                          "threshold nor a stored calibration (storelens calibrate) sets one")
+    uncalibrated_threshold: float = Field(0.85, ge=-1, le=1, description="Top-score threshold when neither "
+                                          "threshold nor a stored calibration sets one: strict, so an uncalibrated "
+                                          "kiosk says unknown rather than a wrong name")
     uncalibrated_margin: float = Field(0.02, ge=0, le=2, description="Margin when neither margin nor a stored "
                                        "calibration sets one")
     top_k: int = Field(5, ge=1, le=100, description="Candidates per decision")
