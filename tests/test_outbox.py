@@ -21,7 +21,8 @@ def test_pending_in_write_order_and_ack_removes(tmp_path: Path) -> None:
     assert ob.ack(seqs[1]) is True
     assert ob.ack(seqs[1]) is False  # already gone
     assert [m.msg_id for m in ob.pending()] == ["m0", "m2", "m3", "m4"]
-    assert ob.stats().to_dict() == {"depth": 4, "written": 5, "delivered": 1, "dropped_full": 0, "dropped_age": 0}
+    assert ob.stats().to_dict() == {"depth": 4, "written": 5, "delivered": 1, "dropped_full": 0, "dropped_age": 0,
+                                    "in_memory": 0, "write_errors": 0, "last_error": None}
 
 
 def test_survives_reopen_with_counters(tmp_path: Path) -> None:
@@ -42,11 +43,24 @@ def test_count_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert ob.pending()[0].msg_id == "m15"
 
 
+class Clock:
+    """A monotonic clock the test moves by hand (the outbox's running-time clock)."""
+
+    def __init__(self) -> None:
+        self.t = 500.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def test_age_bound_drops_old_and_counts(tmp_path: Path) -> None:
-    ob = Outbox(path=tmp_path / "o.db", max_age_s=60, durability="power")
-    _put(ob, 3, now=1000.0)
-    _put(ob, 2, start=3, now=1100.0)
-    assert ob.prune(now=1120.0) == 3
+    clock = Clock()
+    ob = Outbox(path=tmp_path / "o.db", max_age_s=60, durability="power", clock=clock)
+    _put(ob, 3)
+    clock.t += 100
+    _put(ob, 2, start=3)
+    clock.t += 20
+    assert ob.prune() == 3
     assert [m.msg_id for m in ob.pending()] == ["m3", "m4"]
     assert ob.stats().dropped_age == 3
 

@@ -1,7 +1,9 @@
 """SQLite as every StoreLens database uses it: WAL, explicit transactions, shareable between threads.
 
 A connection is in autocommit mode (``isolation_level=None``): nothing is transactional unless
-it runs inside :func:`transaction`, which commits on success and rolls back on any exception.
+it runs inside :func:`transaction`, which commits on success and rolls back on any exception, a
+failed ``COMMIT`` included (a full disk fails at COMMIT), so a caller never keeps state that the
+database did not keep.
 """
 
 from __future__ import annotations
@@ -34,7 +36,21 @@ def transaction(db: sqlite3.Connection, *, mode: Literal["IMMEDIATE", "DEFERRED"
     db.execute(f"BEGIN {mode}")
     try:
         yield db
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        rollback(db)
         raise
-    db.execute("COMMIT")
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not already done it.
+
+    After a failed statement or a failed ``COMMIT`` (``database or disk is full``, an I/O error)
+    SQLite may already have rolled back by itself; a second ``ROLLBACK`` would then raise and hide
+    the error that matters, so it is issued only while a transaction is still open.
+    """
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # rolled back already: the original error is the one to report
