@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,52 @@ def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutboxError, match="cannot open outbox"):
         Outbox(path=blocker / "sub" / "o.db")
+
+
+def test_a_wall_clock_step_drops_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 14: ages came from the wall clock, so a clock corrected from 2024 dropped every queued message."""
+    real = time.time
+    year = 365 * 86400.0
+    monkeypatch.setattr(time, "time", lambda: real() - 2 * year)  # the box booted with a 2024 clock
+    ob = Outbox(path=tmp_path / "o.db", max_age_s=3600)
+    _put(ob, 100)
+    monkeypatch.setattr(time, "time", real)  # NTP corrects it
+    assert ob.prune() == 0
+    monkeypatch.setattr(time, "time", lambda: real() + year)  # a clock set a year ahead
+    assert ob.prune() == 0
+    monkeypatch.setattr(time, "time", lambda: real() - year)  # ... and a year back
+    _put(ob, 1, start=100)
+    assert ob.prune() == 0
+    assert ob.stats().depth == 101 and ob.stats().dropped_age == 0
+
+
+def test_ages_carry_over_a_restart_on_running_time(tmp_path: Path) -> None:
+    """The outbox clock is the box's running time, saved with every write: a restart neither resets ages
+    nor counts the time the box was off (the wall clock, its only witness, cannot be trusted)."""
+    clock = Clock()
+    ob = Outbox(path=tmp_path / "o.db", max_age_s=150, clock=clock)
+    _put(ob, 2)
+    clock.t += 100  # 100 s of running time...
+    _put(ob, 1, start=2)  # ...saved with this write
+    ob.close()
+    again_clock = Clock()
+    again_clock.t = 7.0  # a new boot: the monotonic clock starts over
+    again = Outbox(path=tmp_path / "o.db", max_age_s=150, clock=again_clock)
+    again_clock.t += 40
+    assert again.prune() == 0  # ages 140 and 40
+    again_clock.t += 20
+    assert again.prune() == 2  # ages 160 and 60: the first two go
+    assert [m.msg_id for m in again.pending()] == ["m2"]
+
+
+def test_a_damaged_outbox_is_moved_aside_and_salvaged(tmp_path: Path) -> None:
+    ob = Outbox(path=tmp_path / "o.db")
+    _put(ob, 3)
+    ob.close()
+    with (tmp_path / "o.db").open("r+b") as f:  # an unreadable header: "file is not a database"
+        f.write(b"garbage!" * 4)
+    again = Outbox(path=tmp_path / "o.db")
+    assert again.stats().last_error is not None and "damaged" in again.stats().last_error
+    assert len(list(tmp_path.glob("o.db.damaged-*"))) == 1
+    _put(again, 1, start=3)
+    assert [m.msg_id for m in again.pending()] == ["m3"]
