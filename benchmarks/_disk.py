@@ -46,8 +46,9 @@ class SmallDisk:
             subprocess.run(["umount", "-l", str(self.path)], check=False, capture_output=True)
             self.mounted = False
 
-    def fill(self) -> int:
-        """Write the filler until ENOSPC (appending to it when it exists); returns bytes added."""
+    def fill(self, *, leave: int = 0) -> int:
+        """Write the filler until ENOSPC (appending to it when it exists), then give back ``leave`` bytes;
+        returns bytes added."""
         added = 0
         chunk = b"\0" * FILL_CHUNK
         fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -60,9 +61,11 @@ class SmallDisk:
                         if e.errno != errno.ENOSPC:
                             raise
                         break
+            if leave:
+                os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
         finally:
             os.close(fd)
-        return added
+        return added - leave
 
     def free(self) -> None:
         """Give the space back (delete the filler)."""

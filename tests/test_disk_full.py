@@ -154,3 +154,41 @@ class _Steady:
 
     def close(self) -> None:
         pass
+
+
+def test_catalog_writes_on_a_full_disk_fail_clearly_and_heal(tmp_path: Path, disk: SmallDisk, tiny_onnx: Path) -> None:
+    """Catalog writes that hit a full disk — in SQLite, in a photo, or in the index after the commit — are a
+    CatalogError saying so (the old code raised `database or disk is full` / a JPEG-format error), and once
+    there is room the next reload leaves catalog and index agreeing, the new product matchable."""
+    import cv2
+
+    from edge.catalog.store import Store
+    from edge.core.errors import CatalogError
+    from tests.encoders_for_tests import TinyImageEncoder, TrigramTextEncoder
+    from tests.encoders_for_tests import product_image as photo
+
+    img = tmp_path / "p.jpg"
+    cv2.imwrite(str(img), photo(42))
+    store = Store(data_dir=disk.path / "data", image_encoder=TinyImageEncoder(tiny_onnx),
+                  text_encoder=TrigramTextEncoder())
+    try:
+        for i in range(20):
+            store.enroll(f"SKU{i}", name=f"product {i}", images=[img])
+        failures = []
+        for n, leave in enumerate((0, 16 << 10, 64 << 10, 96 << 10)):  # full at different stages of a write
+            disk.fill(leave=leave)
+            for images in ([img], [photo(n)]):  # a photo on file, a photo sent as pixels (saved as JPEG)
+                try:
+                    store.enroll(f"FULL{n}-{len(failures)}", name="late product", images=images)
+                except CatalogError as e:
+                    assert "disk is full" in e.message and "free space" in (e.hint or "")
+                    failures.append(leave)
+            disk.free()
+            store.reload()  # the catalog and the index agree again
+            for modality in ("image", "text"):
+                meta = store.index_meta(modality)
+                assert meta is not None and meta.catalog_version == store.catalog.version
+                assert meta.vectors == store.catalog.vector_counts(modality, meta.fingerprint)[0]
+        assert failures, "the disk never filled"
+    finally:
+        store.close()

@@ -8,6 +8,8 @@ database did not keep.
 
 from __future__ import annotations
 
+import errno
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from typing import Literal
 
 Synchronous = Literal["NORMAL", "FULL"]
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before failing
+LOW_SPACE_BYTES = 1 << 20  # below this much free space a failed write is put down to a full disk
 
 
 def connect(path: Path, *, synchronous: Synchronous = "NORMAL", foreign_keys: bool = False,
@@ -54,3 +57,17 @@ def rollback(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # rolled back already: the original error is the one to report
+
+
+def disk_full(error: BaseException, where: Path) -> bool:
+    """True when ``error`` (from SQLite, the OS or a library writing a file under ``where``) means the disk is
+    full: ``database or disk is full``, ENOSPC / EDQUOT, or any write error while ``where`` has under
+    :data:`LOW_SPACE_BYTES` free (USearch, for one, reports only "Failed to serialize into stream")."""
+    if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+        return True
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(where).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
