@@ -120,3 +120,18 @@ def test_a_damaged_outbox_is_moved_aside_and_salvaged(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("o.db.damaged-*"))) == 1
     _put(again, 1, start=3)
     assert [m.msg_id for m in again.pending()] == ["m3"]
+
+
+def test_salvage_skips_only_the_damaged_pages(tmp_path: Path) -> None:
+    ob = Outbox(path=tmp_path / "o.db")
+    for i in range(400):
+        ob.put(msg_id=f"m{i}", topic="t", payload=bytes([i % 256]) * 200)
+    ob.close()
+    size = (tmp_path / "o.db").stat().st_size
+    with (tmp_path / "o.db").open("r+b") as f:  # one page in the middle turned to garbage
+        f.seek(size // 2 // 4096 * 4096)
+        f.write(b"\xff" * 4096)
+    again = Outbox(path=tmp_path / "o.db")
+    kept = [m.msg_id for m in again.pending(limit=1000)]
+    assert 300 < len(kept) < 400 and kept[-1] == "m399"  # a page's rows lost, the rest in order
+    assert kept == sorted(kept, key=lambda x: int(x[1:]))

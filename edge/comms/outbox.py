@@ -348,18 +348,41 @@ class Outbox:
         return db
 
 
-def salvage(path: Path) -> list[tuple[Any, ...]]:
-    """The outbox rows still readable from a damaged file, in order (up to the first unreadable page)."""
-    rows: list[tuple[Any, ...]] = []
+def salvage(path: Path, *, max_probe: int = _DEFAULTS.outbox_max_messages) -> list[tuple[Any, ...]]:
+    """The outbox rows still readable from a damaged file, in order.
+
+    A scan in ``seq`` order first; if it stops at a damaged page, each later ``seq`` (up to the
+    highest one the file names, at most ``max_probe`` of them) is looked up on its own through the
+    table's index, so only the rows on damaged or missing pages are lost.
+    """
     try:
         db = sqlite3.connect(path)
     except sqlite3.Error:
-        return rows
+        return []
     try:
-        for r in db.execute("SELECT seq, msg_id, topic, payload, qos, retain, created FROM outbox ORDER BY seq"):
-            rows.append(tuple(r))
-    except sqlite3.Error:
-        pass  # the rest is unreadable
+        return _salvage_rows(db, max_probe)
     finally:
         db.close()
+
+
+def _salvage_rows(db: sqlite3.Connection, max_probe: int) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    select = "SELECT seq, msg_id, topic, payload, qos, retain, created FROM outbox"
+    try:
+        for r in db.execute(f"{select} ORDER BY seq"):
+            rows.append(tuple(r))
+        return rows
+    except sqlite3.Error:
+        pass  # a damaged page: look the rest up one by one
+    try:
+        last = max(int(s or 0) for (s,) in db.execute("SELECT MAX(seq) FROM sqlite_sequence WHERE name = 'outbox'"))
+    except (sqlite3.Error, ValueError):
+        last = 0
+    start = rows[-1][0] + 1 if rows else 1
+    for seq in range(max(start, last - max_probe + 1), last + 1):
+        try:
+            if (r := db.execute(f"{select} WHERE seq = ?", (seq,)).fetchone()) is not None:
+                rows.append(tuple(r))
+        except sqlite3.Error:
+            continue
     return rows
