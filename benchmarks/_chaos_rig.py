@@ -10,10 +10,12 @@
   its ``catalog.data_dir`` on a small tmpfs (:mod:`benchmarks._disk`) and its JSONL record of every
   decision (``jsonl_out``) on the normal disk: that record is what the device decided.
 * :func:`account` — decided vs received: delivered, lost, duplicated, corrupted.
+* :data:`FAULTS`, :class:`Rig` and the steps every fault shares (start, settle, finish).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,12 +27,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._broker import free_port
+from benchmarks._broker import Broker, free_port
+from benchmarks._disk import SmallDisk
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE, DEVICE = "chaos", "d1"
@@ -115,14 +119,14 @@ class Gate:
 class Watcher:
     """A store system's subscriber: every match message's raw payload (subscribes again on each connect)."""
 
-    def __init__(self, port: int, topic: str = f"{PREFIX}/+/match") -> None:
+    def __init__(self, port: int, topic: str = f"{PREFIX}/+/match", *, client_id: str = "chaos-watcher") -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
         self.payloads: list[bytes] = []
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="chaos-watcher",
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self.subscribed.set()
@@ -269,3 +273,86 @@ def copy_tree(src: Path, dst: Path) -> None:
             shutil.copytree(p, dst / p.name)
         else:
             shutil.copy2(p, dst / p.name)
+
+
+# -- the faults' registry and shared steps ---------------------------------------------------------
+
+SETTLE_S = 90.0  # longest wait for a backlog to arrive once a fault cleared
+AFTER = 4  # decisions made after a fault cleared that must arrive too (recovery)
+EVIDENCE = ("outbox cannot write", "outbox writes again", "cannot write the health status file", "was damaged",
+            "disagrees with the catalog", "Traceback", "refused", "disconnected from broker")  # counted in the log
+FaultFn = Callable[["Rig", str], dict[str, Any]]
+FAULTS: dict[str, tuple[FaultFn, str]] = {}
+
+
+def fault(name: str, label: str) -> Callable[[FaultFn], FaultFn]:
+    def register(fn: FaultFn) -> FaultFn:
+        FAULTS[name] = (fn, label)
+        return fn
+    return register
+
+
+@dataclass
+class Rig:
+    """What every fault shares: the work folder, the broker, the template catalog and camera clip."""
+
+    work: Path
+    broker: Broker
+    template: Path
+    frames: Path
+    thresholds: tuple[float, float]
+
+    @contextlib.contextmanager
+    def device(self, name: str, *, extra_toml: str = "") -> Iterator[tuple[Device, SmallDisk, Gate, Watcher]]:
+        """A fresh device on its own 3 MiB tmpfs (the template catalog copied in), behind its own gate."""
+        folder = self.work / name
+        folder.mkdir(parents=True)
+        disk = SmallDisk(folder / "disk").mount()
+        gate = Gate(self.broker.port)
+        watcher = Watcher(self.broker.port, client_id=f"watch-{name}")
+        try:
+            copy_tree(self.template, disk.path / "data")
+            yield Device(folder, data=disk.path / "data", frames=self.frames, broker_port=gate.port,
+                         thresholds=self.thresholds, extra_toml=extra_toml), disk, gate, watcher
+        finally:
+            with contextlib.suppress(Exception):
+                watcher.stop()
+            gate.stop()
+            disk.unmount()
+
+
+def delivered_all(dev: Device, watcher: Watcher) -> bool:
+    return set(dev.decided()) <= set(watcher.ids())
+
+
+def settle(dev: Device, watcher: Watcher) -> bool:
+    """After a fault cleared: the backlog and ``AFTER`` new decisions arrive, from the same process."""
+    n = len(dev.decided())
+    ok = wait(lambda: len(dev.decided()) >= n + AFTER and delivered_all(dev, watcher), SETTLE_S)
+    return ok and dev.alive  # the drill never restarts a live device: alive means the same process
+
+
+def more_decisions(dev: Device, n: int, timeout: float = 60) -> bool:
+    start = len(dev.decided())
+    return wait(lambda: len(dev.decided()) >= start + n, timeout)
+
+
+def started(dev: Device, watcher: Watcher) -> None:
+    """Start and wait for the first delivered decisions (the device is up and connected)."""
+    dev.start()
+    if not wait(lambda: len(set(dev.decided()) & set(watcher.ids())) >= 2, 120):
+        raise RuntimeError(f"the device did not start delivering; its log ends:\n{dev.log_tail()}")
+
+
+def finish(name: str, label: str, dev: Device, watcher: Watcher, *, recovered: bool | None,
+           erased: set[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """Stop the device (drain and flush), wait for stragglers, count."""
+    rc = dev.stop()
+    wait(lambda: delivered_all(dev, watcher), 20)
+    log = dev.log_tail(10_000_000)
+    evidence = {k: log.count(k) for k in EVIDENCE if k in log}
+    return {"fault": label, "name": name, **account(dev.decided(), list(watcher.payloads), erased=erased),
+            "recovered_without_restart": recovered, "exit_code": rc, "device_starts": dev.starts,
+            "log_evidence": evidence, **extra}
+
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -135,3 +136,15 @@ def test_salvage_skips_only_the_damaged_pages(tmp_path: Path) -> None:
     kept = [m.msg_id for m in again.pending(limit=1000)]
     assert 300 < len(kept) < 400 and kept[-1] == "m399"  # a page's rows lost, the rest in order
     assert kept == sorted(kept, key=lambda x: int(x[1:]))
+
+
+def test_salvage_reads_what_a_cut_file_still_holds(tmp_path: Path) -> None:
+    ob = Outbox(path=tmp_path / "o.db")
+    for i in range(45):
+        ob.put(msg_id=f"m{i}", topic="t", payload=b"p" * 700)
+    ob.close()
+    path = tmp_path / "o.db"
+    os.truncate(path, path.stat().st_size // 2 // 4096 * 4096)  # cut at a page boundary near the middle
+    again = Outbox(path=path)
+    kept = [m.msg_id for m in again.pending()]
+    assert kept and kept == [f"m{i}" for i in range(len(kept))]  # the rows on the pages left, from the oldest
