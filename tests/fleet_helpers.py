@@ -2,7 +2,8 @@
 
 The table holds a few GSD products with a few train photos each (absolute paths), one product
 with an unreadable photo and a missing one besides its good photos, and one product whose only
-photo is unreadable. The HTTP server is the stdlib's, serving one folder on 127.0.0.1.
+photo is unreadable. The HTTP server is the stdlib's, serving one folder on 127.0.0.1. Snapshots are signed with
+:data:`TEST_KEY`, a key made for this test session; devices trust :data:`TEST_PUBLIC`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.fleet.signing import public_key_text
 from tests.conftest import shared_dir
 
 BAD_SKU = "ONLY-BAD"
+TEST_KEY = Ed25519PrivateKey.generate()  # the chain's signing key in these tests (devices trust TEST_PUBLIC)
+TEST_PUBLIC = public_key_text(TEST_KEY.public_key())
 
 
 def gsd_photos(per_class: int, classes: int, *, offset: int = 0) -> dict[str, list[Path]]:
@@ -52,8 +58,16 @@ def write_table(folder: Path, *, classes: int = 5, per_class: int = 3, offset: i
 class _Quiet(SimpleHTTPRequestHandler):
     """GET serves the folder; PUT /<name> writes a file into it (what `catalog publish --to http://...` does)."""
 
+    requests: list[str] | None = None  # set per server: every request's method and path
+
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.requests is not None:
+            self.requests.append(f"{self.command} {self.path}")
+        return ok
 
     def do_PUT(self) -> None:
         name = self.path.strip("/")
@@ -68,9 +82,11 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def http_server(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port; GET and PUT); yields the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
+def http_server(folder: Path, requests: list[str] | None = None) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 (a free port; GET and PUT); yields the base URL. Every request
+    is appended to ``requests`` when given."""
+    handler = type("Logged", (_Quiet,), {"requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -22,12 +22,13 @@ from edge.catalog.importers.tables import read_table
 from edge.catalog.snapshot import SnapshotError, read_manifest, unpack, verify
 from edge.catalog.store import Store
 from edge.core.config import ModelSettings, Settings, load_settings
+from edge.core.fleet_settings import FleetSettings
 from edge.fleet.build import Assortment, BuildReport, build_snapshot
 from edge.fleet.publish import publish_snapshot
 from edge.fleet.updates import CatalogUpdater
 from edge.models.encoders import ImageEncoder, load_image_encoder
 from edge.models.preprocess import read_image
-from tests.fleet_helpers import BAD_SKU, gsd_photos, write_table
+from tests.fleet_helpers import BAD_SKU, TEST_KEY, TEST_PUBLIC, gsd_photos, write_table
 
 COSINE_FLOOR = 0.9999
 
@@ -35,6 +36,12 @@ COSINE_FLOOR = 0.9999
 @pytest.fixture(scope="module")
 def encoder() -> ImageEncoder:
     return load_image_encoder(ModelSettings())
+
+
+def device_fleet(pub: Path, **over: Any) -> FleetSettings:
+    """A device's [fleet]: snapshots from the ``pub`` folder, signed by the tests' key."""
+    return load_settings(None, device={"store": "s1", "id": "d"},
+                         fleet={"snapshot_dir": str(pub), "trusted_keys": [TEST_PUBLIC], **over}).fleet
 
 
 def settings(**fleet: Any) -> Settings:
@@ -169,11 +176,11 @@ def test_verify_refuses_damaged_snapshots(tmp_path: Path, snapshots: tuple[Path,
 def test_install_refuse_and_rollback_through_the_writer(tmp_path: Path, snapshots: tuple[Path, Path],
                                                         encoder: ImageEncoder) -> None:
     pub = tmp_path / "pub"
-    a1, a2 = (publish_snapshot(s, to=str(pub)) for s in snapshots)
+    a1, a2 = (publish_snapshot(s, to=str(pub), key=TEST_KEY) for s in snapshots)
     store = Store(data_dir=tmp_path / "device", image_encoder=encoder, text_encoder=None)
     photo = next(iter(gsd_photos(3, 1).values()))[2]
     store.enroll("LOCAL", name="a local product", images=[photo])
-    fleet = load_settings(None, device={"store": "s1", "id": "d"}, fleet={"snapshot_dir": str(pub)}).fleet
+    fleet = device_fleet(pub)
     updater = CatalogUpdater(store, fleet=fleet, store_id="s1")
     query = read_image(photo)
     try:
@@ -189,8 +196,8 @@ def test_install_refuse_and_rollback_through_the_writer(tmp_path: Path, snapshot
         data[len(data) // 3] ^= 0xFF
         broken.write_bytes(bytes(data))
         refusals = [dataclasses.replace(a2, url=broken.as_uri()),  # corrupt in transit
-                    dataclasses.replace(a2, size=a2.size + 10),  # truncated
-                    dataclasses.replace(a2, bundle="0123456789abcdef"),  # another bundle
+                    dataclasses.replace(a2, size=a2.size + 10).signed(TEST_KEY),  # truncated
+                    dataclasses.replace(a2, bundle="0123456789abcdef").signed(TEST_KEY),  # another bundle
                     dataclasses.replace(a2, url=(tmp_path / "elsewhere.tar").as_uri())]  # outside snapshot_dir
         results = [updater.handle(a.to_payload()) for a in refusals]
         assert [r["result"] for r in results] == ["refused"] * 4
@@ -233,10 +240,10 @@ def test_cli_build_and_rollback(tmp_path: Path, snapshots: tuple[Path, Path], en
 
     pub, device = tmp_path / "pub", tmp_path / "device"
     store = Store(data_dir=device, image_encoder=encoder, text_encoder=None)
-    fleet = load_settings(None, device={"store": "s1", "id": "d"}, fleet={"snapshot_dir": str(pub)}).fleet
+    fleet = device_fleet(pub)
     updater = CatalogUpdater(store, fleet=fleet, store_id="s1")
     for snap in snapshots:
-        assert updater.handle(publish_snapshot(snap, to=str(pub)).to_payload())["result"] == "installed"
+        assert updater.handle(publish_snapshot(snap, to=str(pub), key=TEST_KEY).to_payload())["result"] == "installed"
     store.close()
     assert main(["catalog", "rollback", "--data-dir", str(device)]) == 0
     assert f"rolled back to snapshot {snapshots[0].name}" in capsys.readouterr().out

@@ -1,5 +1,14 @@
 """Installing a verified catalog snapshot into a store's catalog, through the writer's path.
 
+Before anything is written, :func:`edge.catalog.snapshot_checks.check_snapshot` proves the
+snapshot's indexes fit the manifest, the device and the rows, and that each graph loads and
+answers a probe search in a child process; a snapshot that fails is refused with the device's
+catalog untouched. Only the chain's tables (:data:`CHAIN_TABLES`: products, their photos, texts
+and vectors) come from a snapshot: the device's own tables (learned photos, the learning review
+queue and counts, whose rows name files the device deletes) and its ``meta`` (calibration,
+fusion weights, anything device-local) are never read from one; the catalog version comes from
+the verified manifest.
+
 The same steps as every catalog write (:mod:`edge.catalog.writer`): the writer lock, each
 index saved as the next generation and swapped in by :func:`edge.catalog.index.publish`, one
 SQLite transaction for the rows, then the store's :meth:`~edge.catalog.store.Store.reload`. The
@@ -32,6 +41,8 @@ from edge.catalog import index as ix
 from edge.catalog.learned_carry import restore_learned, take_learned
 from edge.catalog.learning import IMAGE, unlink_files
 from edge.catalog.snapshot import CATALOG_DB, SnapshotError, SnapshotManifest
+from edge.catalog.snapshot_checks import check_snapshot
+from edge.catalog.views import VIEWS_MODALITY
 from edge.core.sqlite import connect, transaction
 
 log = logging.getLogger("storelens.snapshot")
@@ -39,6 +50,7 @@ log = logging.getLogger("storelens.snapshot")
 SNAPSHOT_META = "snapshot"  # meta key: {"current": {...}, "previous": [{...}, ...]}
 HISTORY = 10  # previous snapshots remembered in meta.snapshot
 _FTS_SHADOWS = ("_data", "_idx", "_content", "_docsize", "_config")
+CHAIN_TABLES = frozenset({"products", "images", "product_text", "vectors", "products_fts"})  # what a snapshot sets
 
 
 class InstallTarget(Protocol):
@@ -46,6 +58,8 @@ class InstallTarget(Protocol):
 
     data_dir: Path
     dtype: str
+    image_encoder: Any  # ImageEncoder | None: its fingerprint and dim are checked against the snapshot
+    text_encoder: Any  # TextEncoder | None
 
     def reload(self) -> bool: ...
 
@@ -87,6 +101,9 @@ def install(store: InstallTarget, folder: Path, manifest: SnapshotManifest, *, s
             pause: Callable[[], AbstractContextManager[Any]] | None = None, rollback: bool = False) -> Installed:
     """Install the verified snapshot in ``folder`` into ``store`` (see the module docstring)."""
     data_dir = store.data_dir
+    text = store.text_encoder
+    check_snapshot(folder, manifest, dtype=store.dtype,  # before the lock and any write: refused means untouched
+                   encoders={IMAGE: store.image_encoder, "text": text, VIEWS_MODALITY: text})
     entry = Installed(id=manifest.id, sha256=sha256, catalog_version=manifest.catalog_version,
                       bundle=manifest.bundle, installed_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     with ix.writer_lock(data_dir), ExitStack() as paused:
@@ -182,12 +199,14 @@ def _columns(db: sqlite3.Connection, schema: str, table: str) -> list[str]:
 
 
 def _replace_rows(db: sqlite3.Connection) -> None:
-    """Every catalog table of ``main`` refilled from ``snap`` (meta merged: the snapshot's keys win)."""
+    """The chain's tables of ``main`` refilled from ``snap``; the device's own tables keep their rows (those of
+    replaced products go, as the cascade would have taken them) and ``meta`` is never read from the snapshot."""
     mine, theirs = _tables(db, "main"), _tables(db, "snap")
-    missing = sorted(t for t in mine if t not in theirs and t != "meta")
-    if missing:
-        log.info("snapshot lacks tables %s: their device rows are kept", missing)
-    tables = sorted(t for t in mine if t in theirs and t != "meta")
+    tables = sorted(t for t in mine if t in theirs and t in CHAIN_TABLES)
+    if absent := sorted((CHAIN_TABLES & set(mine)) - set(tables)):
+        raise SnapshotError(f"the snapshot lacks the catalog tables {absent}",
+                            hint="build the snapshot with the StoreLens version the devices run")
+    missing = sorted(t for t in mine if t not in CHAIN_TABLES and t != "meta")  # the device's own tables
     for table in tables:
         if lacking := set(_columns(db, "main", table)) - set(_columns(db, "snap", table)):
             raise SnapshotError(f"the snapshot's {table} table lacks columns {sorted(lacking)}",
@@ -207,8 +226,8 @@ def _replace_rows(db: sqlite3.Connection) -> None:
     if bad := db.execute("PRAGMA main.foreign_key_check").fetchmany(3):
         raise SnapshotError(f"the snapshot's rows break the catalog's foreign keys (e.g. {bad})",
                             hint="rebuild the snapshot with `storelens catalog build`")
-    db.execute("INSERT INTO main.meta(key, value) SELECT key, value FROM snap.meta WHERE key NOT IN ('version', ?) "
-               "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (SNAPSHOT_META,))
     if "sqlite_sequence" in {r[0] for r in db.execute("SELECT name FROM snap.sqlite_master")}:
-        db.execute("DELETE FROM main.sqlite_sequence")
-        db.execute("INSERT INTO main.sqlite_sequence(name, seq) SELECT name, seq FROM snap.sqlite_sequence")
+        marks = ", ".join("?" * len(tables))
+        db.execute(f"DELETE FROM main.sqlite_sequence WHERE name IN ({marks})", tables)
+        db.execute(f"INSERT INTO main.sqlite_sequence(name, seq) SELECT name, seq FROM snap.sqlite_sequence "
+                   f"WHERE name IN ({marks})", tables)

@@ -59,13 +59,13 @@ def restore_learned(db: sqlite3.Connection, photos: Sequence[CarriedPhoto], *,
     A photo comes back when its product is still in the catalog, its vector is of the catalog's
     image encoder (``fingerprint``) and its file is still on disk (the bound per product held when
     it was learned); the rest are dropped: the caller deletes their files after the commit. The
-    learning counts and the review queue are device rows a snapshot never replaces.
+    learning counts and the review queue are device rows a snapshot never replaces; a snapshot's own
+    learned rows (which would name files the device later deletes) are never imported.
     """
     for stmt in SCHEMA.split(";"):
         if stmt.strip():
             db.execute(stmt)
-    db.execute("DELETE FROM main.learned_images WHERE NOT EXISTS (SELECT 1 FROM main.images i WHERE i.id = "
-               "learned_images.image_id AND i.key = learned_images.key AND i.path = learned_images.path)")
+    db.execute("DELETE FROM main.learned_images")  # what stays is exactly what was carried: never a snapshot's row
     keys = {str(s): int(k) for s, k in db.execute("SELECT sku, key FROM main.products")}
     added: list[tuple[int, np.ndarray]] = []
     dropped: list[str] = []

@@ -196,22 +196,41 @@ def pack(folder: Path, dest: Path) -> tuple[str, int]:
     return sha256_file(dest), dest.stat().st_size
 
 
-def unpack(archive: Path, dest: Path, *, max_files: int = 64) -> Path:
-    """Extract a snapshot tar into ``dest`` (created; must not exist): flat regular files only."""
+def unpack(archive: Path, dest: Path, *, max_files: int = 64, max_bytes: int | None = None) -> Path:
+    """Extract a snapshot tar into ``dest`` (created; must not exist): flat regular files only, no sparse
+    entries, their sizes together at most the archive's own size (an uncompressed tar cannot hold more) and
+    ``max_bytes``; the extracted files are measured again on disk."""
+    bound = archive.stat().st_size if max_bytes is None else min(archive.stat().st_size, max_bytes)
     try:
         with tarfile.open(archive, "r:") as tar:
             members = tar.getmembers()
-            if len(members) > max_files:
-                raise SnapshotError(f"snapshot archive {archive.name} holds {len(members)} entries (at most "
-                                    f"{max_files})", hint="republish the snapshot")
-            for m in members:
-                if not m.isreg() or "/" in m.name or m.name in ("", ".", "..") or m.name.startswith("."):
-                    raise SnapshotError(f"snapshot archive {archive.name} holds {m.name!r}, not a plain file",
-                                        hint="republish the snapshot with `storelens catalog publish`")
+            _check_members(archive, members, max_files=max_files, bound=bound)
             dest.mkdir(parents=True)
             tar.extractall(dest, members=members, filter="data")
+        on_disk = sum(p.stat().st_size for p in dest.iterdir())
+        if on_disk > bound:
+            raise SnapshotError(f"snapshot archive {archive.name} unpacked to {on_disk} bytes, over its bound "
+                                f"({bound})", hint="republish the snapshot with `storelens catalog publish`")
     except (tarfile.TarError, EOFError) as e:
         shutil.rmtree(dest, ignore_errors=True)
         raise SnapshotError(f"snapshot archive {archive.name} is unreadable: {e}",
                             hint="republish the snapshot") from e
+    except SnapshotError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
     return dest
+
+
+def _check_members(archive: Path, members: list[tarfile.TarInfo], *, max_files: int, bound: int) -> None:
+    if len(members) > max_files:
+        raise SnapshotError(f"snapshot archive {archive.name} holds {len(members)} entries (at most {max_files})",
+                            hint="republish the snapshot")
+    for m in members:
+        if not m.isreg() or m.issparse() or "/" in m.name or m.name in ("", ".", "..") or m.name.startswith("."):
+            what = "a sparse file" if m.isreg() and m.issparse() else "not a plain file"
+            raise SnapshotError(f"snapshot archive {archive.name} holds {m.name[:80]!r}, {what}",
+                                hint="republish the snapshot with `storelens catalog publish`")
+    total = sum(m.size for m in members)
+    if total > bound:
+        raise SnapshotError(f"snapshot archive {archive.name} would unpack to {total} bytes, more than its bound "
+                            f"({bound})", hint="republish the snapshot with `storelens catalog publish`")

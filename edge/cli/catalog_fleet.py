@@ -1,9 +1,10 @@
-"""``storelens catalog build|publish|rollback``: catalog snapshots for a chain (edge.fleet)."""
+"""``storelens catalog build|publish|rollback|keygen``: catalog snapshots for a chain (edge.fleet)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ def register_actions(csub: Any, add_common: Callable[[argparse.ArgumentParser], 
     p.add_argument("snapshot", type=Path, help="snapshot folder (OUT/<id> of `storelens catalog build`)")
     p.add_argument("--to", required=True, help="destination folder, file:// or http(s):// URL (PUT)")
     p.add_argument("--url", default=None, help="URL devices download it from (default: the destination)")
+    p.add_argument("--key", type=Path, default=None, help="Ed25519 private key that signs the announcement "
+                   "(`storelens catalog keygen`); devices install only snapshots signed by a key in "
+                   "fleet.trusted_keys")
     p.add_argument("--store", action="append", default=[], help="store to announce to (repeat; default: the "
                    "snapshot's assortment store)")
     p.add_argument("--no-announce", action="store_true", help="only put the archive in place")
@@ -57,6 +61,13 @@ def register_actions(csub: Any, add_common: Callable[[argparse.ArgumentParser], 
     p.add_argument("--json", action="store_true")
     add_common(p)
     p.set_defaults(func=run_publish)
+
+    k = csub.add_parser("keygen", help="make the key pair that signs catalog snapshots", description="Write a new "
+                        "Ed25519 private key to OUT (PEM, mode 0600, never overwritten) and its public key to OUT.pub; "
+                        "print the public key line for the devices' fleet.trusted_keys. Keep OUT secret: whoever "
+                        "holds it can change every device's catalog.")
+    k.add_argument("--out", type=Path, required=True, help="private key file to create (e.g. chain.key)")
+    k.set_defaults(func=run_keygen)
 
     r = csub.add_parser("rollback", help="return to the previous catalog snapshot", description="Re-verify and "
                         "reinstall the previous snapshot kept under <data_dir>/snapshots (a running `storelens run` "
@@ -127,13 +138,28 @@ def run_publish(args: argparse.Namespace) -> int:
     if not stores and not args.no_announce:
         raise InputError("a chain-wide snapshot needs --store for each store to announce it to",
                          hint="pass --store STORE (repeat), or --no-announce")
-    a = publish_snapshot(args.snapshot, to=args.to, url=args.url)
+    from edge.fleet.signing import load_private_key
+
+    key = load_private_key(args.key) if args.key else None
+    if key is None and not args.no_announce:
+        print("warning: the announcement is unsigned; devices refuse it (publish with --key chain.key, "
+              "see `storelens catalog keygen`)", file=sys.stderr)
+    a = publish_snapshot(args.snapshot, to=args.to, url=args.url, key=key)
     topics = [] if args.no_announce else announce(a, stores=stores, settings=mqtt_settings(args))
     if args.json:
         print(json.dumps({"announcement": json.loads(a.to_payload()), "topics": topics}, indent=2))
     else:
         print(f"published snapshot {a.snapshot} (catalog version {a.version}, {a.size} bytes, sha256 {a.sha256}) "
               f"at {a.url}" + (f"; announced on {', '.join(topics)}" if topics else ""))
+    return 0
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from edge.fleet.signing import write_key_pair
+
+    public = write_key_pair(args.out)
+    print(f"private key: {args.out} (keep it secret; `storelens catalog publish --key {args.out}`)")
+    print(f"public key:  {args.out}.pub; on every device:\n[fleet]\ntrusted_keys = [\"{public}\"]")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Destinations: a folder (local or a mount the devices share; the archive is written beside
 and renamed in), or an ``http(s)://`` URL that accepts ``PUT`` (object storage, WebDAV). The
-announcement names where devices *download* it (``--url``, by default the destination).
+announcement names where devices *download* it (``--url``, by default the destination). With a
+signing key (``--key``, :mod:`edge.fleet.signing`) the announcement is signed; devices install
+only announcements signed by a key in their ``fleet.trusted_keys``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge.catalog.snapshot import SnapshotError, pack, verify
+from edge.catalog.snapshot import MANIFEST, SnapshotError, pack, sha256_file, verify
 from edge.core.config import MqttSettings
 from edge.core.errors import CommandError
 from edge.fleet.fetch import Announcement, announce_topic, copy_into
@@ -26,8 +29,10 @@ from edge.fleet.fetch import Announcement, announce_topic, copy_into
 CONNECT_TIMEOUT_S = 10.0
 
 
-def publish_snapshot(folder: Path, *, to: str, url: str | None = None, timeout_s: float = 600.0) -> Announcement:
-    """Verify the snapshot, pack it as ``<id>.tar``, put it at ``to``; the announcement for it."""
+def publish_snapshot(folder: Path, *, to: str, url: str | None = None, timeout_s: float = 600.0,
+                     key: Ed25519PrivateKey | None = None) -> Announcement:
+    """Verify the snapshot, pack it as ``<id>.tar``, put it at ``to``; the announcement for it (signed with
+    ``key`` when given)."""
     m = verify(folder)
     archive = folder.parent / f"{m.id}.tar"
     sha256, size = pack(folder, archive)
@@ -40,8 +45,10 @@ def publish_snapshot(folder: Path, *, to: str, url: str | None = None, timeout_s
             dest_url = copy_into(archive, dest).resolve().as_uri()
     finally:
         archive.unlink(missing_ok=True)
-    return Announcement(version=m.catalog_version, snapshot=m.id, url=url or dest_url, sha256=sha256, size=size,
-                        bundle=m.bundle, text_bundle=m.text_bundle, dtype=m.dtype)
+    a = Announcement(version=m.catalog_version, snapshot=m.id, url=url or dest_url, sha256=sha256, size=size,
+                     bundle=m.bundle, text_bundle=m.text_bundle, dtype=m.dtype,
+                     manifest_sha256=sha256_file(folder / MANIFEST))
+    return a if key is None else a.signed(key)
 
 
 def _http_put(path: Path, url: str, *, timeout_s: float) -> None:

@@ -2,10 +2,15 @@
 
 :class:`CatalogUpdater` listens on ``storelens/<store>/catalog/available`` (retained, so a
 device that was off finds the latest on connect). Its own worker thread, never paho's network
-thread nor the frame loop, handles the newest announcement: download (:mod:`edge.fleet.fetch`),
-unpack into ``<data_dir>/snapshots/<id>``, verify every file's hash, the bundle fingerprint and
-the index dtype (:func:`edge.catalog.snapshot.verify`), then install through the writer's path
-(:func:`edge.catalog.install.install`). Anything wrong is refused with an error that says what,
+thread nor the frame loop, handles the newest announcement: check its Ed25519 signature against
+``fleet.trusted_keys`` (:mod:`edge.fleet.signing`) before anything is downloaded, download it
+from a URL under ``fleet.allowed_urls`` within ``fleet.download_timeout_s`` in all
+(:mod:`edge.fleet.fetch`), unpack it (bounded, no sparse entries) into
+``<data_dir>/snapshots/<id>``, check that its ``snapshot.json`` is the signed one and every file's
+hash, the bundle fingerprint and the index dtype (:func:`edge.catalog.snapshot.verify`), then
+install through the writer's path (:func:`edge.catalog.install.install`, which checks the
+indexes and probes their graphs in a child process before anything is committed). Anything
+wrong is refused with an error that says what,
 counted, logged and shown in ``status`` (``catalog_update``), and the device keeps serving the
 catalog it has. ``rollback`` (command ``cmd/rollback``, or ``storelens catalog rollback``)
 re-verifies and reinstalls the previous snapshot; the announcement it rolled back from is not
@@ -23,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from edge.catalog.install import Installed, install, installed_state
-from edge.catalog.snapshot import SnapshotError, unpack, verify
+from edge.catalog.snapshot import MANIFEST, SnapshotError, sha256_file, unpack, verify
 from edge.catalog.store import Store
 from edge.core.errors import StoreLensError
 from edge.core.fleet_settings import FleetSettings
-from edge.fleet.fetch import Announcement, announce_topic, download
+from edge.fleet.fetch import SNAPSHOT_ID, Announcement, announce_topic, download
+from edge.fleet.signing import check_signature
 
 log = logging.getLogger("storelens.snapshot")
 
@@ -101,12 +107,21 @@ class CatalogUpdater:
         return result
 
     def _install_announced(self, a: Announcement) -> dict[str, Any]:
+        check_signature(a.signed_bytes(), signer=a.key, signature=a.signature, trusted=self.fleet.trusted_keys)
+        if a.manifest_sha256 is None:
+            raise SnapshotError(f"announced snapshot {a.snapshot} does not name its manifest's sha256",
+                                hint="republish it with this StoreLens version's `storelens catalog publish --key`")
         state = installed_state(self.store.data_dir)
         if state["current"] and state["current"].get("sha256") == a.sha256:
             return {"result": "current", "snapshot": a.snapshot}
         if (state.get("rolled_back_from") or {}).get("sha256") == a.sha256:
             log.info("announced snapshot %s was rolled back on this device: not installed again", a.snapshot)
             return {"result": "rolled-back", "snapshot": a.snapshot}
+        installed = int((state["current"] or {}).get("catalog_version") or 0)
+        if a.version < installed:  # a replayed old announcement: the signature alone would let it through
+            raise SnapshotError(f"announced snapshot {a.snapshot} is catalog version {a.version}, older than the "
+                                f"installed {installed}", hint="build a new version (in the same build folder, "
+                                "versions grow), or return a device with cmd/rollback")
         bundle = self._bundle()
         if a.bundle != bundle:
             raise SnapshotError(f"announced snapshot {a.snapshot} is for image bundle {a.bundle}, this device runs "
@@ -117,22 +132,26 @@ class CatalogUpdater:
         archive = self.root / "incoming" / f"{a.sha256}.tar"
         try:
             download(a.url, archive, size=a.size, sha256=a.sha256, timeout_s=self.fleet.download_timeout_s,
-                     allowed_dir=self.fleet.snapshot_dir)
-            folder = self._unpack(archive, a.snapshot)
+                     allowed_dir=self.fleet.snapshot_dir, allowed_urls=self.fleet.allowed_urls)
+            folder = self._unpack(archive, a)
         finally:
             archive.unlink(missing_ok=True)
         entry = self._install(folder, sha256=a.sha256, rollback=False)
         self.counts["installed"] += 1
         return {"result": "installed", **entry.to_dict()}
 
-    def _unpack(self, archive: Path, snapshot: str) -> Path:
-        partial = self.root / f".{snapshot}.partial"
+    def _unpack(self, archive: Path, a: Announcement) -> Path:
+        partial = self.root / f".{a.snapshot}.partial"  # a.snapshot is a content id (Announcement checks it)
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            unpack(archive, partial)
+            unpack(archive, partial, max_bytes=self.fleet.max_snapshot_bytes)
+            if (partial / MANIFEST).is_file() and sha256_file(partial / MANIFEST) != a.manifest_sha256:
+                raise SnapshotError(f"announced snapshot {a.snapshot}: its {MANIFEST} is not the one that was signed",
+                                    hint="republish it with `storelens catalog publish --key`")
             m = verify(partial, **self._fits())
-            if m.id != snapshot:
-                raise SnapshotError(f"announced snapshot {snapshot} unpacked as snapshot {m.id}", hint="republish it")
+            if m.id != a.snapshot:
+                raise SnapshotError(f"announced snapshot {a.snapshot} unpacked as snapshot {m.id}",
+                                    hint="republish it")
             final = self.root / m.id
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
@@ -152,7 +171,7 @@ class CatalogUpdater:
             state = installed_state(self.store.data_dir)
             for prev in state["previous"]:
                 folder = self.root / str(prev.get("id"))
-                if folder.is_dir():
+                if SNAPSHOT_ID.match(str(prev.get("id"))) and folder.is_dir():
                     entry = self._install(folder, sha256=str(prev.get("sha256")), rollback=True)
                     self.counts["rollbacks"] += 1
                     break
@@ -218,6 +237,10 @@ def attach_catalog_updates(rt: Any, store: Store) -> CatalogUpdater | None:
     def current() -> Store:
         return rt.matcher if isinstance(rt.matcher, Store) else store
 
+    if not rt.settings.fleet.trusted_keys:
+        log.warning("fleet.trusted_keys is empty: catalog snapshots announced on %s will be refused; put the chain's "
+                    "public key (storelens catalog keygen) there to install them", announce_topic(
+                        rt.settings.device.store))
     updater = CatalogUpdater(current, fleet=rt.settings.fleet, store_id=rt.settings.device.store,
                              pause=rt.models_paused, on_change=after_change)
     rt.extra_status["catalog_update"] = updater.status
