@@ -124,11 +124,12 @@ class Watcher:
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
         self.payloads: list[bytes] = []
+        self.status: dict[str, Any] = {}  # the device's latest retained status
         self.subscribed = threading.Event()
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=MQTTProtocolVersion.MQTTv311, clean_session=False)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_connect = lambda c, *_: c.subscribe([(topic, 1), (f"{PREFIX}/status", 1)])
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_disconnect = lambda *_: self.subscribed.clear()
         self.client.on_message = self._on_message
@@ -139,6 +140,10 @@ class Watcher:
             raise TimeoutError(f"the broker did not acknowledge the subscription to {topic}")
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
+        if msg.topic == f"{PREFIX}/status":
+            with suppress(ValueError):
+                self.status = json.loads(msg.payload)
+            return
         with self._lock:
             self.payloads.append(bytes(msg.payload))
 
@@ -303,11 +308,12 @@ class Rig:
     thresholds: tuple[float, float]
 
     @contextlib.contextmanager
-    def device(self, name: str, *, extra_toml: str = "") -> Iterator[tuple[Device, SmallDisk, Gate, Watcher]]:
-        """A fresh device on its own 3 MiB tmpfs (the template catalog copied in), behind its own gate."""
+    def device(self, name: str, *, extra_toml: str = "", size_mib: int = 3
+               ) -> Iterator[tuple[Device, SmallDisk, Gate, Watcher]]:
+        """A fresh device on its own tmpfs (the template catalog copied in), behind its own gate."""
         folder = self.work / name
         folder.mkdir(parents=True)
-        disk = SmallDisk(folder / "disk").mount()
+        disk = SmallDisk(folder / "disk", size_mib=size_mib).mount()
         gate = Gate(self.broker.port)
         watcher = Watcher(self.broker.port, client_id=f"watch-{name}")
         try:
@@ -338,9 +344,10 @@ def more_decisions(dev: Device, n: int, timeout: float = 60) -> bool:
 
 
 def started(dev: Device, watcher: Watcher) -> None:
-    """Start and wait for the first delivered decisions (the device is up and connected)."""
+    """Start and wait for two newly delivered decisions (the device is up, deciding and connected)."""
+    before = len(set(dev.decided()) & set(watcher.ids()))
     dev.start()
-    if not wait(lambda: len(set(dev.decided()) & set(watcher.ids())) >= 2, 120):
+    if not wait(lambda: len(set(dev.decided()) & set(watcher.ids())) >= before + 2, 120):
         raise RuntimeError(f"the device did not start delivering; its log ends:\n{dev.log_tail()}")
 
 

@@ -34,14 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _chaos_attacks, _chaos_faults
+from benchmarks import _chaos_attacks, _chaos_faults, _chaos_fleet
 from benchmarks._broker import Broker
 from benchmarks._chaos_rig import FAULTS, Rig
 from benchmarks._disk import can_mount
 
 # -- the run -------------------------------------------------------------------------------------------
 
-FAULT_MODULES = (_chaos_faults, _chaos_attacks)  # importing them registers their faults, in this order
+FAULT_MODULES = (_chaos_faults, _chaos_attacks, _chaos_fleet)  # importing them registers their faults, in this order
 
 
 def build_template(work: Path) -> tuple[Path, Path, tuple[float, float]]:
