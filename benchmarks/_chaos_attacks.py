@@ -86,7 +86,7 @@ def _start_on_damage(rig: Rig, name: str, file: str, damage: Callable[[Path], No
     with rig.device(name) as (dev, _disk, gate, watcher):
         gate.close()
         dev.start()
-        wait(lambda: len(dev.outbox_ids()) >= 40, 120)
+        wait(lambda: len(dev.outbox_ids()) >= QUEUED, 120)
         dev.stop()
         queued = set(dev.outbox_ids())
         target = dev.data / file
@@ -94,8 +94,8 @@ def _start_on_damage(rig: Rig, name: str, file: str, damage: Callable[[Path], No
         erased = queued - readable_ids(dev.data / "outbox.db") if file == "outbox.db" else set()
         gate.open()
         dev.start()
-        ok = wait(lambda: len(dev.decided()) >= len(queued) + AFTER_START and delivered_all_but(dev, watcher, erased),
-                  120, step=0.2) and dev.alive
+        ok = wait(lambda: not dev.alive or (len(dev.decided()) >= len(queued) + AFTER_START
+                                            and delivered_all_but(dev, watcher, erased)), 120, step=0.2) and dev.alive
         refused: dict[str, Any] = {}
         if not dev.alive:  # refused to start on the damage: what it said, then the operator's restore
             refused = {"exit_code_on_damage": dev.stop(), "message_on_damage": _last_error(dev)}
@@ -115,6 +115,7 @@ def _last_error(dev: Device) -> str:
 
 
 AFTER_START = 6
+QUEUED = 24  # messages queued in the outbox before the damage
 
 
 def delivered_all_but(dev: Device, watcher: Watcher, erased: set[str]) -> bool:

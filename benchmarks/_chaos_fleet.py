@@ -10,6 +10,7 @@ good snapshot of the device's own catalog. Each registers itself in
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -94,11 +95,11 @@ def malicious(rig: Rig, name: str) -> dict[str, Any]:
         started(dev, watcher)
         cases = sorted(malicious_snapshots(good, folder / "snap", key=key, data_dir=dev.data),
                        key=lambda c: not c.refused)  # the installable ones last
-        outcomes = []
+        outcomes: list[dict[str, Any]] = []
         for case in cases:
             before = _counts(watcher)
             _announce(rig.broker.port, case.payload)
-            wait(lambda b=before: _counts(watcher) != b, 120, step=0.1)
+            wait(functools.partial(_changed, watcher, before), 120, step=0.1)
             after = _counts(watcher)
             refused = after[1] > before[1]
             error = str((watcher.status.get("catalog_update") or {}).get("last_error") or "")
@@ -107,7 +108,7 @@ def malicious(rig: Rig, name: str) -> dict[str, Any]:
                              case.refused, "harm": harm, "reason_as_expected": case.expect in error or not refused,
                              "answered": after != before})
         row = finish(name, FAULTS[name][1], dev, watcher, recovered=settle(dev, watcher), cases=outcomes)
-    row["corrupted"] += sum(o["harm"] or not o["answered"] for o in outcomes)
+    row["corrupted"] += sum(bool(o["harm"] or not o["answered"]) for o in outcomes)
     return row
 
 
@@ -134,8 +135,7 @@ def sigkill_install(rig: Rig, name: str) -> dict[str, Any]:
         _announce(rig.broker.port, announcement.to_payload())
         since = time.time()
         for delay in KILL_DELAYS_S:
-            under_way = wait(lambda s=since: _installing(dev, s) or _installed(dev, announcement.snapshot), 60,
-                             step=0.002)
+            under_way = wait(functools.partial(_under_way, dev, since, announcement.snapshot), 60, step=0.002)
             time.sleep(delay)
             done = _installed(dev, announcement.snapshot)
             dev.kill()
@@ -153,6 +153,14 @@ def sigkill_install(rig: Rig, name: str) -> dict[str, Any]:
     _count_outbox_only(row, at_kill, dev, watcher)
     row["corrupted"] += int(products != 7) + sum(k["products_at_kill"] not in (6, 7) for k in kills)
     return row
+
+
+def _changed(watcher: Watcher, before: tuple[int, int]) -> bool:
+    return _counts(watcher) != before
+
+
+def _under_way(dev: Device, since: float, snapshot: str) -> bool:
+    return _installing(dev, since) or _installed(dev, snapshot)
 
 
 def _installing(dev: Device, since: float) -> bool:

@@ -285,7 +285,7 @@ def copy_tree(src: Path, dst: Path) -> None:
 SETTLE_S = 90.0  # longest wait for a backlog to arrive once a fault cleared
 AFTER = 4  # decisions made after a fault cleared that must arrive too (recovery)
 EVIDENCE = ("outbox cannot write", "outbox writes again", "cannot write the health status file", "was damaged",
-            "disagrees with the catalog", "Traceback", "refused", "disconnected from broker")  # counted in the log
+            "disagrees with the catalog", "Traceback", "disconnected from broker")  # counted in the device log
 FaultFn = Callable[["Rig", str], dict[str, Any]]
 FAULTS: dict[str, tuple[FaultFn, str]] = {}
 

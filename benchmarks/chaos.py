@@ -41,7 +41,10 @@ from benchmarks._disk import can_mount
 
 # -- the run -------------------------------------------------------------------------------------------
 
-FAULT_MODULES = (_chaos_faults, _chaos_attacks, _chaos_fleet)  # importing them registers their faults, in this order
+FAULT_MODULES = (_chaos_faults, _chaos_attacks, _chaos_fleet)  # importing them registers their faults
+ORDER = ("disk-full-outage", "disk-full-after-outage", "outbox-truncated", "outbox-corrupted", "catalog-truncated",
+         "catalog-corrupted", "clock-back", "clock-forward", "broker-restart", "broker-restart-fresh",
+         "sigkill-install", "malicious-snapshots", "forged-flood")
 
 
 def build_template(work: Path) -> tuple[Path, Path, tuple[float, float]]:
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if (why := can_mount()) is not None:
         print(f"chaos: {why}", file=sys.stderr)
         return 2
-    names = [n for n in args.only.split(",") if n] or list(FAULTS)
+    names = [n for n in args.only.split(",") if n] or sorted(FAULTS, key=lambda n: (*ORDER, n).index(n))
     if unknown := [n for n in names if n not in FAULTS]:
         ap.error(f"unknown fault(s) {unknown}; choose from {list(FAULTS)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still unmount and stop the broker

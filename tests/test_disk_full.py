@@ -174,7 +174,7 @@ def test_catalog_writes_on_a_full_disk_fail_clearly_and_heal(tmp_path: Path, dis
     try:
         for i in range(20):
             store.enroll(f"SKU{i}", name=f"product {i}", images=[img])
-        failures = []
+        failures: list[int] = []
         for n, leave in enumerate((0, 16 << 10, 64 << 10, 96 << 10)):  # full at different stages of a write
             disk.fill(leave=leave)
             for images in ([img], [photo(n)]):  # a photo on file, a photo sent as pixels (saved as JPEG)
