@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_account_counts_lost_duplicated_corrupted_and_erased() -> None:
-    decided: dict[str, dict[str, Any]] = {"a": {"id": "a", "x": 1}, "b": {"id": "b", "x": 2}, "c": {"id": "c"}, "d": {"id": "d"}}
+    decided: dict[str, dict[str, Any]] = {"a": {"id": "a", "x": 1}, "b": {"id": "b", "x": 2}, "c": {"id": "c"},
+                                          "d": {"id": "d"}}
     got = [json.dumps(m).encode() for m in (decided["a"], decided["a"], {"id": "b", "x": 3})] + [b"\xff"]
     r = account(decided, got, erased={"d"})
     assert r == {"decided": 4, "delivered": 2, "lost": 1, "erased_by_fault": 1, "duplicated": 1, "corrupted": 2}
