@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import sqlite3
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks._broker import Broker
+from benchmarks._broker import Broker, free_port
 from benchmarks._disk import SmallDisk, can_mount, small_disk
 from edge.comms.mqtt import MqttLink
 from edge.comms.outbox import Outbox
@@ -114,7 +116,7 @@ def test_frame_loop_keeps_running_through_heartbeats_on_a_full_disk(
         "cameras": [{"name": "cam", "source": "unused", "fps": 30}], "gate": {"steady_frames": 1},
         "decision": {"window": 3, "min_frames": 2, "heartbeat_s": 0.2},
         "mqtt": {"host": broker.host, "port": broker.port, "stats_interval_s": 0.5},
-        "health": {"heartbeat_s": 0.1}})
+        "health": {"heartbeat_s": 0.1}, "metrics": {"enabled": True, "port": free_port()}})
     collector = Collector(broker.port, f"{PREFIX}/cam/#")
     rt = assemble_runtime(settings=settings, encoder=enc, matcher=matcher, out=io.StringIO(),
                           sources={"cam": lambda: _Steady("RED")})
@@ -129,7 +131,10 @@ def test_frame_loop_keeps_running_through_heartbeats_on_a_full_disk(
         assert _wait(lambda: rt.counts["heartbeats"] >= beats + 5 and rt.outbox.stats().in_memory > 0)
         assert loop.is_alive()
         assert _wait(lambda: any(p.check == "disk" for p in evaluate(read_status(disk.path / "data" / STATUS_FILE),
-                                                                     Thresholds())))
+                                                                     Thresholds())))  # health, status, metrics
+        assert rt.status()["outbox"]["failing"] and rt.status()["outbox"]["write_errors"] > 0
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics.port}/metrics", timeout=5).read().decode()
+        assert re.search(r"^storelens_outbox_write_errors_total [1-9]", scrape, re.M), scrape[-2000:]
         disk.free()
         assert _wait(lambda: rt.outbox.stats().in_memory == 0 and rt.outbox.stats().depth == 0)
         assert loop.is_alive()

@@ -24,7 +24,7 @@ def test_pending_in_write_order_and_ack_removes(tmp_path: Path) -> None:
     assert ob.ack(seqs[1]) is False  # already gone
     assert [m.msg_id for m in ob.pending()] == ["m0", "m2", "m3", "m4"]
     assert ob.stats().to_dict() == {"depth": 4, "written": 5, "delivered": 1, "dropped_full": 0, "dropped_age": 0,
-                                    "in_memory": 0, "write_errors": 0, "last_error": None}
+                                    "in_memory": 0, "write_errors": 0, "last_error": None, "failing": False}
 
 
 def test_survives_reopen_with_counters(tmp_path: Path) -> None:

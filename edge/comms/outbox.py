@@ -105,11 +105,12 @@ class OutboxStats:
     in_memory: int = 0  # messages the disk refused so far, held in memory until it has room
     write_errors: int = 0  # writes SQLite refused in this run (a full disk, an I/O error)
     last_error: str | None = None
+    failing: bool = False  # the last write was refused: something waits in memory to be saved
 
     def to_dict(self) -> dict[str, Any]:
         return {"depth": self.depth, "written": self.written, "delivered": self.delivered,
                 "dropped_full": self.dropped_full, "dropped_age": self.dropped_age, "in_memory": self.in_memory,
-                "write_errors": self.write_errors, "last_error": self.last_error}
+                "write_errors": self.write_errors, "last_error": self.last_error, "failing": self.failing}
 
 
 class Outbox:
@@ -215,14 +216,18 @@ class Outbox:
             return OutboxStats(depth=depth, written=c["written"], delivered=c["delivered"],
                                dropped_full=c["dropped_full"], dropped_age=c["dropped_age"],
                                in_memory=len(self._memory), write_errors=self.write_errors,
-                               last_error=self.last_error)
+                               last_error=self.last_error, failing=self._failing)
 
     def close(self) -> None:
         """Save what memory holds (a last try) and close; what still cannot be written is logged as lost."""
         with self._lock:
             if (self._memory or self._gone or self._unsaved) and not self._save():
-                log.error("outbox: the disk still refuses writes at shutdown; %d messages held in memory are lost",
-                          len(self._memory), extra={"lost": len(self._memory), "error": self.last_error})
+                if self._memory:
+                    log.error("outbox: the disk still refuses writes at shutdown; %d messages held in memory are "
+                              "lost", len(self._memory), extra={"lost": len(self._memory), "error": self.last_error})
+                if self._gone:
+                    log.warning("outbox: %d deliveries could not be recorded (the disk refuses writes); those "
+                                "messages are sent again after the restart", len(self._gone))
             self._db.close()
 
     # -- internals ---------------------------------------------------------------------------------

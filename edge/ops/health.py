@@ -134,7 +134,8 @@ class HeartbeatWriter:
                      "down_since": self.mqtt_down_since,
                      "last_error": link.stats.last_error if link else None},
             "outbox": {"depth": ob.depth, "max": outbox.max_messages, "dropped_full": ob.dropped_full,
-                       "in_memory": ob.in_memory, "write_errors": ob.write_errors, "last_error": ob.last_error},
+                       "in_memory": ob.in_memory, "write_errors": ob.write_errors, "last_error": ob.last_error,
+                       "failing": ob.failing},
         }
 
 
@@ -186,10 +187,10 @@ def evaluate(status: dict[str, Any] | None, th: Thresholds, *, now: float | None
     if ob.get("max") and ob.get("depth", 0) >= th.outbox_ratio * ob["max"]:
         problems.append(Problem("outbox", f"outbox near its bound: {ob['depth']} of {ob['max']} messages "
                                           f"(threshold {th.outbox_ratio:.0%}); oldest are dropped when full"))
-    if ob.get("in_memory"):
+    if ob.get("in_memory") or ob.get("failing"):
         problems.append(Problem("disk", f"the outbox cannot write to disk ({ob.get('last_error')}): "
-                                        f"{ob['in_memory']} messages held in memory, saved when there is room; "
-                                        "free space in catalog.data_dir"))
+                                        f"{ob.get('in_memory', 0)} messages held in memory, saved when there is "
+                                        "room; free space in catalog.data_dir"))
     return problems
 
 
