@@ -81,8 +81,9 @@ def readable_ids(path: Path) -> set[str]:
 def _start_on_damage(rig: Rig, name: str, file: str, damage: Callable[[Path], None]) -> dict[str, Any]:
     """Phase 1 queues messages during an outage and stops cleanly (they stay in the outbox); the file is
     damaged; phase 2 starts on it with the broker reachable. A device that refuses to start on the damage
-    (its exit code and message are kept) gets the operator's fix — the file restored from the catalog it
-    was installed with — and a third start; recovery then did need the operator (``n/a``)."""
+    (its exit code and message are kept) gets the operator's fix — the damaged file moved aside and, for the
+    catalog, restored from the one installed — and a third start; recovery then needed the operator
+    (``n/a``)."""
     with rig.device(name) as (dev, _disk, gate, watcher):
         gate.close()
         dev.start()
@@ -99,10 +100,11 @@ def _start_on_damage(rig: Rig, name: str, file: str, damage: Callable[[Path], No
         refused: dict[str, Any] = {}
         if not dev.alive:  # refused to start on the damage: what it said, then the operator's restore
             refused = {"exit_code_on_damage": dev.stop(), "message_on_damage": _last_error(dev)}
-            target.unlink()
-            for extra in ("-wal", "-shm"):
-                Path(f"{target}{extra}").unlink(missing_ok=True)
-            shutil.copy2(rig.template / file, target)
+            for extra in ("", "-wal", "-shm"):  # moved aside, as the error message says
+                if (damaged := Path(f"{target}{extra}")).exists():
+                    damaged.rename(f"{damaged}.operator-aside")
+            if (rig.template / file).exists():  # the catalog: restored from what was installed
+                shutil.copy2(rig.template / file, target)
             dev.start()
             wait(lambda: len(dev.decided()) >= len(queued) + AFTER_START and delivered_all(dev, watcher), 120, 0.2)
         return finish(name, FAULTS[name][1], dev, watcher, recovered=ok if not refused else None, erased=erased,
