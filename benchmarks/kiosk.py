@@ -11,7 +11,8 @@
   recommendations' photos); the event stream itself is not counted (it never completes).
 
     python -m benchmarks.kiosk [--decisions 50] [--fps 15] [--json benchmarks/results/kiosk.json]
-        [--screenshots docs]   # also kiosk-portrait.png, kiosk-landscape.png and their -unknown views
+        [--screenshots DIR]    # also kiosk-portrait.png, kiosk-landscape.png and their -unknown views (demo
+                               # products; the README's come from tests/test_kiosk_e2e.py, real photos)
         [--language sv]        # the Swedish page (screenshots get a -sv suffix)
 
 With ``--root DIR --gallery FILE --queries FILE`` it measures kiosk *decision accuracy* instead
@@ -96,7 +97,7 @@ def measure_weight(browser: Any, url: str, camera: TrayCamera) -> dict[str, Any]
     before = rendered_count(page)
     camera.put(by_sku("DEMO-COLA"))
     wait_rendered(page, after=before, kind="known", sku="DEMO-COLA", timeout_s=30)
-    page.wait_for_selector("#recs-similar .card img", timeout=15_000)
+    page.wait_for_selector("#recs-together .card img", timeout=15_000)
     page.wait_for_load_state("networkidle")
     with_product = page.evaluate(WEIGHT_JS)
     ctx.close()
@@ -116,7 +117,7 @@ def screenshots(browser: Any, rig: dict[str, Any], folder: Path, suffix: str = "
         wait_rendered(page, after=0, timeout_s=30)
         show(page, camera, None, kind="empty")
         show(page, camera, by_sku("DEMO-COLA"), kind="known", sku="DEMO-COLA")
-        page.wait_for_selector("#recs-similar .card img", timeout=15_000)
+        page.wait_for_selector("#recs-together .card img", timeout=15_000)
         page.wait_for_load_state("networkidle")
         page.wait_for_timeout(400)
         out.append(str(folder / f"kiosk-{name}{suffix}.png"))

@@ -182,8 +182,9 @@ def _run(args: argparse.Namespace, enc: Any, names: dict[int, str], gallery: lis
     embs, kept, _ = embed_items(enc, stream, desc="stream", progress=False)
     order, shopper, control = draws(len(kept), sorted(set(names[it.label] for it in gallery)), seed=args.seed,
                                     wrong_share=args.wrong_share, control_share=args.control_share)
+    # max_learned_per_hour off: the stream replays weeks of confirmations in seconds of wall time
     settings = LearningSettings(duplicate_cosine=args.duplicate_cosine, max_per_product=args.max_per_product,
-                                hold_below=args.hold_below)
+                                hold_below=args.hold_below, max_learned_per_hour=None)
     passes: dict[str, Pass] = {"off": play(base, embs, kept, names, order, shopper=shopper, learner=None,
                                            never=set(), wrong_kind=args.wrong_kind)}
     for name, never in (("on", set()), ("control", control)):

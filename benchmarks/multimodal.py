@@ -38,8 +38,8 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks._gsd import gsd_product_text
+from benchmarks._ocr_readings import cache_key, latency_summary, load_cache
 from benchmarks._results import write_json
-from benchmarks.ocr_cache import cache_key, latency_summary, load_cache
 from edge.core.config import ModelSettings
 from edge.core.errors import InputError, StoreLensError
 from edge.models.encoders import load_image_encoder, load_text_encoder

@@ -16,40 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
+from benchmarks._ocr_readings import cache_key, latency_summary, load_cache
+from benchmarks.multimodal import bundle_training, needed_images
 from edge.core.errors import StoreLensError
 from edge.models.preprocess import read_image
 from edge.text.ocr.engine import OcrEngine, OcrResult
 
-
-def cache_key(path: Path, root: Path) -> str:
-    """Images are keyed by their path relative to the dataset root (the split file's folder)."""
-    p, r = Path(os.path.abspath(path)), Path(os.path.abspath(root))  # not resolve(): keep symlinked roots
-    try:
-        return p.relative_to(r).as_posix()
-    except ValueError:
-        return p.as_posix()
-
-
-def load_cache(path: Path) -> dict[str, OcrResult]:
-    """Cached readings by key; a torn last line (interrupted run) is ignored and re-read next time."""
-    out: dict[str, OcrResult] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            d = json.loads(line)
-        except ValueError:
-            continue
-        out[d["key"]] = OcrResult.from_dict(d)
-    return out
+__all__ = ["cache_key", "fill_cache", "latency_summary", "load_cache", "main"]  # the readers live in _ocr_readings
 
 
 def fill_cache(path: Path, images: Iterable[Path], *, root: Path, engine: OcrEngine) -> dict[str, int]:
@@ -71,17 +50,7 @@ def fill_cache(path: Path, images: Iterable[Path], *, root: Path, engine: OcrEng
     return {"cached_before": len(have), "read": len(todo) - errors, "errors": errors}
 
 
-def latency_summary(results: Iterable[OcrResult]) -> dict[str, float]:
-    ms = sorted(r.latency_ms for r in results if r.error is None and r.latency_ms > 0)
-    if not ms:
-        return {"n": 0}
-    return {"n": len(ms), "mean_ms": round(statistics.fmean(ms), 1), "p50_ms": round(ms[len(ms) // 2], 1),
-            "p95_ms": round(ms[int(len(ms) * 0.95)], 1), "max_ms": round(ms[-1], 1)}
-
-
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.multimodal import bundle_training, needed_images
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=Path, required=True, help="train split file (word profiles, carved queries)")
     ap.add_argument("--val", type=Path, required=True, help="val split file (queries)")

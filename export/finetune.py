@@ -35,8 +35,8 @@ from edge.models.preprocess import PreprocessSpec, normalise
 from export.augment import AugmentConfig, augment
 from export.backbones import BACKBONES, LITE_MEAN, LITE_STD, LiteNet, locate_weights
 from export.data import DecodedSet, Sample, decode_samples, read_split
+from export.evaluate import carve, evaluate_split, load_samples, plot_curves, retrieval_metrics
 from export.model import CosineHead, EncoderArch, ProductEncoder
-from export.train import carve, evaluate_split, load_samples, plot_curves, retrieval_metrics
 
 log = logging.getLogger("storelens.finetune")
 
@@ -320,7 +320,7 @@ def _cached(path: Path, make: Any) -> torch.Tensor:
 def _open_set_and_val(model: ProductEncoder, spec: PreprocessSpec, d: _Data, samples: list[Sample],
                       val_split: list[Sample] | None, names: dict[int, str], cache_dir: Path) -> dict[str, Any]:
     """Held-out products enrolled from their photos (carve queries), and the val split, reported once."""
-    from export.train import embed
+    from export.evaluate import embed
 
     res: dict[str, Any] = {}
     if d.held:

@@ -64,6 +64,7 @@ def test_discovery_configs_and_state(tmp_path: Path, broker: Broker, tiny_onnx: 
         assert product["state_topic"] == state_topic and product["value_template"] == "{{ value_json.product }}"
         state = json.loads(sub.of(state_topic)[-1])
         assert (state["product"], state["decision"], state["sku"]) == ("Red", "known", "RED")  # the catalog's name
+        assert state["schema"] == "storelens.region_state/1"
         stats = [c for c in configs.values() if c["state_topic"] == f"{PREFIX}/stats"]
         assert len(stats) == 7 and all(c["entity_category"] == "diagnostic" for c in stats)
 

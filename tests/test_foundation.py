@@ -47,7 +47,7 @@ def test_env_overrides_file_with_nesting(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_secret_is_masked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = write(tmp_path, '[device]\nid = "k1"\nstore = "s1"\n[mqtt]\nusername = "kiosk"\npassword = "hunter2"\n')
-    assert main(["validate-config", str(p)]) == 0
+    assert main(["validate-config", str(p), "--show"]) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "**********" in out
 

@@ -348,3 +348,65 @@ def test_a_late_confirmation_counts_but_does_not_take_the_screen_back(parts: dic
     status, _ = actions.handle("confirm", json.dumps({"match_id": old["id"], "sku": "TEA"}).encode())
     assert status == 200 and [m["sku"] for _, m in parts["sent"]] == ["TEA"]
     assert events == [] and hub.current is not None and hub.current["product"]["sku"] == "COLA"
+
+
+def test_recommendations_never_show_a_sku_the_catalog_does_not_hold(tmp_path: Path, parts: dict[str, Any]) -> None:
+    """Basket events may name skus that are not products here (issue 29 item 6): no placeholder tile for them."""
+    from edge.core.config import RecommendSettings
+    from edge.recommend.service import open_recommender
+
+    rec = open_recommender(RecommendSettings(), data_dir=tmp_path)
+    for i, basket in enumerate([["COLA", "TOMATO"], ["COLA", "TOMATO"], ["COLA", "TOMATO", "OATS"], ["TOMATO"]]):
+        rec.handle_basket_message(json.dumps({"id": i, "skus": basket}))
+    actions = KioskActions(hub=parts["hub"], cards=parts["cards"], confirmations=parts["store"],
+                           publish=lambda t, m: None, device="d1", recommender=rec)
+    assert [c["sku"] for c in actions.recommendations("COLA")["together"]] == ["OATS"]
+    assert [c["sku"] for c in actions.recommendations("OATS")["together"]] == ["COLA"]
+    assert parts["cards"].card("TOMATO") is None
+
+
+def test_a_known_answer_carries_its_pick_list_and_names_its_item(parts: dict[str, Any]) -> None:
+    """Issue 27 item 3: the ranked alternatives come with a known answer too; the event names the item
+    (the runtime's item_id, else the view) so the page replaces the answer of the same item."""
+    hub: KioskHub = parts["hub"]
+    first = hub.on_match({**match("known", ["COLA", "OATS", "TEA"]), "item_id": "it-1"}, view_id="v1")
+    again = hub.on_match({**match("known", ["OATS", "COLA", "TEA"]), "item_id": "it-1"}, view_id="v2")
+    assert first is not None and again is not None and first["item"] == again["item"] == "it-1"
+    assert [c["sku"] for c in first["candidates"]] == ["OATS", "TEA"] and first["candidates"][0]["score"] == 0.8
+    assert again["product"]["sku"] == "OATS" and [c["sku"] for c in again["candidates"]] == ["COLA", "TEA"]
+    no_items = hub.on_match(match("known", ["TEA"]), view_id="v3")  # a runtime without item ids: the view
+    assert no_items is not None and no_items["item"] == "v3" and no_items["candidates"] == []
+    gone = hub.on_match(match("known", ["GONE", "TEA", "COLA"]), view_id="v4")  # its product left the catalog
+    assert gone is not None and gone["kind"] == "unknown" and [c["sku"] for c in gone["candidates"]] == ["TEA", "COLA"]
+
+
+def test_a_confirmation_sticks_to_the_item_and_says_whether_the_screen_shows_it(parts: dict[str, Any]) -> None:
+    hub: KioskHub = parts["hub"]
+    actions: KioskActions = parts["actions"]
+    m = {**match("known", ["COLA", "OATS"]), "item_id": "it-7"}
+    hub.on_match(m, view_id="v1")
+    status, reply = actions.handle("confirm", json.dumps({"match_id": m["id"], "sku": "OATS"}).encode())
+    assert status == 200 and reply["result"]["shown"] is True and reply["result"]["item_id"] == "it-7"
+    ((_, msg),) = parts["sent"]
+    assert msg["item_id"] == "it-7" and msg["catalog_version"] == 7 == m["catalog_version"]  # the match's type
+    turned = hub.on_match({**match("known", ["COLA", "OATS"]), "item_id": "it-7"}, view_id="v2")  # another view
+    assert turned is not None and turned["confirmed"] and turned["product"]["sku"] == "OATS"
+    assert turned["candidates"] == []  # confirmed: no pick list
+    old = match("unknown", ["TEA"])
+    hub.on_match(old, view_id="v5")
+    hub.on_match(match("known", ["COLA"]), view_id="v6")
+    status, reply = actions.handle("confirm", json.dumps({"match_id": old["id"], "sku": "TEA"}).encode())
+    assert status == 200 and reply["result"]["shown"] is False  # counted; the page thanks the shopper itself
+
+
+def test_the_page_title_is_friendly_when_none_is_set(tmp_path: Path, catalog: Catalog) -> None:
+    from edge.core.config import load_settings
+    from edge.kiosk.screen import create_screen
+
+    for language, title in (("en", "Price check"), ("sv", "Priskoll")):
+        s = load_settings(None, device={"store": "store-001", "id": "d1"}, catalog={"data_dir": str(tmp_path)},
+                          cameras=[{"name": "cam", "source": "0", "mode": "kiosk"}],
+                          kiosk_screen={"enabled": True, "language": language})
+        screen = create_screen(s, catalog=catalog, publish=lambda t, m: None)
+        assert screen.server.page.title == title
+        screen.confirmations.close()

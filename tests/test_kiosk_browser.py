@@ -8,8 +8,10 @@ on the tray. Chromium is Debian's ``chromium`` driven by Playwright with ``execu
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from benchmarks._kiosk import (
     chromium_path,
     kiosk_settings,
     launch_chromium,
+    rendered_count,
     wait_live,
     wait_rendered,
 )
@@ -119,13 +122,19 @@ def test_recommendations_appear_for_the_shown_product(rig: dict[str, Any]) -> No
     page = rig["page"]
     show(rig, by_sku("DEMO-COLA"), kind="known", sku="DEMO-COLA")  # idempotent when it is already shown
     page.wait_for_selector("#recs-together .card", timeout=10_000)
-    page.wait_for_selector("#recs-similar .card", timeout=10_000)
     together = page.locator("#recs-together .card").evaluate_all("cs => cs.map(c => c.dataset.sku)")
     assert together[0] == "DEMO-CHOC"  # bought with cola in 3 of its 4 baskets
     assert "DEMO-COLA" not in together and "EMPTY" not in together
     assert page.locator("#recs-together h2").inner_text() == "Bought together"
+    # under a pick list one row fits (the pick list already is what looks like it); a product opened
+    # from a recommendation has no pick list and shows "similar products" too
+    assert page.locator("#picks").is_visible() and page.locator("#recs-similar").is_hidden()
+    page.click("#recs-together .card[data-sku='DEMO-CHOC']")
+    page.wait_for_selector("#recs-similar .card", timeout=10_000)
+    assert page.locator("#p-name").inner_text() == "Dark Chocolate 70%" and page.locator("#picks").is_hidden()
     similar = page.locator("#recs-similar .card").evaluate_all("cs => cs.map(c => c.dataset.sku)")
-    assert similar and "DEMO-COLA" not in similar and "EMPTY" not in similar
+    assert similar and "DEMO-CHOC" not in similar and "EMPTY" not in similar
+    show(rig, None, kind="empty")
 
 
 def test_unknown_item_shows_candidates_and_a_tap_confirms_over_mqtt(rig: dict[str, Any]) -> None:
@@ -171,6 +180,151 @@ def test_search_returns_cards_and_a_result_corrects_an_unknown_item(rig: dict[st
     assert collector.wait(lambda: len(collector.json_of("/cam/confirm")) > before, timeout=10)
     confirm = collector.json_of("/cam/confirm")[-1]
     assert (confirm["sku"], confirm["match_id"], confirm["source"]) == ("DEMO-BERRY", shown["match_id"], "search")
+
+
+def test_a_known_answer_shows_its_pick_list_and_a_tap_corrects_it(rig: dict[str, Any]) -> None:
+    """Issue 27 item 3: the ranked alternatives under "Not this product?" on a known answer too; a tap
+    confirms (corrects) it like a candidate of an unknown item, and "confirmed" is said once (29 item 10)."""
+    page, collector = rig["page"], rig["collector"]
+    show(rig, None, kind="empty")
+    shown = show(rig, by_sku("DEMO-OATS"), kind="known", sku="DEMO-OATS")
+    assert collector.wait(lambda: any(m["id"] == shown["match_id"] for m in collector.json_of("/cam/match")))
+    match = next(m for m in collector.json_of("/cam/match") if m["id"] == shown["match_id"])
+    expected = [c["sku"] for c in match["candidates"] if c["sku"] not in ("DEMO-OATS", "EMPTY")][:4]
+    assert expected and shown["picks"] == expected  # the MQTT match's ranking, on the page
+    assert page.locator("#picks h2").inner_text() == "Not this product?" and page.locator("#picks").is_visible()
+    picks = page.locator("#p-picks .card")
+    assert picks.evaluate_all("cs => cs.map(c => c.dataset.sku)") == expected
+    before = len(collector.json_of("/cam/confirm"))
+    picks.first.click()
+    assert collector.wait(lambda: len(collector.json_of("/cam/confirm")) > before, timeout=10)
+    confirm = collector.json_of("/cam/confirm")[-1]
+    assert (confirm["sku"], confirm["match_id"], confirm["decision"], confirm["predicted_sku"], confirm["corrected"],
+            confirm["source"]) == (expected[0], match["id"], "known", "DEMO-OATS", True, "candidate")
+    page.wait_for_selector("#p-confirmed:not([hidden])", timeout=5000)
+    assert page.locator("#p-name").inner_text() == by_sku(expected[0]).name and page.locator("#picks").is_hidden()
+    _wait(page, "window.__kiosk.confirms.length > 0")
+    assert page.evaluate("window.__kiosk.confirms.at(-1).shown") is True
+    assert page.locator("#toast").is_hidden()  # the badge says it; no second "Thank you! Confirmed."
+
+
+def test_search_results_stay_until_closed_or_a_new_item_arrives(rig: dict[str, Any]) -> None:
+    """Issue 29 item 5: a shopper who lifts the item to type keeps the results; a tap still confirms that item."""
+    page, collector = rig["page"], rig["collector"]
+    show(rig, None, kind="empty")
+    mystery = show(rig, MYSTERY, kind="unknown")
+    page.fill("#q", "oats")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#results:not([hidden]) #r-cards .card[data-sku='DEMO-OATS']", timeout=10_000)
+    show(rig, None, kind="empty")  # the item left the tray: a decision arrives, the results stay
+    assert page.locator("#results").is_visible()
+    before = len(collector.json_of("/cam/confirm"))
+    page.click("#r-cards .card[data-sku='DEMO-OATS']")
+    assert collector.wait(lambda: len(collector.json_of("/cam/confirm")) > before, timeout=10)
+    confirm = collector.json_of("/cam/confirm")[-1]
+    assert (confirm["sku"], confirm["match_id"], confirm["source"]) == ("DEMO-OATS", mystery["match_id"], "search")
+    page.wait_for_selector("#toast:not([hidden])", timeout=5000)  # the screen moved on: thanked once, by toast
+    assert page.locator("#results").is_hidden()
+    page.fill("#q", "tea")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#results:not([hidden]) #r-cards .card", timeout=10_000)
+    show(rig, by_sku("DEMO-MINT"), kind="known", sku="DEMO-MINT")  # a new item takes the screen
+    assert page.locator("#results").is_hidden()
+
+
+def test_an_update_of_the_same_item_replaces_its_answer(rig: dict[str, Any]) -> None:
+    """Issue 27: one answer on the screen per item. Match messages with an ``item_id`` (as the runtime's item
+    logic publishes them) go through the screen's real path; the same item's update replaces the answer in
+    place (the open search stays), another item is a new answer."""
+    page = rig["page"]
+    show(rig, None, kind="empty")
+    first = _decide(rig, ["DEMO-COLA", "DEMO-OATS"], item="item-a")
+    assert first["update"] is False and first["item"] == "item-a"
+    page.fill("#q", "tea")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#results:not([hidden]) #r-cards .card", timeout=10_000)
+    update = _decide(rig, ["DEMO-OATS", "DEMO-COLA"], item="item-a")
+    assert update["update"] is True and update["picks"][0] == "DEMO-COLA"
+    assert page.locator("#results").is_visible() and page.locator("#p-name").inner_text() == "Morning Oats 500 g"
+    other = _decide(rig, ["DEMO-MINT", "DEMO-COLA"], item="item-b")
+    assert other["update"] is False and page.locator("#results").is_hidden()
+    show(rig, by_sku("DEMO-SOAP"), kind="known", sku="DEMO-SOAP")  # the camera's own decisions again
+    show(rig, None, kind="empty")
+
+
+@pytest.mark.parametrize("size", [(1080, 1920), (1920, 1080)], ids=["portrait", "landscape"])
+def test_the_layout_fits_in_portrait_and_landscape(rig: dict[str, Any], size: tuple[int, int]) -> None:
+    """Issue 29 item 10: nothing overlaps or runs off the screen, the photo keeps its size when the
+    recommendations arrive, every recommendation card shows with its name whole."""
+    page, screen = rig["page"], rig["rig"].rt.screen
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    try:
+        event = screen.hub.on_match(_match(rig, ["DEMO-CHOC", "DEMO-OATS", "DEMO-COLA", "DEMO-BERRY", "DEMO-MINT"],
+                                           item="layout"), view_id="layout")
+        before = rendered_count(page)
+        screen.server.broadcast(event)  # the decision alone: its recommendations follow below
+        wait_rendered(page, after=before, sku="DEMO-CHOC")
+        _wait(page, "!document.getAnimations().some((a) => a.animationName === 'enter' && a.playState === 'running')")
+        photo = page.locator(".photo").bounding_box()
+        recs = [screen.actions.cards.card(s) for s in ("DEMO-COLA", "DEMO-MINT", "DEMO-BERRY", "DEMO-SOAP")]
+        screen.server.broadcast({"type": "recs", "match_id": event["match_id"], "sku": "DEMO-CHOC",
+                                 "together": recs, "similar": recs[::-1]})
+        page.wait_for_selector("#recs-together .card >> nth=3", timeout=10_000)
+        after = page.locator(".photo").bounding_box()
+        assert after is not None and photo is not None and all(abs(after[k] - photo[k]) < 0.5 for k in photo)
+        boxes = page.evaluate(LAYOUT_JS)
+        stage = boxes.pop("stage")
+        for name, box in boxes.items():  # on screen, above the search bar
+            assert box["top"] >= stage["top"] - 1 and box["bottom"] <= stage["bottom"] + 1, (name, box, stage)
+        column = ["photo", "info"] if size[0] > size[1] else ["photo", "info", "picks", "together"]
+        for upper, lower in itertools.pairwise(column):
+            assert boxes[upper]["bottom"] <= boxes[lower]["top"] + 1, (upper, lower, boxes)
+        if size[0] > size[1]:
+            assert boxes["picks"]["bottom"] <= boxes["together"]["top"] + 1 and boxes["info"]["right"] <= \
+                boxes["picks"]["left"]
+        cards = page.evaluate(CARDS_JS)
+        assert [c["sku"] for c in cards] == ["DEMO-COLA", "DEMO-MINT", "DEMO-BERRY", "DEMO-SOAP"]
+        assert all(c["visible"] and c["whole_name"] for c in cards), cards
+    finally:
+        page.set_viewport_size({"width": 1080, "height": 1920})
+        show(rig, by_sku("DEMO-SOAP"), kind="known", sku="DEMO-SOAP")
+        show(rig, None, kind="empty")
+
+
+LAYOUT_JS = """() => {
+  const box = (sel) => { const r = document.querySelector(sel).getBoundingClientRect();
+                         return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; };
+  return {stage: box('#stage'), photo: box('.photo'), info: box('.info'), picks: box('#picks'),
+          together: box('#recs-together')};
+}"""
+CARDS_JS = """() => [...document.querySelectorAll('#recs-together .card')].map((c) => {
+  const r = c.getBoundingClientRect(), n = c.querySelector('.c-name');
+  return {sku: c.dataset.sku, visible: r.width > 0 && r.right <= innerWidth + 1 && r.bottom <= innerHeight + 1,
+          whole_name: n.scrollHeight <= n.clientHeight + 1};
+})"""
+
+
+def _match(rig: dict[str, Any], skus: list[str], *, item: str) -> dict[str, Any]:
+    """A known match message as the runtime publishes it (``item_id`` from its item logic)."""
+    return {"schema": "storelens.match/1", "id": uuid.uuid4().hex, "ts": time.time(), "device": "kiosk-1",
+            "camera": "cam", "roi": "tray", "decision": "known", "heartbeat": False, "item_id": item,
+            "candidates": [{"sku": s, "name": s, "score": round(0.95 - 0.05 * i, 2)} for i, s in enumerate(skus)],
+            "catalog_version": rig["rig"].rt.matcher.catalog_version}
+
+
+def _decide(rig: dict[str, Any], skus: list[str], *, item: str) -> dict[str, Any]:
+    page = rig["page"]
+    before = rendered_count(page)
+    rig["rig"].rt.screen.on_decision(_match(rig, skus, item=item), view_id=uuid.uuid4().hex)
+    return wait_rendered(page, after=before, sku=skus[0], timeout_s=10)
+
+
+def _wait(page: Any, condition: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(condition):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the page never met {condition}")
+        page.wait_for_timeout(20)
 
 
 def test_broker_restart_page_recovers_without_reload(rig: dict[str, Any]) -> None:

@@ -118,7 +118,8 @@ def test_duplicates_are_counted_once_and_rejections_counted_persistently(tmp_pat
     with store_at(tmp_path, clock) as store:  # the seen ids and the counters are on disk
         assert store.handle_message(msg("b1", ["milk", "bread"])).reason == "duplicate"
         assert store.counters() == {"accepted": 1, "malformed": 1, "empty": 1, "too_many_items": 1, "stale": 1,
-                                    "future": 1, "duplicate": 2, "storage": 0}
+                                    "future": 1, "duplicate": 2, "storage": 0, "unauthorised": 0, "unknown_sku": 0,
+                                    "rate": 0}
         assert store.snapshot().item_weight.tolist() == [1.0, 1.0]
 
 
@@ -428,7 +429,8 @@ def test_baskets_over_mqtt_duplicates_ignored_malformed_counted(tmp_path: Path, 
         assert sub.wait_for(len(payloads), 10.0)
         n = len(staple_baskets())
         assert sub.counts == {"accepted": n, "malformed": 1, "empty": 1, "too_many_items": 0, "stale": 0,
-                              "future": 0, "duplicate": 2, "storage": 0, "commands": 0}
+                              "future": 0, "duplicate": 2, "storage": 0, "unauthorised": 0, "unknown_sku": 0,
+                              "rate": 0, "commands": 0}
         assert rec.store.counters()["accepted"] == n and rec.store.version == n
 
         replies: list[dict[str, object]] = []

@@ -98,6 +98,9 @@ def test_decisions_published_with_all_fields(tmp_path: Path, broker: Broker, col
     assert status["cameras"]["cam"]["state"] in ("ok", "ended") and status["catalog_version"] == "v1"
     stats = json.loads(collector.of("/stats")[-1])
     assert stats["gate"]["seen"] > 0 and "outbox" in stats and "latency_ms" in stats
+    assert stats["schema"] == "storelens.stats/1"  # issue 29 item 11: every message names its schema
+    assert stats["ocr"] == {**{k: 0 for k in stats["ocr"] if k != "enabled"}, "enabled": False}
+    assert set(stats["ocr"]) >= {"enabled", "requests", "reads", "errors", "mean_ms", "fused"}  # the same keys on
     assert collector.of("/available")[-1] == b"offline"
     assert [ln.split()[3] for ln in out.getvalue().splitlines()] == ["RED", "GREEN", "BLUE"]
 

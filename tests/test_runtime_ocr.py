@@ -12,6 +12,7 @@ import pytest
 
 from edge.core.types import Candidate
 from edge.pipeline.factory import assemble_runtime
+from edge.pipeline.messages import ocr_stats
 from edge.text.fusion import FusionWeights, LabelTextReranker
 from edge.text.ocr.engine import OcrEngine
 from edge.text.ocr.worker import OcrWorker
@@ -64,5 +65,6 @@ def test_label_text_breaks_an_image_tie_in_the_running_loop(tmp_path: Path, tiny
     assert decisions[-1]["candidates"][0]["sku"] == "oatly-havregurt"
     assert decisions[-1]["decision"] == "known"
     assert summary["ocr"]["fused"] >= 1 and summary["ocr"]["reads"] >= 1
+    assert summary["ocr"]["enabled"] is True and set(summary["ocr"]) == set(ocr_stats(None))  # one shape, on or off
     if gate:
         assert summary["gate"]["skipped_unchanged"] > 0  # the reading arrived while the gate skipped frames

@@ -8,7 +8,11 @@ with every photo the product already has (enrolled and learned):
   like, so the confirmation is more likely wrong than the crop is new: it is **held** for review
   (JPEG + row under ``<data_dir>/review/``, bounded) and counted, never enrolled; the threshold is
   ``learning.hold_below``, else the calibration's ``learn_floor`` (``storelens calibrate``), else
-  ``learning.uncalibrated_hold_below``;
+  ``learning.uncalibrated_hold_below``; when none of them is set (the default without a
+  calibration), **every** confirmation is held (``reason: uncalibrated``, said in ``stats()``):
+  without a measured threshold a handful of wrong taps would teach the catalog (issue 28);
+- the product already learned ``learning.max_learned_per_hour`` photos in the last hour:
+  **limited** (refused before the crop is even embedded; nothing stored);
 - best cosine at or above ``learning.duplicate_cosine``: a near-duplicate adds nothing, **skipped**;
 - otherwise **learned**: saved as JPEG beside the enrolled photos and added through
   :meth:`~edge.catalog.writer.CatalogWriter.change_photos` (writer lock, one transaction, catalog
@@ -62,8 +66,12 @@ CREATE TABLE IF NOT EXISTS learning_review(
     cosine REAL NOT NULL, threshold REAL NOT NULL, file TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS learning_counts(name TEXT PRIMARY KEY, n INTEGER NOT NULL);
 """
-Outcome = Literal["learned", "duplicate", "held"]
-COUNTS = ("learned", "duplicate", "held", "evicted", "forgotten")
+Outcome = Literal["learned", "duplicate", "held", "limited"]
+COUNTS = ("learned", "duplicate", "held", "limited", "evicted", "forgotten")
+UNCALIBRATED = ("no calibration: every confirmation is held for review; run `storelens calibrate` "
+                "(or set learning.hold_below) to learn from confirmations")
+RATE_WINDOW_S = 3600.0
+UNCALIBRATED_ROW = 2.0  # a review row's threshold when there was none: above every cosine (everything held)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,12 +81,14 @@ class LearnResult:
     outcome: Outcome
     sku: str
     cosine: float
-    threshold: float  # the hold threshold it was judged by
+    threshold: float | None  # the hold threshold it was judged by (None: uncalibrated, everything is held)
     evicted: int = 0  # older learned photos of the product that left to keep the bound
     catalog_version: int = 0
+    reason: str | None = None  # why it was held or limited: far, uncalibrated, rate
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "cosine": round(self.cosine, 4), "threshold": round(self.threshold, 4)}
+        return {**asdict(self), "cosine": round(self.cosine, 4),
+                "threshold": None if self.threshold is None else round(self.threshold, 4)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,14 +118,17 @@ class Learner:
         except sqlite3.Error as e:
             raise CatalogError(f"cannot open the learning tables in {store.catalog.path}: {e}",
                                hint="check that catalog.data_dir is writable") from e
+        if self.hold_below is None:
+            log.warning("learning: %s", UNCALIBRATED)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     @property
-    def hold_below(self) -> float:
-        """Config value, else the stored calibration's ``learn_floor`` (same encoder), else the uncalibrated one."""
+    def hold_below(self) -> float | None:
+        """Config value, else the stored calibration's ``learn_floor`` (same encoder), else the uncalibrated one
+        (None by default: no calibration, no learning)."""
         if self.settings.hold_below is not None:
             return self.settings.hold_below
         cal, enc = self.store.calibration, self.store.image_encoder
@@ -126,10 +139,11 @@ class Learner:
     # ---- learning -----------------------------------------------------------------------
 
     def learn(self, sku: str, crop: np.ndarray, *, source: str, ref: str | None = None, ts: float | None = None,
-              embedding: np.ndarray | None = None) -> LearnResult:
+              embedding: np.ndarray | None = None, hold: bool = True) -> LearnResult:
         """Judge one confirmed crop (BGR) of ``sku`` and learn, skip or hold it (see the module docstring).
 
         ``embedding``: the crop's vector when the caller already has it (else the store's encoder embeds it).
+        ``hold=False``: a person approved it (:mod:`edge.catalog.review`), so a low cosine does not hold it again.
         """
         store = self.store
         product = store.catalog.get(sku)
@@ -140,15 +154,20 @@ class Learner:
         if crop is None or crop.ndim != 3 or crop.shape[2] != 3 or min(crop.shape[:2]) < 8:
             raise ImageError(f"the crop for {sku!r} is not a BGR image of at least 8x8 pixels",
                              hint="confirm a view the runtime still holds")
-        vec = _unit(store.image_encoder.embed([crop])[0] if embedding is None else embedding)
         ts = time.time() if ts is None else ts
+        if self._over_rate(product.key, ts):  # before the embedding: a flood costs a query each, nothing more
+            return self._limited(sku, source)
+        vec = _unit(store.image_encoder.embed([crop])[0] if embedding is None else embedding)
         with self._lock:
+            if self._over_rate(product.key, ts):
+                return self._limited(sku, source)
             photos = self._photo_vectors(product.key)
             cosine = float((photos @ vec).max()) if len(photos) else -1.0
             threshold = self.hold_below
-            if cosine < threshold:
+            if hold and (threshold is None or cosine < threshold):
+                reason = "uncalibrated" if threshold is None else "far"
                 self._hold(sku, crop, source=source, ref=ref, ts=ts, cosine=cosine, threshold=threshold)
-                return self._result("held", sku, cosine, threshold)
+                return self._result("held", sku, cosine, threshold, reason=reason)
             if cosine >= self.settings.duplicate_cosine:
                 return self._result("duplicate", sku, cosine, threshold)
             path = self._save(sku, crop)
@@ -174,11 +193,25 @@ class Learner:
                                                "evicted": len(evicted), "catalog_version": version})
             return self._result("learned", sku, cosine, threshold, evicted=len(evicted), version=version)
 
-    def _result(self, outcome: Outcome, sku: str, cosine: float, threshold: float, *, evicted: int = 0,
-                version: int | None = None) -> LearnResult:
+    def _result(self, outcome: Outcome, sku: str, cosine: float, threshold: float | None, *, evicted: int = 0,
+                version: int | None = None, reason: str | None = None) -> LearnResult:
         self._count(outcome)
         return LearnResult(outcome=outcome, sku=sku, cosine=cosine, threshold=threshold, evicted=evicted,
-                           catalog_version=self.store.catalog_version if version is None else version)
+                           catalog_version=self.store.catalog_version if version is None else version, reason=reason)
+
+    def _over_rate(self, key: int, ts: float) -> bool:
+        """Whether product ``key`` learned ``max_learned_per_hour`` photos in the hour before ``ts``."""
+        bound = self.settings.max_learned_per_hour
+        if bound is None:
+            return False
+        n = self._db.execute("SELECT COUNT(*) FROM learned_images WHERE key = ? AND learned_ts > ?",
+                             (key, ts - RATE_WINDOW_S)).fetchone()[0]
+        return int(n) >= bound
+
+    def _limited(self, sku: str, source: str) -> LearnResult:
+        log.warning("confirmation not learned: the product reached learning.max_learned_per_hour",
+                    extra={"sku": sku, "source": source, "limit": self.settings.max_learned_per_hour})
+        return self._result("limited", sku, -1.0, self.hold_below, reason="rate")
 
     def _photo_vectors(self, key: int) -> np.ndarray:
         """Unit vectors of every photo the product has now (enrolled and learned), this encoder's."""
@@ -262,7 +295,7 @@ class Learner:
     # ---- review and counts --------------------------------------------------------------
 
     def _hold(self, sku: str, crop: np.ndarray, *, source: str, ref: str | None, ts: float, cosine: float,
-              threshold: float) -> None:
+              threshold: float | None) -> None:
         if self.settings.review_max <= 0:
             return
         rid = uuid.uuid4().hex
@@ -273,13 +306,14 @@ class Learner:
             return
         with transaction(self._db) as db:
             db.execute("INSERT INTO learning_review(id, ts, sku, source, ref, cosine, threshold, file) "
-                       "VALUES(?, ?, ?, ?, ?, ?, ?, ?)", (rid, ts, sku, source, ref, cosine, threshold, name))
+                       "VALUES(?, ?, ?, ?, ?, ?, ?, ?)", (rid, ts, sku, source, ref, cosine,
+                                                           UNCALIBRATED_ROW if threshold is None else threshold, name))
             old = db.execute("SELECT id, file FROM learning_review ORDER BY ts DESC, id LIMIT -1 OFFSET ?",
                              (self.settings.review_max,)).fetchall()
             db.executemany("DELETE FROM learning_review WHERE id = ?", [(r[0],) for r in old])
         unlink_files(self.review_dir / r[1] for r in old)
         log.info("confirmation held for review", extra={"sku": sku, "source": source, "cosine": round(cosine, 3),
-                                                        "threshold": round(threshold, 3)})
+                                                        "threshold": threshold})
 
     def held(self, limit: int = 50) -> list[dict[str, Any]]:
         """The newest held crops (review rows with the file's path), newest first."""
@@ -299,7 +333,13 @@ class Learner:
             "SELECT name, n FROM learning_counts")}
         photos = int(self._db.execute("SELECT COUNT(*) FROM learned_images").fetchone()[0])
         review = int(self._db.execute("SELECT COUNT(*) FROM learning_review").fetchone()[0])
-        return {**counts, "photos": photos, "review": review, "hold_below": round(self.hold_below, 4)}
+        hold = self.hold_below
+        out: dict[str, Any] = {**counts, "photos": photos, "review": review, "calibrated": hold is not None,
+                               "hold_below": None if hold is None else round(hold, 4),
+                               "max_learned_per_hour": self.settings.max_learned_per_hour}
+        if hold is None:
+            out["holding"] = UNCALIBRATED
+        return out
 
     # ---- helpers ------------------------------------------------------------------------
 

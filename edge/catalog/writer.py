@@ -62,6 +62,7 @@ class _Batch:
     """Index changes collected inside one write transaction."""
 
     remove: set[int] = field(default_factory=set)
+    keep_images: set[int] = field(default_factory=set)  # updated without new photos: their image vectors stay
     add: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=lambda: {IMAGE: [], TEXT: [], VIEWS: []})
 
 
@@ -163,7 +164,11 @@ class CatalogWriter:
         if rec.images and not good:
             return skip(f"no readable image for sku {rec.sku!r}")
         key = self.catalog.upsert_product(db, Product(key=0, **rec.fields()))
-        if existing is not None:
+        if existing is not None and not rec.images:  # a new price or description keeps the product's photos
+            db.execute("DELETE FROM vectors WHERE key = ? AND modality != ?", (key, IMAGE))
+            batch.remove.add(key)
+            batch.keep_images.add(key)
+        elif existing is not None:
             self.catalog.clear_media(db, key)
             batch.remove.add(key)
         for source, text in rec.extra_text.items():
@@ -309,6 +314,8 @@ class CatalogWriter:
                     ix.check_compatible(meta, fingerprint=enc.fingerprint, ndim=enc.dim, dtype=self.dtype,
                                         where=self.data_dir)
             for key in batch.remove:
+                if modality == IMAGE and key in batch.keep_images:
+                    continue
                 if index.contains(key):
                     index.remove(key)
             if adds:

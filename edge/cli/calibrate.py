@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.catalog.calibration import DEFAULT_HOLDOUT, DEFAULT_TARGET, read_labelled, run_calibration
+from edge.cli.calibrate_report import fusion_lines, previous_summary, report_lines
 from edge.cli.common import add_common, open_store
 
 
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args, image=True, text=False)
     try:
         cal, problems = run_calibration(store, labelled, target=args.target, holdout=args.holdout, seed=args.seed)
+        previous = store.calibration  # said when replaced, never silently (edge.cli.calibrate_report)
         if not args.dry_run:
             store.save_calibration(cal)
         if args.fusion:
@@ -47,18 +49,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        out = {**json.loads(cal.to_json()), "stored": not args.dry_run, "problems": problems}
+        out = {**json.loads(cal.to_json()), "stored": not args.dry_run, "problems": problems,
+               "replaced": previous_summary(previous) if not args.dry_run else None}
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for p in problems:
         print(p)
-    print(f"threshold score >= {cal.score:.4f} and margin >= {cal.margin:.4f} (target acceptance {cal.target:.2f})")
-    print(f"known products:    {cal.known_queries} photos, accepted {cal.known_accept_rate:.3f}, top-1 accuracy "
-          f"{cal.known_top1_accuracy:.3f}, correct among accepted {cal.accepted_precision:.3f}")
-    print(f"held-out products: {cal.unknown_queries} photos of {len(cal.held_out)} products, false-accept rate "
-          f"{cal.false_accept_rate:.3f}")
+    print("\n".join(report_lines(cal, previous=previous, stored=not args.dry_run)))
     if cal.learn_floor is not None:
-        print(f"learning: a confirmed crop below cosine {cal.learn_floor:.4f} to its product's photos is held")
+        print(f"learning: a confirmed crop below cosine {cal.learn_floor:.3f} to its product's photos is held")
     print("stored with the catalog" if not args.dry_run else "dry run: not stored")
     return 0
 
@@ -86,7 +85,4 @@ def _fit_fusion(store: Any, labelled: list[tuple[Path, str]], *, dry_run: bool) 
     w = calibrate_fusion(store, images, labels, OcrEngine(threads=o.threads, det_limit_side_len=o.det_side))
     if dry_run:
         save_weights(store.catalog, before)
-    note = " (dry run: not stored)" if dry_run else ""
-    problems.append(f"fusion: ocr weight {w.ocr} (image R@1 {w.metrics['image_r1']:.3f} -> fused "
-                    f"{w.metrics['fused_r1']:.3f} on {len(labels)} photos){note}")
-    return problems
+    return problems + fusion_lines(w, before, photos=len(labels), dry_run=dry_run)

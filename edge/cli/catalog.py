@@ -26,12 +26,14 @@ def register(sub: Any) -> None:
     csub = p.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
 
     a = csub.add_parser("add", help="enroll (or update) one product", description="Enroll one product with its "
-                        "reference images; an existing sku is updated (its old images and vectors replaced).")
+                        "reference images. An existing sku is updated: the fields given change, the others keep "
+                        "their values, and its photos stay unless --image is given (then they are replaced, and "
+                        "the command says how many were).")
     a.add_argument("sku", help="unique product id")
-    a.add_argument("--name", required=True, help="display name")
+    a.add_argument("--name", default=None, help="display name (required for a new sku)")
     a.add_argument("--image", action="append", type=Path, default=[], metavar="PATH",
-                   help="reference image (repeat for several photos)")
-    a.add_argument("--description", default="", help="free text, searchable")
+                   help="reference image (repeat for several photos); replaces an existing sku's photos")
+    a.add_argument("--description", default=None, help="free text, searchable")
     a.add_argument("--price", type=float, default=None)
     a.add_argument("--location", default=None, help="aisle / shelf")
     a.add_argument("--barcode", default=None)
@@ -76,13 +78,26 @@ def register(sub: Any) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    """Enroll a new sku, or update an existing one: given fields change, the rest (photos included) stay."""
     store = open_store(args, image=bool(args.image), text=True)
     try:
-        report = store.enroll(args.sku, name=args.name, images=args.image, description=args.description,
-                              price=args.price, location=args.location, barcode=args.barcode)
+        old = store.catalog.get(args.sku)
+        if old is None and args.name is None:
+            raise InputError(f"sku {args.sku!r} is new: --name is required",
+                             hint="give the product's display name, e.g. --name \"Oat milk 1 l\"")
+        photos = len(store.catalog.images(args.sku)) if old is not None else 0
+        given = {"name": args.name, "description": args.description, "price": args.price,
+                 "location": args.location, "barcode": args.barcode}
+        fields = {k: v if v is not None else (getattr(old, k) if old is not None else None) for k, v in given.items()}
+        report = store.enroll(args.sku, images=args.image, attributes=old.attributes if old is not None else None,
+                              **{**fields, "description": fields["description"] or ""})
+        where = store.data_dir
     finally:
         store.close()
-    _print_report(report, as_json=args.json)
+    if old is not None and not args.json:
+        print(f"replaced the {photos} photos of {args.sku} with {report.images_added}" if args.image else
+              f"updated {args.sku}: kept its {photos} photos (--image replaces them)")
+    _print_report(report, as_json=args.json, data_dir=where)
     return 0
 
 
@@ -108,9 +123,10 @@ def run_import(args: argparse.Namespace) -> int:
     store = open_store(args, image=True, text=True)
     try:
         report = store.import_records(records, replace=args.replace, total=len(records))
+        where = store.data_dir
     finally:
         store.close()
-    _print_report(report, as_json=args.json)
+    _print_report(report, as_json=args.json, data_dir=where)
     return 3 if args.strict and report.rows_skipped else 0
 
 
@@ -120,16 +136,18 @@ def run_list(args: argparse.Namespace) -> int:
         products = store.catalog.products()
         counts = {p.sku: len(store.catalog.images(p.sku)) for p in products}
         version = store.catalog_version
+        where = store.data_dir
     finally:
         store.close()
     if args.json:
         rows = [{**p.to_dict(), "images": counts[p.sku]} for p in products]
-        print(json.dumps({"catalog_version": version, "products": rows}, indent=2, ensure_ascii=False))
+        print(json.dumps({"catalog_version": version, "data_dir": str(where), "products": rows}, indent=2,
+                         ensure_ascii=False))
         return 0
     print(f"{'sku':<24} {'images':>6}  name")
     for p in products:
         print(f"{p.sku:<24} {counts[p.sku]:>6}  {p.name}")
-    print(f"{len(products)} products, catalog version {version}")
+    print(f"{len(products)} products, catalog version {version}, catalog in {where.resolve()}")
     return 0
 
 
@@ -138,7 +156,7 @@ def run_reindex(args: argparse.Namespace) -> int:
     try:
         if args.reembed:
             report = store.writer.reembed()
-            _print_report(report, as_json=False)
+            _print_report(report, as_json=False, data_dir=store.data_dir)
         else:
             store.writer.rebuild_indexes()
         for modality in ("image", "text"):
@@ -150,9 +168,9 @@ def run_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(report: ImportReport, *, as_json: bool) -> None:
+def _print_report(report: ImportReport, *, as_json: bool, data_dir: Path) -> None:
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps({**report.to_dict(), "data_dir": str(data_dir)}, indent=2, ensure_ascii=False))
         return
     for issue in report.issues[:MAX_ISSUES_SHOWN]:
         print(f"skipped: {issue}")
@@ -160,4 +178,4 @@ def _print_report(report: ImportReport, *, as_json: bool) -> None:
         print(f"... and {len(report.issues) - MAX_ISSUES_SHOWN} more (use --json for all)")
     print(f"{report.rows} rows: {report.products_added} added, {report.products_replaced} replaced, "
           f"{report.rows_skipped} skipped ({len(report.issues)} issues); {report.images_added} images; "
-          f"catalog version {report.catalog_version}")
+          f"catalog version {report.catalog_version}; catalog in {data_dir.resolve()}")

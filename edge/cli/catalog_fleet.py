@@ -151,6 +151,8 @@ def run_publish(args: argparse.Namespace) -> int:
     else:
         print(f"published snapshot {a.snapshot} (catalog version {a.version}, {a.size} bytes, sha256 {a.sha256}) "
               f"at {a.url}" + (f"; announced on {', '.join(topics)}" if topics else ""))
+    if (note := file_url_note(a.url)) is not None:
+        print(note, file=sys.stderr)
     return 0
 
 
@@ -161,6 +163,20 @@ def run_keygen(args: argparse.Namespace) -> int:
     print(f"private key: {args.out} (keep it secret; `storelens catalog publish --key {args.out}`)")
     print(f"public key:  {args.out}.pub; on every device:\n[fleet]\ntrusted_keys = [\"{public}\"]")
     return 0
+
+
+def file_url_note(url: str) -> str | None:
+    """What a device needs to install a snapshot announced as a file:// URL (None for HTTP(S)): it reads files
+    only inside its ``fleet.snapshot_dir``, and refuses the snapshot until that is set."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("", "file"):
+        return None
+    folder = Path(unquote(parts.path)).parent
+    return (f"note: devices install this snapshot only with the folder mounted and set as [fleet] snapshot_dir = "
+            f"\"{folder}\" in their config (they refuse file URLs otherwise); or serve the folder over HTTP and "
+            "publish with --url http://HOST/...")
 
 
 def run_rollback(args: argparse.Namespace) -> int:

@@ -110,5 +110,13 @@ def _report(args: argparse.Namespace, work: Path, summary: dict[str, Any], *, th
               f"{summary['gate']['embedded']} embedded (gate skipped {summary['gate']['skip_ratio']:.0%}); "
               f"decision latency p50 {summary['latency_ms']['p50']} ms")
         if not args.broker:
-            print(f"no broker: {summary['outbox_left']} messages kept in the outbox for later delivery")
+            print(outbox_note(summary["outbox_left"], args.workdir))
     return 0 if hits == len(shown) and not wrong and not extra else 1
+
+
+def outbox_note(left: int, workdir: Path | None) -> str:
+    """What became of the decisions without a broker: kept only when --workdir keeps the outbox."""
+    if workdir is None:
+        return (f"no broker: {left} messages were published to the outbox only (its temporary folder is deleted "
+                "now; --workdir DIR keeps it, --broker HOST:PORT delivers them)")
+    return f"no broker: {left} messages kept in the outbox ({workdir / 'data' / 'outbox.db'}) for later delivery"

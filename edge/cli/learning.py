@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.catalog.learning import Learner
+from edge.catalog.review import review_held
 from edge.cli.common import open_store, settings_from_args
 from edge.core.errors import InputError
 
@@ -34,7 +35,10 @@ def register_learning(csub: Any, add_common: Callable[[argparse.ArgumentParser],
                          description="List the photos learned from confirmations (source, reference, time, cosine to "
                          "the product's photos) and the counts; --held lists the crops held for review instead.")
     ls.add_argument("--sku", default=None, help="only this product")
-    ls.add_argument("--held", action="store_true", help="list the newest crops held for review")
+    ls.add_argument("--held", action="store_true", help="list the newest crops held for review (with their ids)")
+    ls.add_argument("--approve", action="append", default=[], metavar="ID", help="learn this held crop as a photo "
+                    "of its product after all (repeat for several)")
+    ls.add_argument("--discard", action="append", default=[], metavar="ID", help="drop this held crop (repeat)")
     ls.add_argument("--json", action="store_true")
     add_common(ls)
     ls.set_defaults(func=run_list)
@@ -83,6 +87,8 @@ def run_forget(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    if args.approve or args.discard:
+        return run_review(args)
     learner = _learner(args)
     try:
         stats = learner.stats()
@@ -99,6 +105,30 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         when = dt.datetime.fromtimestamp(r.get("learned_ts", r.get("ts", 0)), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{when}  {r['sku']:<24} {r['source']:<8} cosine {r['cosine']:.3f}  {r['path']}")
+        held_id = f"{r['id']}  " if args.held else ""
+        print(f"{held_id}{when}  {r['sku']:<24} {r['source']:<8} cosine {r['cosine']:.3f}  {r['path']}")
     print(", ".join(f"{k} {v}" for k, v in stats.items()))
+    return 0
+
+
+def run_review(args: argparse.Namespace) -> int:
+    """``--approve ID`` / ``--discard ID``: decide on crops held for review (edge.catalog.learning.Learner.review)."""
+    learner = _learner(args)
+    out: list[dict[str, Any]] = []
+    try:
+        for ids, approve in ((args.approve, True), (args.discard, False)):
+            for rid in ids:
+                result = review_held(learner, rid, approve=approve)
+                out.append({"id": rid, "approved": approve, **(result.to_dict() if result else {})})
+    finally:
+        learner.close()
+        learner.store.close()
+    if args.json:
+        print(json.dumps({"reviewed": out}, indent=2, ensure_ascii=False))
+        return 0
+    said = {"learned": "learned as a photo of {sku} (catalog version {catalog_version})",
+            "duplicate": "adds nothing: {sku} already has a photo this close",
+            "limited": "still held: {sku} reached learning.max_learned_per_hour, approve it again later"}
+    for r in out:
+        print(f"{r['id']}: " + (f"approved: {said[r['outcome']].format(**r)}" if r["approved"] else "discarded"))
     return 0

@@ -76,5 +76,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped: {summary['decisions']} decisions, {summary['frames']} frames, "
               f"outbox left {summary['outbox_left']} (dropped {summary['outbox']['dropped_full']} full, "
               f"{summary['outbox']['dropped_age']} old)")
+    if (hint := never_steady_hint(summary, settings)) is not None:
+        print(hint)
     return 0
+
+
+def never_steady_hint(summary: dict[str, Any], settings: Any) -> str | None:
+    """Why a run that saw frames decided nothing, when the gate never found a still view (else None)."""
+    gate = summary.get("gate", {})
+    if not summary.get("frames") or gate.get("embedded", 0) or not gate.get("skipped_unsteady"):
+        return None
+    held = {c.name: c.hold_frames for c in settings.cameras if c.mode == "kiosk"}
+    return (f"nothing was recognised: no view held still for gate.steady_frames = {settings.gate.steady_frames} "
+            f"frames (each image of a folder source is shown hold_frames times: {held}); set hold_frames = 15 in "
+            "the camera's [[cameras]] table, or steady a live camera")
 

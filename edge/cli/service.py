@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.core.config import load_settings
-from edge.ops.systemd import SERVICE_NAME, UnitSpec, install, unit_dir, unit_text
+from edge.ops.systemd import SERVICE_NAME, UnitSpec, check_user, install, under_tmp, unit_dir, unit_text
 
 
 def register(sub: Any) -> None:
@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
         "from the frame loop (WatchdogSec), Restart=on-failure, and EnvironmentFile= for secrets such as "
         "STORELENS_MQTT__PASSWORD (created with mode 600 if missing). System units go to /etc/systemd/system "
         "(root), --user units to ~/.config/systemd/user. Nothing is started: the next commands are printed.",
-        epilog="example: sudo storelens service install --config /etc/storelens/kiosk.toml --run-as storelens",
+        epilog="example: sudo \"$(command -v storelens)\" service install --config /etc/storelens/kiosk.toml "
+        "--run-as storelens  (sudo does not see a virtual environment's PATH: give the full path)",
     )
     i.add_argument("--config", "-c", type=Path, required=True, help="the config the service runs")
     i.add_argument("--user", action="store_true", help="a user unit (systemctl --user) instead of a system unit")
@@ -48,9 +49,16 @@ def _spec(args: argparse.Namespace) -> UnitSpec:
     settings = load_settings(config)  # a broken config fails here, not at the first boot
     env = args.env_file or (Path.home() / ".config" / "storelens" / f"{args.name}.env" if args.user
                             else Path("/etc/storelens") / f"{args.name}.env")
+    if args.run_as and not args.user:
+        check_user(args.run_as)
+    hidden = under_tmp(config, Path(sys.executable), settings.catalog.data_dir, env, Path.cwd())
+    if hidden and not args.user:
+        print(f"note: {', '.join(map(str, hidden))} under /tmp: the unit leaves PrivateTmp off so the service can "
+              "see them; move them out of /tmp (e.g. /opt/storelens, /var/lib/storelens) for a production box",
+              file=sys.stderr)
     return UnitSpec(config=config, env_file=env.resolve(), working_dir=Path.cwd().resolve(), user_unit=args.user,
                     run_as=args.run_as, watchdog_s=args.watchdog, python=sys.executable,
-                    stop_timeout_s=int(settings.mqtt.flush_timeout_s) + 25)
+                    stop_timeout_s=int(settings.mqtt.flush_timeout_s) + 25, private_tmp=not hidden)
 
 
 def run_install(args: argparse.Namespace) -> int:
@@ -68,7 +76,11 @@ def run_install(args: argparse.Namespace) -> int:
         res = subprocess.run([verify, "verify", str(unit)], capture_output=True, text=True, check=False)
         print("systemd-analyze verify: " + ("ok" if res.returncode == 0 else (res.stderr or res.stdout).strip()))
     ctl = "systemctl --user" if args.user else "systemctl"
-    print(f"next: {ctl} daemon-reload && {ctl} enable --now {args.name}")
+    if args.unit_dir is not None and args.unit_dir.resolve() != unit_dir(user=args.user).resolve():
+        print(f"next: systemd does not read {args.unit_dir}: copy the unit to {unit_dir(user=args.user)}/, then "
+              f"{ctl} daemon-reload && {ctl} enable --now {args.name}")
+    else:
+        print(f"next: {ctl} daemon-reload && {ctl} enable --now {args.name}")
     print(f"      storelens health --config {spec.config}    (journal: journalctl {'--user ' if args.user else ''}"
           f"-u {args.name} -f)")
     return 0

@@ -19,11 +19,12 @@ def register(sub: Any) -> None:
         "validate-config",
         help="check a config file (and STORELENS_* env overrides)",
         description="Validate a StoreLens TOML config with the environment overrides applied. Prints every "
-        "problem as `key -> value -> message` and exits 2, or prints the resolved settings (secrets masked) and "
-        "exits 0.",
+        "problem as `key -> value -> message` and exits 2 (camera sources that are files, folders or globs must "
+        "exist), or prints an OK summary and exits 0 (--show: every resolved setting, secrets masked).",
     )
     p.add_argument("file", type=Path, nargs="?", help="TOML config file, e.g. configs/kiosk.toml")
     p.add_argument("--reference", action="store_true", help="print every setting as a Markdown table and exit")
+    p.add_argument("--show", action="store_true", help="also print every resolved setting as JSON (secrets masked)")
     p.set_defaults(func=run)
 
 
@@ -75,5 +76,30 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"{args.file}: 1 problem(s)\n  catalog.synonyms -> {settings.catalog.synonyms} -> {e}")
         return e.exit_code
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    if problems := camera_problems(settings):
+        print(f"{args.file}: {len(problems)} problem(s)")
+        for key, value, msg in problems:
+            print(f"  {key} -> {value!r} -> {msg}")
+        return 2
+    if args.show:
+        print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    print(summary(args.file, settings))
     return 0
+
+
+def camera_problems(settings: Settings) -> list[tuple[str, str, str]]:
+    """Camera sources that cannot work (a missing file or folder, an empty one); devices are not opened."""
+    from edge.pipeline.capture import source_problem
+
+    return [(f"cameras[{i}].source", c.source, msg) for i, c in enumerate(settings.cameras)
+            if (msg := source_problem(c.source)) is not None]
+
+
+def summary(path: Path, s: Settings) -> str:
+    """The OK line and what the box will do, in a few lines (``--show`` prints everything)."""
+    cams = ", ".join(f"{c.name} ({c.mode}, source {c.source})" for c in s.cameras) or "none (add [[cameras]])"
+    mqtt = f"{s.mqtt.host}:{s.mqtt.port}" if s.mqtt.enabled else "off"
+    screen = f"http://{s.kiosk_screen.host}:{s.kiosk_screen.port}/" if s.kiosk_screen.enabled else "off"
+    return (f"OK: {path} is a valid StoreLens config\n  device {s.device.store}/{s.device.id}; cameras: {cams}\n"
+            f"  catalog in {s.catalog.data_dir.resolve()}; MQTT {mqtt}; kiosk screen {screen}\n"
+            "  (--show prints every resolved setting)")

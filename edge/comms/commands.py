@@ -1,7 +1,8 @@
 """Remote commands over MQTT: ``<prefix>/cmd/<verb>`` in, ``<prefix>/cmd/<verb>/reply`` out.
 
 Every payload is checked before anything runs: size (``mqtt.command_max_bytes``), JSON
-object, the shared ``token`` when ``mqtt.command_token`` is set, a known verb. A bad command
+object, the shared ``token`` when ``mqtt.command_token`` is set (compared in constant time:
+:func:`token_matches`), a known verb. A bad command
 gets an error reply ``{"ok": false, "error": ..., "code": ...}``; a handler that raises gets
 one too. Handlers run on one worker thread behind a bounded queue, never on paho's network
 thread, so a slow reload or enroll cannot stall the broker link or the frame loop, and a
@@ -9,6 +10,11 @@ flood of commands is answered ``busy`` instead of piling up.
 
 Handlers are registrable (``router.register("recommend", fn)``): ``fn(args: dict) -> dict``
 returns the reply's ``result`` or raises :class:`CommandError` (or any StoreLensError).
+
+An MQTT 5 response topic is honoured only under ``<prefix>/cmd/<verb>/reply`` (e.g.
+``.../cmd/search/reply/pos-1``): anything else (the device's own ``match`` topic, another
+device's) is ignored, counted in ``bad_response_topics`` and the reply goes to the
+default topic — a forged command must not make the device publish on a topic of its choosing.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.core.auth import token_matches
 from edge.core.config import MqttSettings
 from edge.core.errors import CommandError, StoreLensError
 from edge.models.preprocess import decode_image, read_image
@@ -37,6 +44,8 @@ Reply = Callable[[str, bytes], None]  # (topic, payload)
 MAX_IMAGES = 32  # images one enroll / search command may carry
 QUEUE_SIZE = 16  # commands waiting for the worker before new ones are answered "busy"
 STR_MAX_CHARS = 256
+LOGGED_VERBS = frozenset({"enroll", "remove", "reload", "rollback", "confirm"})  # they change the device: logged
+LOGGED_KEYS = ("sku", "images", "removed", "outcome", "catalog_version")  # of their result, in the log line
 _DEFAULTS = MqttSettings()
 
 
@@ -50,6 +59,7 @@ class CommandRouter:
         self.token = token
         self.handlers: dict[str, CommandHandler] = {}
         self.counts = {"ok": 0, "error": 0, "busy": 0}
+        self.bad_response_topics = 0  # MQTT 5 response topics ignored: not under <prefix>/cmd/<verb>/reply
         self._reply = reply
         self._queue: queue.Queue[tuple[str, bytes, str | None, bytes | None] | None] = queue.Queue(queue_size)
         self._thread: threading.Thread | None = None
@@ -82,8 +92,13 @@ class CommandRouter:
         verb = topic.rsplit("/", 1)[-1]
         resp_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
         corr = getattr(properties, "CorrelationData", None) if properties is not None else None
+        if resp_topic is not None and not self._own_reply_topic(verb, resp_topic):
+            self.bad_response_topics += 1
+            log.warning("command's response topic ignored: not under this device's reply topic",
+                        extra={"verb": verb[:64], "response_topic": resp_topic[:200]})
+            resp_topic = None
         if len(payload) > self.max_bytes:
-            self._send(verb, self._error(None, CommandError(
+            self._send(verb, self._error(verb, None, CommandError(
                 f"command payload of {len(payload)} bytes exceeds mqtt.command_max_bytes={self.max_bytes}",
                 hint="send fewer/smaller images or an image path inside mqtt.enroll_dir")), resp_topic, corr)
             return
@@ -106,14 +121,22 @@ class CommandRouter:
                 raise CommandError(f"unknown command {verb!r}", hint=f"use one of {sorted(self.handlers)}")
             result = handler(args)
         except StoreLensError as e:
-            return self._error(req_id, e)
+            return self._error(verb, req_id, e)
         except Exception as e:
-            log.exception("command handler failed", extra={"verb": verb})
-            return self._error(req_id, CommandError(f"{verb} failed: {type(e).__name__}: {e}"))
+            log.exception("command handler failed", extra={"verb": verb, "id": req_id})
+            return self._error(verb, req_id, CommandError(f"{verb} failed: {type(e).__name__}: {e}"))
         self.counts["ok"] += 1
+        # what changed the device is logged (who enrolled what, when); searches and snapshots only at DEBUG
+        log.log(logging.INFO if verb in LOGGED_VERBS else logging.DEBUG, "command done",
+                extra={"verb": verb, "id": req_id, **{k: result[k] for k in LOGGED_KEYS if k in result}})
         return {"id": req_id, "ok": True, "result": result}
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _own_reply_topic(self, verb: str, topic: str) -> bool:
+        """``<prefix>/cmd/<verb>/reply`` or a topic below it, without wildcards."""
+        base = f"{self.prefix}/cmd/{verb}/reply"
+        return (topic == base or topic.startswith(base + "/")) and not any(c in topic for c in "+#\0")
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -129,9 +152,9 @@ class CommandRouter:
         except Exception:
             log.exception("could not send a command reply", extra={"verb": verb})
 
-    def _error(self, req_id: Any, e: StoreLensError) -> dict[str, Any]:
+    def _error(self, verb: str, req_id: Any, e: StoreLensError) -> dict[str, Any]:
         self.counts["error"] += 1
-        log.warning("command refused", extra={"error": str(e)})
+        log.warning("command refused", extra={"verb": verb, "id": req_id, "error": str(e)})
         return {"id": req_id, "ok": False, "error": str(e), "code": type(e).__name__}
 
     @staticmethod
@@ -147,7 +170,7 @@ class CommandRouter:
         return args
 
     def _authorise(self, token: Any) -> None:
-        if self.token is not None and token != self.token:
+        if self.token is not None and not token_matches(token, self.token):
             raise CommandError("unauthorised: missing or wrong token",
                                hint="send the device's mqtt.command_token as \"token\"")
 

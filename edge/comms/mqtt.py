@@ -15,6 +15,13 @@ backoff (``reconnect_min_s`` .. ``reconnect_max_s``).
 Topics: ``<prefix>/available`` (retained online/offline, Last Will offline),
 ``<prefix>/status`` (retained), ``<prefix>/stats``, ``<prefix>/<camera>/match|planogram``,
 ``<prefix>/cmd/<verb>`` in and ``<prefix>/cmd/<verb>/reply`` out.
+
+Size limits (issue 28): every topic handler has a byte limit (``max_bytes``, at most
+``mqtt.command_max_bytes``). Over MQTT 5 the link announces ``Maximum Packet Size`` on CONNECT
+(``mqtt.command_max_bytes`` plus :data:`PACKET_OVERHEAD`), so the broker never sends a larger
+packet and paho never buffers one; a message over its handler's (smaller) limit is dropped
+before the handler sees it and counted in ``stats.oversized``. MQTT 3.1.1 has no such property:
+there the broker's own ``max_packet_size`` (configs/mosquitto/) is the bound.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.comms.outbox import Outbox
 from edge.core.config import MqttSettings
@@ -42,6 +51,7 @@ PRUNE_EVERY_S = 60.0  # how often messages older than outbox_max_age_s are dropp
 FLUSH_POLL_S = 0.05  # shutdown: how often the flush checks that the outbox drained
 OFFLINE_WAIT_MIN_S = 0.2  # shutdown: least time given to the retained `offline` to reach the broker
 WORKER_JOIN_S = 2.0
+PACKET_OVERHEAD = 70_000  # fixed header, a topic of up to 65535 bytes and a few properties above the payload
 
 TopicHandler = Callable[[str, bytes, Any], None]
 """``handler(topic, payload, properties)``: called on paho's network thread; must return quickly."""
@@ -57,12 +67,13 @@ class LinkStats:
     inflight: int = 0
     replies: int = 0
     worker_errors: int = 0  # outbox worker rounds that failed (logged; the worker goes on)
+    oversized: int = 0  # messages dropped because they were over their topic handler's byte limit
     extra: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
                 "last_error": self.last_error, "rejected": self.rejected, "inflight": self.inflight,
-                "worker_errors": self.worker_errors}
+                "worker_errors": self.worker_errors, "oversized": self.oversized}
 
 
 class MqttLink:
@@ -73,7 +84,7 @@ class MqttLink:
         self.prefix = prefix.rstrip("/")
         self.outbox = outbox
         self.stats = LinkStats()
-        self._handlers: list[tuple[str, TopicHandler]] = []
+        self._handlers: list[tuple[str, TopicHandler, int]] = []  # (filter, handler, max payload bytes)
         self._status: bytes | None = None
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._mid_to_seq: dict[int, int] = {}
@@ -101,9 +112,20 @@ class MqttLink:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def add_topic_handler(self, topic_filter: str, handler: TopicHandler) -> None:
-        """Subscribe ``topic_filter`` (absolute, wildcards allowed) now and on every reconnect."""
-        self._handlers.append((topic_filter, handler))
+    @property
+    def max_packet_bytes(self) -> int:
+        """The MQTT 5 ``Maximum Packet Size`` this link announces: no larger packet is ever sent to it."""
+        return self.settings.command_max_bytes + PACKET_OVERHEAD
+
+    def add_topic_handler(self, topic_filter: str, handler: TopicHandler, *, max_bytes: int | None = None) -> None:
+        """Subscribe ``topic_filter`` (absolute, wildcards allowed) now and on every reconnect.
+
+        ``max_bytes``: the largest payload the handler is given (default and ceiling:
+        ``mqtt.command_max_bytes``); a larger one is dropped and counted in ``stats.oversized``.
+        """
+        ceiling = self.settings.command_max_bytes
+        limit = ceiling if max_bytes is None else min(max_bytes, ceiling)
+        self._handlers.append((topic_filter, handler, limit))
         if self.stats.connected:
             self._subscribe([topic_filter])
 
@@ -116,9 +138,28 @@ class MqttLink:
         """Connect in the background (retrying with backoff until the broker answers)."""
         self._worker = threading.Thread(target=self._work, name="mqtt-outbox", daemon=True)
         self._worker.start()
-        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        self._warn_if_open()
+        props = None
+        if self.settings.protocol == "5":  # the broker must not send (and paho never buffers) anything larger
+            props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = self.max_packet_bytes
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s,
+                                   properties=props)
         self._client.loop_start()
         self._events.put(("kick", None))
+
+    def _warn_if_open(self) -> None:
+        s = self.settings
+        if s.command_token is None and not s.tls.enabled:
+            log.warning("mqtt: no command_token and no TLS: anyone who can reach the broker at %s:%s can send this "
+                        "device commands, baskets and scans, and read every result in clear; set "
+                        "mqtt.command_token and [mqtt.tls] (docs/security.md)", s.host, s.port)
+        elif s.command_token is not None and not s.tls.enabled:
+            log.warning("mqtt: command_token is set but TLS is not: the token travels in clear in every command; "
+                        "set [mqtt.tls] (docs/security.md)")
+        if s.protocol != "5":
+            log.warning("mqtt: protocol 3.1.1 cannot announce a maximum packet size: large messages are received "
+                        "whole before the size limits apply; use protocol 5 or the broker's max_packet_size")
 
     def stop(self, *, flush_timeout_s: float | None = None) -> int:
         """Flush the outbox (bounded), publish ``offline``, disconnect. Returns messages left in the outbox."""
@@ -205,7 +246,7 @@ class MqttLink:
         client.publish(self.available_topic, b"online", qos=1, retain=True)
         if self._status is not None:
             client.publish(self.topic("status"), self._status, qos=1, retain=True)
-        self._subscribe([f for f, _ in self._handlers])
+        self._subscribe([f for f, _, _ in self._handlers])
         self._events.put(("kick", None))
 
     def _subscribe(self, filters: list[str]) -> None:
@@ -248,8 +289,13 @@ class MqttLink:
         self._events.put(("ack", (mid, bool(getattr(reason, "is_failure", False)))))
 
     def _on_message(self, _c: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
-        for topic_filter, handler in self._handlers:
+        for topic_filter, handler, limit in self._handlers:
             if paho.topic_matches_sub(topic_filter, msg.topic):
+                if len(msg.payload) > limit:
+                    self.stats.oversized += 1
+                    log.warning("message over its topic's size limit dropped",
+                                extra={"topic": msg.topic, "bytes": len(msg.payload), "limit": limit})
+                    return
                 try:
                     handler(msg.topic, bytes(msg.payload), msg.properties)
                 except Exception:  # a handler bug must never take the network thread down

@@ -8,6 +8,7 @@ silently falls back to a default; every field has a description and bounds.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge.core.config_paths import relative_to_file
 from edge.core.errors import ConfigError
 from edge.core.fleet_settings import FleetSettings
 from edge.core.learning_settings import LearningSettings
@@ -32,9 +34,8 @@ class Section(BaseModel):
 
 
 class DeviceSettings(Section):
-    store: str = Field(
-        description="Store identifier, used in MQTT topics", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
-    )
+    store: str = Field(description="Store identifier, used in MQTT topics", min_length=1, max_length=64,
+                       pattern=r"^[A-Za-z0-9_.-]+$")
     id: str = Field(description="This device's identifier within the store", min_length=1, max_length=64,
                     pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -91,15 +92,12 @@ class CameraSettings(Section):
     )
     source: str = Field(description="Camera index (0), RTSP/HTTP URL, video file, image folder or glob")
     loop: bool = Field(False, description="Replay a video file or folder forever")
+    hold_frames: int = Field(1, ge=1, le=10000, description="Image folder/glob/file: show each image this many frames")
     fps: float = Field(15.0, gt=0, le=120, description="Frame rate cap")
     resize_width: int | None = Field(None, ge=64, le=7680, description="Resize frames to this width first")
     mode: Literal["kiosk", "shelf"] = Field("kiosk", description="kiosk: one product shown; shelf: planogram slots")
-    rois: list[RoiSettings] = Field(
-        default_factory=lambda: [RoiSettings(name="full")],
-        description="Regions of interest",
-        min_length=1,
-        max_length=64,
-    )
+    rois: list[RoiSettings] = Field(default_factory=lambda: [RoiSettings(name="full")],
+                                    description="Regions of interest", min_length=1, max_length=64)
 
     @model_validator(mode="after")
     def _rois_fit_the_mode(self) -> CameraSettings:
@@ -244,16 +242,14 @@ class RecommendSettings(Section):
         ge=0,
         le=86400,
         description="Rebuild the model at most this often when new baskets arrived, in the background while the "
-        "old one serves (0 = on the next request)",
+        "old one serves (0 = on the next request): a running box recommends from new baskets up to this long after "
+        "they arrived, while `storelens recommend` (a new process) counts them at once",
     )
-    dedup_window_days: float = Field(
-        30.0,
-        gt=0,
-        le=3650,
-        description="Basket ids are remembered this long; "
-        "older baskets are rejected as stale (they could not be de-duplicated)",
-    )
+    dedup_window_days: float = Field(30.0, gt=0, le=3650, description="Basket ids are remembered this long; "
+                                     "older baskets are rejected as stale (they could not be de-duplicated)")
     max_basket_items: int = Field(200, ge=1, le=10000, description="Baskets with more distinct skus are rejected")
+    max_baskets_per_minute: int = Field(600, ge=1, le=100_000, description="Baskets counted a minute at most "
+                                        "(the rest rejected as `rate`): a flood of forged events stays bounded")
     near_duplicate: float = Field(
         0.98,
         gt=0,
@@ -338,18 +334,17 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """File, then environment, then ``overrides``; raise :class:`SettingsError` listing every problem."""
     try:
-        # Environment beats the file; explicit overrides beat both. Merged here (not by
-        # pydantic-settings' own sources) so that an env var can override one nested key of a
-        # section the file sets, and every error names the final key path.
-        return Settings(**_deep_merge(_deep_merge(read_toml(path) if path else {}, _env_tree()), overrides))
+        # Environment beats the file; explicit overrides beat both. Merged here (not by pydantic-settings' own
+        # sources) so that an env var can override one nested key of a section the file sets, and every error
+        # names the final key path. Relative paths in the file are relative to the file (config_paths).
+        file = relative_to_file(read_toml(path), path) if path else {}
+        return Settings(**_deep_merge(_deep_merge(file, _env_tree()), overrides))
     except ValidationError as e:
         raise SettingsError.from_validation(e, source=str(path) if path else "<environment>") from e
 
 
 def _env_tree() -> dict[str, Any]:
     """``STORELENS_A__B=v`` environment variables as a nested dict (values parsed as JSON if they can be)."""
-    import json
-
     tree: dict[str, Any] = {}
     for key, raw in os.environ.items():
         if not key.upper().startswith(ENV_PREFIX):
@@ -388,7 +383,7 @@ class SettingsError(ConfigError):
         return cls(probs, source)
 
 
-SECRET_KEYS = ("password", "command_token")
+SECRET_KEYS = ("password", "command_token", "token")
 MASK = "**********"
 
 

@@ -27,8 +27,11 @@ class LearningSettings(BaseModel):
                                     "product already has adds nothing: skipped")
     hold_below: float | None = Field(None, ge=-1, le=1, description="A crop whose best cosine to the confirmed "
                                      "product's photos is below this is held for review; empty = calibrated value")
-    uncalibrated_hold_below: float = Field(0.3, ge=-1, le=1, description="hold_below when neither it nor a "
-                                           "stored calibration (storelens calibrate) sets one")
+    uncalibrated_hold_below: float | None = Field(None, ge=-1, le=1, description="hold_below when neither it nor "
+                                                  "a stored calibration (storelens calibrate) sets one; empty = no "
+                                                  "calibration, no learning: every confirmation is held for review")
+    max_learned_per_hour: int | None = Field(4, ge=1, le=10_000, description="Photos one product may learn in an "
+                                             "hour (more confirmations are refused as `limited`); empty = no bound")
     max_per_product: int = Field(20, ge=1, le=1000, description="Learned photos a product keeps (oldest leave "
                                  "first; enrolled catalog photos never leave)")
     review_max: int = Field(500, ge=0, le=100_000, description="Held crops kept for review (oldest dropped)")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,9 +81,23 @@ class EmbedActor:
         return {"path": np.asarray(paths, dtype=object), "vector": vecs, "error": np.asarray(errors, dtype=object)}
 
 
+def _private_token() -> None:
+    """Token authentication for the local Ray this build starts, with a token of its own in the environment
+    (inherited by Ray's processes): Ray's default would warn about it and write ``~/.ray/auth_token`` (the
+    user's home, shared with every other Ray) on a build that did nothing wrong. A token the user set is kept."""
+    import os
+    import secrets
+
+    if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+
+
 def embed_ray(paths: Sequence[str], *, model: ModelSettings, workers: int, batch_size: int, on_batch: OnBatch,
               address: str | None = None) -> None:
     """Ray Data ``map_batches`` over an actor pool of ``workers`` encoders (see the module docstring)."""
+    if not address and "ray" not in sys.modules:
+        _private_token()  # only before Ray is imported: it reads its authentication mode once, at import
     try:
         import ray
         import ray.data
@@ -92,20 +108,25 @@ def embed_ray(paths: Sequence[str], *, model: ModelSettings, workers: int, batch
         return
     started = not ray.is_initialized()
     if started:
-        logging.getLogger("ray").setLevel(logging.WARNING)
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             ray.init(num_cpus=workers, object_store_memory=RAY_OBJECT_STORE_BYTES, include_dashboard=False,
-                     log_to_driver=False)
+                     log_to_driver=False, logging_level=logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its plan, progress and "finished" lines: ours say it
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         items = [{"path": str(p)} for p in paths]
         ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / batch_size)))
-        embedded = ds.map_batches(EmbedActor, fn_constructor_kwargs={"model": model.model_dump(mode="json")},
-                            batch_size=batch_size, batch_format="numpy", num_cpus=1,
-                            compute=ray.data.ActorPoolStrategy(size=workers))
+        with warnings.catch_warnings():  # max_restarts has no named parameter yet (Ray 2.60): a deprecated kwarg
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            # max_restarts=0: Ray Data's default restarts a dead actor, and Ray then logs an error-level line on
+            # every build (its constructor arguments live in the object store, ray-project/ray#53727). A dead
+            # actor fails the build instead; the embedding cache keeps every finished batch, so a re-run resumes.
+            embedded = ds.map_batches(EmbedActor, fn_constructor_kwargs={"model": model.model_dump(mode="json")},
+                                      batch_size=batch_size, batch_format="numpy", num_cpus=1, max_restarts=0,
+                                      compute=ray.data.ActorPoolStrategy(size=workers))
         for out in embedded.iter_batches(batch_size=None, batch_format="numpy"):
             on_batch([str(p) for p in out["path"]], np.asarray(out["vector"], np.float32).reshape(len(out["path"]), -1),
                      [str(e) for e in out["error"]])

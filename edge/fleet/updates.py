@@ -33,6 +33,7 @@ from edge.catalog.store import Store
 from edge.core.errors import StoreLensError
 from edge.core.fleet_settings import FleetSettings
 from edge.fleet.fetch import SNAPSHOT_ID, Announcement, announce_topic, download
+from edge.fleet.local_catalog import is_local, keep_local_catalog
 from edge.fleet.signing import check_signature
 
 log = logging.getLogger("storelens.snapshot")
@@ -117,7 +118,8 @@ class CatalogUpdater:
         if (state.get("rolled_back_from") or {}).get("sha256") == a.sha256:
             log.info("announced snapshot %s was rolled back on this device: not installed again", a.snapshot)
             return {"result": "rolled-back", "snapshot": a.snapshot}
-        installed = int((state["current"] or {}).get("catalog_version") or 0)
+        current = state["current"] or {}  # the device's own catalog (edge.fleet.local_catalog) is no chain version
+        installed = 0 if is_local(current) else int(current.get("catalog_version") or 0)
         if a.version < installed:  # a replayed old announcement: the signature alone would let it through
             raise SnapshotError(f"announced snapshot {a.snapshot} is catalog version {a.version}, older than the "
                                 f"installed {installed}", hint="build a new version (in the same build folder, "
@@ -161,6 +163,8 @@ class CatalogUpdater:
 
     def _install(self, folder: Path, *, sha256: str, rollback: bool) -> Installed:
         manifest = verify(folder, **self._fits())
+        if not rollback:  # the first snapshot: the device's own catalog becomes the rollback point
+            keep_local_catalog(self.store, self.root, **self._fits())
         entry = install(self.store, folder, manifest, sha256=sha256, pause=self._pause, rollback=rollback)
         self._prune()
         return entry

@@ -1,9 +1,11 @@
 """What the kiosk page may ask for: ``search``, ``recommend`` and ``confirm`` — and nothing else.
 
 Requests go through a :class:`~edge.comms.commands.CommandRouter` of their own, so the page
-gets exactly the validation an MQTT command gets: the payload size limit, a JSON object, the
-shared ``mqtt.command_token`` when one is configured, argument checks — and only the three
-verbs registered here exist: enroll, remove, reload or snapshot cannot be reached from the page.
+gets exactly the validation an MQTT command gets: the payload size limit, a JSON object,
+argument checks — and only the three verbs registered here exist: enroll, remove, reload or
+snapshot cannot be reached from the page. Who may use the page at all is the server's
+``kiosk_screen.token`` (:mod:`edge.kiosk.guard`), never the admin ``mqtt.command_token``: the
+page's browser must not hold the key to the device's commands (issue 28, finding 9).
 
 A confirmation is kept in the :class:`~edge.kiosk.confirmations.ConfirmationStore` (with the
 crop the runtime decided on) and published as ``<prefix>/<camera>/confirm`` through the same
@@ -37,12 +39,18 @@ Publish = Callable[[str, dict[str, Any]], None]  # (topic suffix under the prefi
 EventSink = Callable[[dict[str, Any]], None]
 
 
-def confirm_message(c: Confirmation, *, device: str, name: str) -> dict[str, Any]:
-    """``<prefix>/<camera>/confirm``: a shopper confirmed (or corrected) what a match showed."""
+def confirm_message(c: Confirmation, *, device: str, name: str, shown: ShownMatch | None = None) -> dict[str, Any]:
+    """``<prefix>/<camera>/confirm``: a shopper confirmed (or corrected) what a match showed.
+
+    ``catalog_version`` has the type the match message gave it (an integer from the catalog store)
+    and ``item_id`` names the match's item, when the match it answers (``shown``) is known.
+    """
+    version: Any = shown.catalog_version if shown is not None else c.catalog_version
     return {"schema": CONFIRM_SCHEMA, "id": c.id, "ts": round(c.ts, 6), "device": device, "camera": c.camera,
-            "roi": c.roi, "match_id": c.match_id, "view_id": c.view_id, "sku": c.sku, "name": name,
+            "roi": c.roi, "match_id": c.match_id, "view_id": c.view_id,
+            "item_id": shown.item_id if shown is not None else None, "sku": c.sku, "name": name,
             "source": c.source, "decision": c.decision, "predicted_sku": c.predicted_sku,
-            "corrected": c.corrected, "crop_kept": c.crop is not None, "catalog_version": c.catalog_version}
+            "corrected": c.corrected, "crop_kept": c.crop is not None, "catalog_version": version}
 
 
 class KioskActions:
@@ -106,7 +114,7 @@ class KioskActions:
             seen = {sku} | {c["sku"] for c in out["together"]}
             cards: list[dict[str, Any]] = []
             for r in recs:
-                card = None if r.sku in seen else self.cards.card(r.sku, name=r.name)
+                card = None if r.sku in seen else self.cards.card(r.sku)  # None: not a catalog product
                 if card is not None:
                     cards.append({**card, "source": r.source})
                 if len(cards) >= self.recommend_k:
@@ -120,7 +128,8 @@ class KioskActions:
     # -- handlers ----------------------------------------------------------------------------------
 
     def _cmd_search(self, args: dict[str, Any]) -> dict[str, Any]:
-        q = require_str(args, "q", max_len=MAX_QUERY_CHARS).strip()
+        # "text", as cmd/search has it (the documented key); "q", the page's first name for it, still works
+        q = require_str(args, "text" if "text" in args or "q" not in args else "q", max_len=MAX_QUERY_CHARS).strip()
         k = _int_arg(args, "k", self.search_k, 1, 24)
         if self._search is None:
             raise CommandError("search is not available on this device", hint="load the catalog with a text index")
@@ -147,12 +156,14 @@ class KioskActions:
         if self.on_confirmed is not None:  # queued, never waited for: the tap is answered first
             self.on_confirmed(c, shown.crop)
         card = self.cards.card(sku)
-        msg = confirm_message(c, device=self.device, name=card["name"] if card else sku)
+        msg = confirm_message(c, device=self.device, name=card["name"] if card else sku, shown=shown)
         self._publish(f"{shown.camera}/confirm", msg)
         log.info("kiosk confirmation", extra={"sku": sku, "match_id": match_id, "corrected": c.corrected})
         if (event := self.hub.on_confirmed(shown, sku)) is not None:
             self._on_event(event)
-        return {"confirm_id": c.id, "match_id": match_id, "view_id": c.view_id, "sku": sku}
+        # shown: the screen now shows the confirmed product (its badge says so; the page adds no toast)
+        return {"confirm_id": c.id, "match_id": match_id, "view_id": c.view_id, "item_id": shown.item_id,
+                "sku": sku, "shown": event is not None}
 
     def _keep(self, shown: ShownMatch, sku: str, source: str) -> Confirmation:
         return self.confirmations.add(match_id=shown.match_id, view_id=shown.view_id, camera=shown.camera,

@@ -55,23 +55,25 @@ class ProductCards:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def card(self, sku: str, *, name: str | None = None, score: float | None = None) -> dict[str, Any] | None:
-        """The card of ``sku``; None for a hidden sku. A sku missing from the catalog keeps ``name``."""
+    def card(self, sku: str, *, score: float | None = None) -> dict[str, Any] | None:
+        """The card of ``sku``; None for a hidden sku and for a sku the catalog does not hold (a basket
+        event or a stale match may name one): the page only shows products a tap can confirm."""
         if sku in self.hidden:
             return None
         p = self.catalog.get(sku)
-        card: dict[str, Any] = {"sku": sku, "name": p.name if p else (name or sku),
-                                "price": p.price if p else None, "location": location_of(p) if p else None,
-                                "image": f"/img/{quote(sku, safe='')}" if p and self.catalog.images(sku) else None}
+        if p is None:
+            return None
+        card: dict[str, Any] = {"sku": sku, "name": p.name, "price": p.price, "location": location_of(p),
+                                "image": f"/img/{quote(sku, safe='')}" if self.catalog.images(sku) else None}
         if score is not None:
             card["score"] = round(float(score), 4)
         return card
 
     def cards(self, items: list[Any], limit: int) -> list[dict[str, Any]]:
-        """Cards for ranked items (anything with ``sku``, ``name``, optional ``score``), hidden ones left out."""
+        """Cards for ranked items (anything with ``sku``, optional ``score``); hidden and unknown skus left out."""
         out = []
         for it in items:
-            c = self.card(str(it.sku), name=getattr(it, "name", None), score=getattr(it, "score", None))
+            c = self.card(str(it.sku), score=getattr(it, "score", None))
             if c is not None:
                 out.append(c)
             if len(out) >= limit:

@@ -5,12 +5,18 @@ runtime knows and the message does not carry) into a ``decision`` event for the 
 
 - ``empty``: the decision is the catalog's empty-tray entry (``decision.empty_sku``), or an
   unknown view whose best candidate is that entry — the screen says "nothing on the tray";
-- ``known``: the product's card, and the other candidates (for "not this product?");
+- ``known``: the product's card, and the other candidates ranked (the pick list under "Not
+  this product?", always shown so the right product is one tap away);
 - ``unknown``: the top candidates as cards ("is it one of these?").
 
+Candidates are cards of catalog products only (a sku the catalog no longer holds is left out;
+a known answer whose product is gone shows as unknown). Every event names its ``item``: the
+runtime's ``item_id`` (one item on the tray, however many views and updates it gets) or, from a
+runtime that sends none, the view id; the page replaces the answer of the same item in place.
+
 It remembers the last few decisions (with their crops) so a confirmation can name the match
-it answers, and the views a shopper confirmed: later decisions and heartbeats of a confirmed
-view keep showing the confirmed product (the shopper's word wins for that view).
+it answers, and the items a shopper confirmed: later decisions and heartbeats of a confirmed
+item keep showing the confirmed product (the shopper's word wins for that item).
 """
 
 from __future__ import annotations
@@ -38,8 +44,14 @@ class ShownMatch:
     roi: str
     decision: str
     predicted_sku: str | None
-    catalog_version: str | None
+    catalog_version: int | str | None  # as the match message carried it
     crop: np.ndarray | None
+    item_id: str | None = None  # the runtime's item (None from a runtime without items)
+
+    @property
+    def item(self) -> str | None:
+        """What identifies the shopper's item: the item id, else the view id."""
+        return self.item_id or self.view_id
 
 
 class KioskHub:
@@ -52,7 +64,7 @@ class KioskHub:
         self.candidates = candidates
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, ShownMatch] = OrderedDict()
-        self._confirmed: OrderedDict[str, str] = OrderedDict()  # view id -> confirmed sku
+        self._confirmed: OrderedDict[str, str] = OrderedDict()  # item (or view) id -> confirmed sku
         self._current: dict[str, Any] | None = None
 
     @property
@@ -75,13 +87,16 @@ class KioskHub:
                 self.camera = camera
             if camera != self.camera:
                 return None
-            confirmed = self._confirmed.get(view_id) if view_id else None
         cands = list(msg.get("candidates") or [])
         top = str(cands[0]["sku"]) if cands else None
+        item_id = msg.get("item_id")
         shown = ShownMatch(match_id=str(msg["id"]), view_id=view_id, camera=camera, roi=str(msg.get("roi", "")),
                            decision=str(msg.get("decision")), predicted_sku=top if msg.get("decision") == "known"
-                           else None, catalog_version=_opt_str(msg.get("catalog_version")),
-                           crop=None if crop is None else np.array(crop, copy=True))
+                           else None, catalog_version=msg.get("catalog_version"),
+                           crop=None if crop is None else np.array(crop, copy=True),
+                           item_id=None if item_id is None else str(item_id))
+        with self._lock:
+            confirmed = self._confirmed.get(shown.item) if shown.item else None
         event = self._event(shown, cands, confirmed_sku=confirmed, heartbeat=bool(msg.get("heartbeat")),
                             ts=float(msg.get("ts", received)), emitted=received)
         with self._lock:
@@ -92,16 +107,16 @@ class KioskHub:
         return event
 
     def on_confirmed(self, shown: ShownMatch, sku: str) -> dict[str, Any] | None:
-        """Remember that the shopper confirmed ``sku`` for this view; the event that now shows it, or None
-        when the screen has moved on to another view meanwhile (the confirmation still counts)."""
+        """Remember that the shopper confirmed ``sku`` for this item; the event that now shows it, or None
+        when the screen has moved on to another item meanwhile (the confirmation still counts)."""
         with self._lock:
-            if shown.view_id:
-                self._confirmed[shown.view_id] = sku
+            if shown.item:
+                self._confirmed[shown.item] = sku
                 while len(self._confirmed) > RECENT_MATCHES:
                     self._confirmed.popitem(last=False)
             cur = self._current
             if cur is not None and cur.get("match_id") != shown.match_id and \
-                    (shown.view_id is None or cur.get("view_id") != shown.view_id):
+                    (shown.item is None or cur.get("item") != shown.item):
                 return None
         now = time.time()
         event = self._event(shown, [], confirmed_sku=sku, heartbeat=False, ts=now, emitted=now)
@@ -113,24 +128,18 @@ class KioskHub:
                heartbeat: bool, ts: float, emitted: float) -> dict[str, Any]:
         """``emitted_ms``: when the decision reached the screen (the page's render time is measured from it)."""
         top = str(cands[0]["sku"]) if cands else None
-        others = [c for c in cands if str(c["sku"]) != self.empty_sku]
-        product = None
+        kind, product = "unknown", None
         if confirmed_sku is not None:
             kind, product = "known", self.cards.card(confirmed_sku)
         elif top == self.empty_sku or (shown.decision == "known" and top is None):
             kind = "empty"
         elif shown.decision == "known" and top is not None:
-            kind, product = "known", self.cards.card(top, name=str(cands[0].get("name", top)))
-            others = others[1:]
-        else:
-            kind = "unknown"
-        return {"type": "decision", "match_id": shown.match_id, "view_id": shown.view_id, "camera": shown.camera,
-                "roi": shown.roi, "kind": kind, "product": product, "confirmed": confirmed_sku is not None,
-                "candidates": [c for c in (self.cards.card(str(o["sku"]), name=str(o.get("name", "")),
-                                                           score=o.get("score")) for o in others) if c is not None]
-                [: self.candidates],
+            product = self.cards.card(top)  # None: the product left the catalog since; ask the shopper
+            kind = "known" if product is not None else "unknown"
+        shown_sku = product["sku"] if product else None
+        picks = [c for c in (self.cards.card(str(o["sku"]), score=o.get("score")) for o in cands
+                             if str(o["sku"]) != shown_sku) if c is not None][: self.candidates]
+        return {"type": "decision", "match_id": shown.match_id, "view_id": shown.view_id, "item": shown.item,
+                "camera": shown.camera, "roi": shown.roi, "kind": kind, "product": product,
+                "confirmed": confirmed_sku is not None, "candidates": [] if kind == "empty" or confirmed_sku else picks,
                 "heartbeat": heartbeat, "ts": round(ts, 3), "emitted_ms": round(emitted * 1000, 1)}
-
-
-def _opt_str(v: Any) -> str | None:
-    return None if v is None else str(v)

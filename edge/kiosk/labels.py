@@ -1,4 +1,8 @@
-"""The kiosk screen's words, per language (``kiosk_screen.language``); every language has every key."""
+"""The kiosk screen's words, per language (``kiosk_screen.language``); every language has every key.
+
+``default_title`` heads the page when ``kiosk_screen.title`` is not set (a shopper should not
+read the store's device id).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ LOCALES = {"en": "en-GB", "sv": "sv-SE"}  # number and price formatting on the p
 
 LABELS: dict[str, dict[str, str]] = {
     "en": {
+        "default_title": "Price check",
         "empty_title": "Nothing on the tray",
         "empty_hint": "Place a product on the tray to see its price and where to find it.",
         "unknown_title": "Is it one of these?",
@@ -22,7 +27,7 @@ LABELS: dict[str, dict[str, str]] = {
         "popular": "Popular in the store",
         "similar": "Similar products",
         "not_this": "Not this product?",
-        "pick_title": "Which product is it?",
+        "pick_search": "Not listed? Search",
         "confirmed": "Thank you! Confirmed.",
         "confirm_failed": "Could not confirm that. Please try again.",
         "close": "Close",
@@ -31,6 +36,7 @@ LABELS: dict[str, dict[str, str]] = {
         "store_offline": "Store link offline — results are kept",
     },
     "sv": {
+        "default_title": "Priskoll",
         "empty_title": "Inget på brickan",
         "empty_hint": "Lägg en vara på brickan för att se pris och var den finns.",
         "unknown_title": "Är det någon av dessa?",
@@ -46,7 +52,7 @@ LABELS: dict[str, dict[str, str]] = {
         "popular": "Populärt i butiken",
         "similar": "Liknande varor",
         "not_this": "Fel vara?",
-        "pick_title": "Vilken vara är det?",
+        "pick_search": "Inte med? Sök",
         "confirmed": "Tack! Bekräftat.",
         "confirm_failed": "Det gick inte att bekräfta. Försök igen.",
         "close": "Stäng",

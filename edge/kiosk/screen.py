@@ -92,16 +92,19 @@ def create_screen(settings: Settings, *, catalog: Any, publish: Publish, search:
     cards = ProductCards(catalog, data_dir=data_dir, hidden=frozenset({settings.decision.empty_sku}))
     hub = KioskHub(cards, camera=camera, empty_sku=settings.decision.empty_sku, candidates=ks.candidates)
     confirmations = ConfirmationStore(data_dir / "confirmations", max_items=ks.confirmations_max)
-    token = settings.mqtt.command_token.get_secret_value() if settings.mqtt.command_token else None
+    # the page's own token, checked by the server on every request (never the admin mqtt.command_token)
+    token = ks.token.get_secret_value() if ks.token else None
     actions = KioskActions(hub=hub, cards=cards, confirmations=confirmations, publish=publish,
                            device=settings.device.id, search=search, recommender=recommender,
-                           max_bytes=min(ks.max_request_bytes, settings.mqtt.command_max_bytes), token=token,
+                           max_bytes=min(ks.max_request_bytes, settings.mqtt.command_max_bytes),
                            results=ks.search_results, recommendations=ks.recommendations)
     page = PageConfig(language=ks.language, locale=LOCALES[ks.language], labels=labels_for(ks.language),
                       currency=ks.currency, device=settings.device.id,
-                      title=ks.title or settings.device.store, token_required=token is not None)
+                      title=ks.title or labels_for(ks.language)["default_title"], token_required=token is not None)
     server = KioskServer(host=ks.host, port=ks.port, hub=hub, actions=actions, cards=cards, page=page,
-                         link_status=link_status)
+                         link_status=link_status, token=token, allowed_hosts=ks.allowed_hosts,
+                         max_connections=ks.max_connections, max_event_clients=ks.max_event_clients,
+                         header_timeout_s=ks.header_timeout_s)
     return KioskScreen(hub=hub, actions=actions, server=server, confirmations=confirmations)
 
 

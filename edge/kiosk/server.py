@@ -12,7 +12,13 @@ Routes (all assets are files of this package; nothing is loaded from outside the
 - ``GET /healthz``.
 
 Bound to ``127.0.0.1`` by default; on a loopback address the ``Host`` header must name a
-loopback host too (no DNS rebinding), and a POST from another origin is refused.
+loopback host too (no DNS rebinding), and a POST from another origin is refused. Off loopback
+(issue 28, finding 9) the ``Host`` must be a loopback name, an IP address or one of
+``kiosk_screen.allowed_hosts``, and the page needs its own token (``kiosk_screen.token``, never
+the admin ``mqtt.command_token``): a :class:`~edge.kiosk.guard.TokenGate` guards every route but
+``/healthz`` and ``/static/``. Connections are capped (``max_connections``, ``max_event_clients``)
+and must send their headers within ``header_timeout_s`` (:class:`~edge.kiosk.guard.ConnectionGuard`).
+Another page on this server adds its own gate for its paths with :meth:`KioskServer.add_gate`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from aiohttp import web
 from edge.core.errors import ConfigError
 from edge.kiosk.actions import VERBS, KioskActions
 from edge.kiosk.cards import ProductCards
+from edge.kiosk.guard import ConnectionGuard, TokenGate, host_allowed
 from edge.kiosk.hub import KioskHub
 
 log = logging.getLogger("storelens.kiosk")
@@ -42,7 +49,8 @@ KEEPALIVE_S = 15.0
 RETRY_MS = 1000  # EventSource reconnect delay the page is told to use
 LINK_POLL_S = 1.0
 CLIENT_QUEUE = 64
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+PUBLIC_PATHS = ("/healthz", "/static/")  # reachable without a token (no data in them)
+KIOSK_COOKIE = "storelens_kiosk"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
@@ -86,8 +94,16 @@ class KioskServer:
     """Serves the page and streams events; ``start()`` / ``stop()`` from the runtime's thread."""
 
     def __init__(self, *, host: str, port: int, hub: KioskHub, actions: KioskActions, cards: ProductCards,
-                 page: PageConfig, link_status: LinkStatus | None = None) -> None:
+                 page: PageConfig, link_status: LinkStatus | None = None, token: str | None = None,
+                 allowed_hosts: tuple[str, ...] = (), max_connections: int = 64, max_event_clients: int = 8,
+                 header_timeout_s: float = 10.0) -> None:
         self.host, self.port = host, port
+        self.allowed_hosts = allowed_hosts
+        self.max_event_clients = max_event_clients
+        self.guard = ConnectionGuard(max_connections=max_connections, header_timeout_s=header_timeout_s)
+        self._gates: dict[str, TokenGate] = {}
+        self.add_gate("/", TokenGate(token, cookie=KIOSK_COOKIE, path="/"))
+        self._listener: asyncio.base_events.Server | None = None
         self.hub, self.actions, self.cards, self.page = hub, actions, cards, page
         self._link_status = link_status or (lambda: "off")
         self._link = "off"
@@ -111,6 +127,19 @@ class KioskServer:
     def clients(self) -> int:
         return len(self._clients)
 
+    def add_gate(self, prefix: str, gate: TokenGate) -> None:
+        """Guard the paths under ``prefix`` with ``gate`` (the longest matching prefix decides; call before
+        :meth:`start`). The kiosk page's gate holds ``/``; a staff page adds e.g. ``add_gate("/shelf", ...)``."""
+        self._gates[prefix] = gate
+
+    def gate_for(self, path: str) -> TokenGate | None:
+        """The gate of ``path``: None for the public paths (``/healthz``, ``/static/``)."""
+        if path == PUBLIC_PATHS[0] or path.startswith(PUBLIC_PATHS[1]):
+            return None
+        best = max((p for p in self._gates if path == p or path.startswith(p.rstrip("/") + "/")), key=len,
+                   default=None)
+        return None if best is None else self._gates[best]
+
     # -- lifecycle (runtime thread) ------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> None:
@@ -123,6 +152,9 @@ class KioskServer:
             raise ConfigError(f"kiosk screen cannot listen on {self.host}:{self.port}: {self._error}",
                               hint="set kiosk_screen.port to a free port (or stop what uses it)") from self._error
         log.info("kiosk screen serving", extra={"url": self.url})
+        if not self._gates["/"].enabled:
+            log.warning("kiosk screen has no token (kiosk_screen.token): any program on this box may use the page "
+                        "and confirm products; set one and open the page once as /?token=... (docs/security.md)")
 
     def stop(self, timeout_s: float = 5.0) -> None:
         loop = self._loop
@@ -178,7 +210,10 @@ class KioskServer:
         app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
+        server = self._runner.server
+        assert server is not None
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.guard.factory(server), self.host, self.port, reuse_address=True)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_link())
 
     async def _shutdown(self) -> None:
@@ -188,6 +223,8 @@ class KioskServer:
                 await self._watcher
         for q in list(self._clients):
             _offer(q, None)
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
         asyncio.get_running_loop().call_soon(asyncio.get_running_loop().stop)
@@ -221,24 +258,46 @@ class KioskServer:
     @web.middleware
     async def _guard(self, request: web.Request,
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if self.host in LOOPBACK and _hostname(request.host) not in LOOPBACK:
+        self.guard.request_started(request.transport)
+        try:
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
+            gate = self.gate_for(request.path)
+            welcomed = gate is not None and gate.brings_token(request)
+            if gate is not None and not welcomed and not gate.allows(request):
+                return _unauthorised(request, gate)
+            resp = await handler(request)
+            if not resp.prepared:
+                resp.headers.update(SECURITY_HEADERS)
+                if request.path.startswith(("/static/", "/img/")):
+                    resp.headers["Cache-Control"] = "public, max-age=86400"
+                if welcomed and gate is not None:
+                    gate.set_cookie(resp)
+            return resp
+        finally:
+            self.guard.request_done(request.transport)
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """403 for a Host this server must not answer (DNS rebinding) and a POST from another site."""
+        if not host_allowed(request.host, bind_host=self.host, allowed=self.allowed_hosts):
             return web.json_response({"ok": False, "error": "forbidden host"}, status=403)
-        origin = request.headers.get("Origin")
-        if request.method == "POST" and origin is not None and origin not in (
-                f"http://{request.host}", f"https://{request.host}"):
-            return web.json_response({"ok": False, "error": "cross-origin request refused"}, status=403)
-        resp = await handler(request)
-        if not resp.prepared:
-            resp.headers.update(SECURITY_HEADERS)
-            if request.path.startswith(("/static/", "/img/")):
-                resp.headers["Cache-Control"] = "public, max-age=86400"
-        return resp
+        if request.method == "POST":
+            origin = request.headers.get("Origin")
+            if (origin is not None and origin not in (f"http://{request.host}", f"https://{request.host}")) or \
+                    request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+                return web.json_response({"ok": False, "error": "cross-origin request refused"}, status=403)
+        return None
 
     async def _index(self, _request: web.Request) -> web.Response:
         return web.Response(text=self._html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     async def _health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "clients": self.clients, "broker": self._link})
+
+    def guard_stats(self) -> dict[str, int]:
+        """Open connections and those the caps closed (for status and tests)."""
+        return {"open": self.guard.open, "refused": self.guard.refused, "timed_out": self.guard.timed_out}
 
     async def _image(self, request: web.Request) -> web.Response:
         sku = request.match_info["sku"]
@@ -256,10 +315,12 @@ class KioskServer:
                                      status=404)
         size, body = request.content_length or 0, b""
         if size <= self.actions.router.max_bytes:
-            try:
-                body = await request.read()
+            try:  # a body trickled in byte by byte is cut off like slow headers
+                body = await asyncio.wait_for(request.read(), self.guard.header_timeout_s)
             except web.HTTPRequestEntityTooLarge:
                 size = self.actions.router.max_bytes + 1
+            except TimeoutError:
+                return web.json_response({"ok": False, "error": "request body too slow"}, status=408)
         if size > self.actions.router.max_bytes:
             status, reply = self.actions.too_large(size)
             return web.json_response(reply, status=status)
@@ -267,6 +328,9 @@ class KioskServer:
         return web.json_response(reply, status=status, dumps=lambda o: json.dumps(o, default=str))
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if len(self._clients) >= self.max_event_clients:  # the page reopens its stream after a pause
+            return web.json_response({"ok": False, "error": f"{self.max_event_clients} live pages already open"},
+                                     status=503, headers={"Retry-After": "2"})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no", **SECURITY_HEADERS})
         await resp.prepare(request)
@@ -299,8 +363,12 @@ def _offer(q: asyncio.Queue[dict[str, Any] | None], event: dict[str, Any] | None
     q.put_nowait(event)
 
 
-def _hostname(host: str) -> str:
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+def _unauthorised(request: web.Request, gate: TokenGate) -> web.Response:
+    """401: the page says how to open it; the API and the stream answer JSON."""
+    if request.method == "GET" and request.path == gate.path:
+        return web.Response(status=401, content_type="text/plain", headers=SECURITY_HEADERS,
+                            text=f"This page needs its token: open it once as {gate.path}?token=<its token> "
+                                 "(the token is then kept in a cookie and removed from the address).\n")
+    return web.json_response({"ok": False, "error": "unauthorised: open the page with its token first"},
+                             status=401, headers=SECURITY_HEADERS)
 

@@ -43,6 +43,7 @@ log = logging.getLogger("storelens.discovery")
 
 STATE_MAX = 255  # Home Assistant truncates (and warns about) longer states
 REMOVED_KEEP = 64  # cleared config topics remembered (a flood of forged configs must not grow memory)
+STATE_SCHEMA = "storelens.region_state/1"  # the retained <prefix>/<camera>/<roi>/state message
 
 
 def slug(name: str) -> str:
@@ -143,8 +144,9 @@ def region_state(d: Decision) -> dict[str, Any]:
     """The retained state of a region after decision ``d`` (the product and decision sensors read it)."""
     top = d.candidates[0] if d.candidates else None
     known = d.decision == "known" and top is not None
-    return {"decision": d.planogram or d.decision, "product": (top.name or top.sku)[:STATE_MAX] if known and top
-            else "unknown", "sku": top.sku if known and top else None,
+    return {"schema": STATE_SCHEMA, "decision": d.planogram or d.decision,
+            "product": (top.name or top.sku)[:STATE_MAX] if known and top else "unknown",
+            "sku": top.sku if known and top else None,
             "score": round(top.score, 4) if top else None, "expected_sku": d.expected_sku,
             "camera": d.camera, "roi": d.roi, "ts": round(d.ts, 3)}
 

@@ -12,11 +12,13 @@ Two kinds of metric, so the frame loop pays as little as possible:
 Names follow the Prometheus conventions: ``storelens_`` prefix, base units (seconds),
 ``_total`` on counters, ``_info`` on info metrics. Each runtime has its own
 :class:`~prometheus_client.CollectorRegistry` (several runtimes in one process, as in tests, do
-not collide).
+not collide). The server answers at most :data:`MAX_CONNECTIONS` connections at once and closes
+one that has not sent its headers within :data:`HEADER_TIMEOUT_S` (issue 28, finding 9).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -46,6 +48,8 @@ STAGES = ("decode", "embed", "search", "vote", "publish")
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DECISION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 FPS_WINDOW_S = 5.0  # camera fps gauges: frames over about this long
+MAX_CONNECTIONS = 16  # scrapers served at once (Prometheus needs one); more are closed on arrival
+HEADER_TIMEOUT_S = 10.0  # a connection must send its request line and headers within this long
 
 
 class RegionView(Protocol):
@@ -266,6 +270,7 @@ class RuntimeCollector:
         yield _counter("storelens_mqtt_disconnects", "Lost broker connections", st.disconnects)
         yield _gauge("storelens_mqtt_inflight", "Messages handed to the broker and not yet acknowledged", st.inflight)
         yield _counter("storelens_mqtt_rejected", "Messages the broker refused (MQTT 5 reason code)", st.rejected)
+        yield _counter("storelens_mqtt_oversized", "Messages dropped: over their topic's byte limit", st.oversized)
 
     def _ocr(self) -> Iterator[Metric]:
         if self.view.reranker is None:
@@ -279,8 +284,57 @@ class RuntimeCollector:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    """No access log; the request line and headers must arrive within :data:`HEADER_TIMEOUT_S` (slowloris)."""
+
+    timeout = HEADER_TIMEOUT_S  # every read and write on the connection (socketserver sets it on the socket)
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = threading.Timer(HEADER_TIMEOUT_S, self._expire)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _expire(self) -> None:
+        self.server.timed_out += 1  # type: ignore[attr-defined]
+        with contextlib.suppress(OSError):  # the blocked read returns: the handler ends, its thread too
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self._deadline.cancel()
+        return ok
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+class _CappedServer(ThreadingWSGIServer):
+    """At most :data:`MAX_CONNECTIONS` connections served at once; more are closed on arrival (counted)."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+        self.timed_out = 0
+        super().__init__(*args, **kw)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def _only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
@@ -306,15 +360,14 @@ class MetricsServer:
         self.host = host
         self.port = port
         self._registry = registry
-        self._server: ThreadingWSGIServer | None = None
+        self._server: _CappedServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> int:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
 
-        class Server(ThreadingWSGIServer):
+        class Server(_CappedServer):
             address_family = family
-            daemon_threads = True
 
         try:
             server = make_server(self.host, self.port, _only_metrics(make_wsgi_app(self._registry)), Server,
@@ -329,6 +382,11 @@ class MetricsServer:
         self._thread.start()
         log.info("metrics served", extra={"url": f"http://{self.host}:{self.port}/metrics"})
         return self.port
+
+    def guard_stats(self) -> dict[str, int]:
+        """Connections closed by the caps: refused (too many open), timed out (no headers in time)."""
+        srv = self._server
+        return {"refused": srv.refused, "timed_out": srv.timed_out} if srv else {"refused": 0, "timed_out": 0}
 
     def stop(self) -> None:
         if self._server is not None:

@@ -101,6 +101,7 @@ class UnitSpec:
     watchdog_s: int = 60
     stop_timeout_s: int = 30
     python: str = sys.executable
+    private_tmp: bool = True  # False when the service's own files live under /tmp (PrivateTmp would hide them)
 
 
 def _quote(arg: str) -> str:
@@ -131,7 +132,9 @@ def unit_text(spec: UnitSpec) -> str:
     ]
     if not spec.user_unit:
         service += ([f"User={spec.run_as}"] if spec.run_as else []) + [
-            "NoNewPrivileges=yes", "ProtectSystem=full", "PrivateTmp=yes"]
+            "NoNewPrivileges=yes", "ProtectSystem=full"]
+        service += ["PrivateTmp=yes"] if spec.private_tmp else [
+            "# no PrivateTmp: the config, Python or catalog live under /tmp, which it would hide from the service"]
     install = ["", "[Install]", f"WantedBy={'default.target' if spec.user_unit else 'multi-user.target'}", ""]
     return "\n".join(unit + service + install)
 
@@ -173,3 +176,23 @@ def install(spec: UnitSpec, *, directory: Path, name: str = SERVICE_NAME) -> tup
         raise InputError(f"cannot write {e.filename}: permission denied",
                          hint="run as root for a system unit, or add --user") from e
     return unit, created
+
+
+TMP_ROOTS = (Path("/tmp"), Path("/var/tmp"))  # PrivateTmp=yes gives the service empty ones of its own
+
+
+def under_tmp(*paths: Path) -> list[Path]:
+    """Those of ``paths`` that a ``PrivateTmp=yes`` service could not see (they live under /tmp or /var/tmp)."""
+    return [p for p in paths if any(p.resolve().is_relative_to(t.resolve()) for t in TMP_ROOTS)]
+
+
+def check_user(name: str) -> None:
+    """Raise :class:`InputError` when ``name`` is not a user on this machine (the service would fail at start)."""
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise InputError(f"--run-as {name!r}: no such user on this machine (the service would fail to start)",
+                         hint=f"create it first, e.g. sudo useradd --system --home-dir /var/lib/storelens {name}, "
+                         "or leave --run-as out to run as root") from None

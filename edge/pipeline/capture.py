@@ -2,8 +2,10 @@
 
 A source is anything with ``read() -> image | None`` (None = end of stream) and ``close()``:
 a camera index, an RTSP/HTTP URL or a video file (OpenCV ``VideoCapture``), or an image
-folder / glob (sorted, optionally looping). :func:`open_source` picks one from the config
-string and raises :class:`CaptureError` naming the camera when it cannot be opened at start.
+folder / glob / file (sorted, optionally looping, each image shown ``hold_frames`` frames: a
+kiosk's gate waits for still frames, so an image shown once would never be recognised).
+:func:`open_source` picks one from the config string and raises :class:`CaptureError` naming the
+camera when it cannot be opened at start.
 
 :class:`CameraThread` reads a source at its fps cap and keeps only the newest frame (a slow
 consumer skips frames instead of building a backlog). When a stream drops (read error,
@@ -85,19 +87,30 @@ class VideoCaptureSource:
 
 
 class ImageFolderSource:
-    """The images of a folder or glob pattern in name order; an unreadable image is skipped and counted."""
+    """The images of a folder or glob pattern in name order, each repeated ``hold_frames`` times (a still
+    view, as a product held up to a camera is); an unreadable image is skipped and counted."""
 
-    def __init__(self, *, name: str, paths: list[Path], loop: bool = False) -> None:
+    def __init__(self, *, name: str, paths: list[Path], loop: bool = False, hold_frames: int = 1) -> None:
         if not paths:
             raise CaptureError(f"camera {name!r}: no images found",
                                hint=f"put {'/'.join(IMAGE_SUFFIXES)} files in the folder or fix the glob")
         self.name = name
         self.paths = paths
         self.loop = loop
+        self.hold_frames = max(1, hold_frames)
         self.skipped = 0
         self._i = 0
+        self._held: tuple[np.ndarray, int] | None = None  # the image being shown, and how often it was
 
     def read(self) -> np.ndarray | None:
+        if self._held is not None and self._held[1] < self.hold_frames:
+            self._held = (self._held[0], self._held[1] + 1)
+            return self._held[0].copy()  # a copy: the consumer may draw on or keep the frame
+        image = self._next()
+        self._held = None if image is None else (image, 1)
+        return image
+
+    def _next(self) -> np.ndarray | None:
         for _ in range(len(self.paths)):
             if self._i >= len(self.paths):
                 if not self.loop:
@@ -121,8 +134,26 @@ def _image_paths(source: str) -> list[Path] | None:
     p = Path(source)
     if p.is_dir():
         return sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        return [p]  # one photo: a still view the kiosk can decide on, held like a folder's images
     if any(ch in source for ch in "*?["):
         return sorted(Path(q) for q in glob.glob(source) if Path(q).suffix.lower() in IMAGE_SUFFIXES)
+    return None
+
+
+def source_problem(source: str) -> str | None:
+    """What is wrong with a camera source string without opening a device (None: looks usable).
+
+    Camera indexes and URLs are only opened by ``run``; a file, folder or glob must exist and hold images."""
+    src = source.strip()
+    if src.isdigit() or "://" in src:
+        return None
+    paths = _image_paths(src)
+    if paths == []:
+        return "no images in it (jpg/png/...): put photos there or fix the glob"
+    if paths is None and not Path(src).is_file():
+        return ("no such file or folder, and not a camera index or URL (e.g. 0, rtsp://host/stream, clip.mp4, "
+                "photos/, 'shots/*.jpg')")
     return None
 
 
@@ -131,7 +162,7 @@ def open_source(cam: CameraSettings) -> FrameSource:
     src = cam.source.strip()
     paths = _image_paths(src)
     if paths is not None:
-        return ImageFolderSource(name=cam.name, paths=paths, loop=cam.loop)
+        return ImageFolderSource(name=cam.name, paths=paths, loop=cam.loop, hold_frames=cam.hold_frames)
     is_url = "://" in src
     if not (src.isdigit() or is_url or Path(src).is_file()):
         raise CaptureError(f"camera {cam.name!r}: source {src!r} is not a camera index, URL, file, folder or glob",

@@ -74,16 +74,21 @@ class ViewLog:
         self._matches: OrderedDict[str, str] = OrderedDict()  # match id -> view id
 
     def on_decision(self, msg: dict[str, Any], crop: np.ndarray | None) -> None:
-        """A published match message (the runtime's decision listener)."""
+        """A published match message (the runtime's decision listener).
+
+        The view keeps the crop of its decision; a heartbeat's crop is ignored (issue 28, finding 10: it
+        may be a later frame, a hand or the next item, and a scan would teach the catalog that).
+        """
         view_id = msg.get("view_id")
         if not view_id:
             return
         cands = msg.get("candidates") or []
         ts = float(msg.get("ts", time.time()))
-        kept = None if crop is None else np.array(crop, copy=True)
+        heartbeat = bool(msg.get("heartbeat"))  # never its crop: a heartbeat re-sends an old frame's decision
+        kept = None if crop is None or heartbeat else np.array(crop, copy=True)
         with self._lock:
             old = self._views.pop(view_id, None)
-            if kept is None and old is not None:
+            if (kept is None or heartbeat) and old is not None:
                 kept = old.crop
             region = f"{msg.get('camera', '')}/{msg.get('roi', '')}"
             self._views[view_id] = SeenView(
@@ -341,7 +346,7 @@ def attach_learning(rt: Runtime) -> ConfirmIntake | None:
     if "command" in s.sources:
         rt.router.register("confirm", intake.confirm_command)
     if "scan" in s.sources and rt.link is not None:
-        rt.link.add_topic_handler(rt.link.topic("events/scan"), intake.on_scan_message)
+        rt.link.add_topic_handler(rt.link.topic("events/scan"), intake.on_scan_message, max_bytes=SCAN_MAX_BYTES)
     actions = getattr(rt.screen, "actions", None)
     if "kiosk" in s.sources and actions is not None:
         actions.on_confirmed = intake.on_kiosk_confirm

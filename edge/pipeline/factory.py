@@ -23,10 +23,12 @@ from edge.core.errors import StoreLensError
 from edge.models.encoders.base import ImageEncoder
 from edge.ops.hooks import RuntimeHooks
 from edge.pipeline.capture import CameraThread, SourceFactory
-from edge.pipeline.gate import RegionGate
+from edge.pipeline.gate import NEVER_STEADY_WARN_S, RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
+from edge.pipeline.label_text import label_reranker
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
 from edge.pipeline.vote import RegionVoter
+from edge.recommend.basket_events import MAX_PAYLOAD_BYTES as BASKET_MAX_BYTES
 from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
 
@@ -62,8 +64,10 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
                  hooks=RuntimeHooks.from_settings(settings, link))
     rt.extra_status["outbox"] = lambda: outbox.stats().to_dict()  # a full disk shows in the retained status
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
+    for region in (r for regions in rt.regions.values() for r in regions):  # a view that never holds still: said
+        region.gate.watch_never_steady(region.key, after=round(region.camera.fps * NEVER_STEADY_WARN_S))
     if recommender is not None:  # events/basket in, cmd/recommend, `recommendations` in match messages
-        attach_recommender(recommender, link=link, router=router)
+        attach_recommender(recommender, link=link, router=router, known=_catalog_holds(rt))
     if settings.kiosk_screen.enabled:  # the shopper's page (edge.kiosk); starts and stops with the runtime
         from edge.kiosk.screen import attach_screen
 
@@ -71,18 +75,28 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
     return rt
 
 
-def attach_recommender(recommender: Recommender, *, link: MqttLink | None, router: CommandRouter) -> None:
+def attach_recommender(recommender: Recommender, *, link: MqttLink | None, router: CommandRouter,
+                       known: Callable[[str], bool] | None = None) -> None:
     """``cmd/recommend`` on the router and ``events/basket`` on the link (call before ``link.start()``).
 
     The basket handler runs on paho's network thread: one small SQLite transaction, never raises.
+    A basket must carry the router's token when it has one; ``known(sku)`` drops skus the catalog lacks.
     """
     router.register("recommend", recommend_handler(recommender))
 
     def on_basket(_topic: str, payload: bytes, _props: Any) -> None:
-        recommender.handle_basket_message(payload)
+        recommender.handle_basket_message(payload, token=router.token, known=known)
 
     if link is not None:
-        link.add_topic_handler(link.topic("events/basket"), on_basket)
+        link.add_topic_handler(link.topic("events/basket"), on_basket, max_bytes=BASKET_MAX_BYTES)
+
+
+def _catalog_holds(rt: Runtime) -> Callable[[str], bool] | None:
+    """Whether the runtime's current catalog (read on every call: a reload swaps it) holds a sku; None for a
+    matcher without a catalog (then baskets are not checked against one)."""
+    if getattr(rt.matcher, "catalog", None) is None:
+        return None
+    return lambda sku: rt.matcher.catalog.get(sku) is not None  # type: ignore[attr-defined]
 
 
 def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
@@ -128,27 +142,3 @@ def build_runtime(settings: Settings) -> Runtime:
 
     attach_learning(rt)  # confirmations (kiosk, cmd/confirm, events/scan) become learned photos
     return rt
-
-
-def label_reranker(settings: Settings, store: Any) -> LabelTextReranker | None:
-    """OCR + fusion for the frame loop, or None (said in the log) when it would not change a ranking.
-
-    Fusion is off unless ``storelens calibrate --fusion`` stored a non-zero OCR weight with the
-    catalog: reading labels costs CPU, and with weight 0 it cannot change a decision.
-    """
-    if not settings.ocr.enabled:
-        log.info("label text (OCR) off: ocr.enabled = false")
-        return None
-    from edge.text.fusion import load_weights
-    from edge.text.ocr.worker import start_worker
-    from edge.text.profiles import catalog_profiles
-
-    weights = load_weights(store.catalog)
-    if not weights.ocr:
-        log.info("label text (OCR) off: no fitted OCR weight; run `storelens calibrate LABELLED --fusion`",
-                 extra={"fitted_on": weights.fitted_on})
-        return None
-    names = {p.sku: p.name for p in store.catalog.products()}
-    log.info("label text (OCR) on", extra={"w_ocr": weights.ocr, "w_text": weights.text})
-    return LabelTextReranker(worker=start_worker(settings.ocr), profiles=catalog_profiles(store.catalog),
-                             weights=weights, names=names)

@@ -13,13 +13,17 @@ the area averaging removes sensor noise). A frame is compared with the previous 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
 import cv2
 import numpy as np
 
+log = logging.getLogger("storelens.gate")
+
 THUMB = 32
+NEVER_STEADY_WARN_S = 5.0  # a kiosk camera whose view never held still this long is said to be so in the log
 
 
 class GateVerdict(StrEnum):
@@ -63,6 +67,8 @@ class RegionGate:
 
     def __init__(self, *, change_threshold: float, steady_frames: int, frames_per_view: int,
                  enabled: bool = True) -> None:
+        self.name = ""  # camera/region, for the log
+        self.warn_never_steady_after = 0  # frames; 0 = never warn (watch_never_steady)
         self.change_threshold = change_threshold
         self.steady_frames = steady_frames
         self.frames_per_view = frames_per_view
@@ -84,6 +90,8 @@ class RegionGate:
         self._still = 0 if moving else self._still + 1
         if self._still < self.steady_frames:
             self.stats.skipped_unsteady += 1
+            if self.stats.seen == self.warn_never_steady_after and self.stats.embedded == 0:
+                self._warn_never_steady()
             return GateVerdict.UNSTEADY
         if self._ref is None or self._diff(thumb, self._ref) >= self.change_threshold:
             self._ref = thumb
@@ -96,6 +104,19 @@ class RegionGate:
             return GateVerdict.EMBED
         self.stats.skipped_unchanged += 1
         return GateVerdict.UNCHANGED
+
+    def watch_never_steady(self, name: str, *, after: int) -> None:
+        """Warn once (naming ``name``) when ``after`` frames were seen and no view ever held still."""
+        self.name, self.warn_never_steady_after = name, after
+
+    def _warn_never_steady(self) -> None:
+        """Frames keep coming but no view was ever still for ``steady_frames`` frames: nothing is recognised.
+        Said once, with the usual causes (an image folder shows each image one frame; a shaking camera)."""
+        log.warning(f"{self.name}: {self.stats.seen} frames and the view never held still for "
+                    f"gate.steady_frames = {self.steady_frames} frames, so nothing was recognised yet; an image "
+                    "folder source shows each image for one frame: set hold_frames in its [[cameras]] (e.g. 15); "
+                    "a live camera: mount it firmly or raise gate.change_threshold",
+                    extra={"region": self.name, "frames": self.stats.seen})
 
     @staticmethod
     def _diff(a: np.ndarray, b: np.ndarray) -> float:

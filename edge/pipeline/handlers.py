@@ -19,6 +19,7 @@ from edge.catalog.ranking import DEFAULT_K
 from edge.comms.commands import CommandRouter, load_images, optional_int, reject_unknown_keys, require_str
 from edge.core.errors import CommandError, InputError
 from edge.models.encoders.base import ImageEncoder
+from edge.pipeline.label_text import reload_label_text
 from edge.recommend.service import Recommender
 from edge.recommend.similar import Filters
 from edge.text.profiles import TextProfiles, catalog_profiles
@@ -68,6 +69,7 @@ class RuntimeCommands:
             rt.swap_models(new_encoder, matcher, text=_label_text(rt, matcher))
         else:  # the same matcher reopens its newest index generation, in the swap (new thresholds too)
             rt.swap_models(rt.encoder, rt.matcher, reload=True, text=_label_text(rt, rt.matcher))
+        reload_label_text(rt, rt.matcher)  # OCR on once calibrate --fusion stored a weight; new weights
         if rt.recommender is not None:
             rt.recommender.reload_products(rt.matcher)
         rt.publish_status()
@@ -144,6 +146,10 @@ def recommend_handler(recommender: Recommender) -> Callable[[dict[str, Any]], di
             filters = Filters(in_stock_only=bool(args.get("in_stock_only", False)),
                               same_category=bool(args.get("same_category", False)),
                               price_band=_float_or_none(args.get("price_band")))
+            if unknown := unknown_skus(recommender, skus):
+                raise CommandError(f"sku {unknown[0]!r} is not in the catalog (nor in any sold basket)",
+                                   hint="check the sku (storelens catalog list); an empty list would look like "
+                                   "a product nobody buys with anything")
             recs = recommender.recommend(skus, kind=kind, k=k, filters=filters)
         except InputError as e:
             raise CommandError(e.message, hint=e.hint) from e
@@ -151,6 +157,13 @@ def recommend_handler(recommender: Recommender) -> Callable[[dict[str, Any]], di
                 "recommendations": [r.to_dict() for r in recs]}
 
     return handle
+
+
+def unknown_skus(recommender: Recommender, skus: Sequence[str]) -> list[str]:
+    """Skus neither the catalog's products nor the sold baskets know (none when the recommender knows no sku)."""
+    products = recommender.products
+    known = set(products.skus if products is not None else ()) | set(recommender.model().skus)
+    return [s for s in skus if s not in known] if known else []
 
 
 def _float_or_none(v: object) -> float | None:

@@ -15,10 +15,16 @@ reload under its own lock.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import numpy as np
 
+from edge.core.config import Settings
 from edge.core.types import Candidate
 from edge.text.fusion import LabelTextReranker
+
+log = logging.getLogger("storelens.pipeline")
 
 
 class LabelTextVotes:
@@ -57,3 +63,50 @@ class LabelTextVotes:
         else:
             self._pending[key] = (crop, image_cands, left - 1)
         return self.reranker.fuse_reading(reading, image_cands)
+
+
+def label_reranker(settings: Settings, store: Any) -> LabelTextReranker | None:
+    """OCR + fusion for the frame loop, or None (said in the log) when it would not change a ranking.
+
+    Fusion is off unless ``storelens calibrate --fusion`` stored a non-zero OCR weight with the
+    catalog: reading labels costs CPU, and with weight 0 it cannot change a decision.
+    """
+    if not settings.ocr.enabled:
+        log.info("label text (OCR) off: ocr.enabled = false")
+        return None
+    from edge.text.fusion import load_weights
+    from edge.text.ocr.worker import start_worker
+    from edge.text.profiles import catalog_profiles
+
+    weights = load_weights(store.catalog)
+    if not weights.ocr:
+        log.info("label text (OCR) off: no fitted OCR weight; run `storelens calibrate LABELLED --fusion`",
+                 extra={"fitted_on": weights.fitted_on})
+        return None
+    names = {p.sku: p.name for p in store.catalog.products()}
+    log.info("label text (OCR) on", extra={"w_ocr": weights.ocr, "w_text": weights.text})
+    return LabelTextReranker(worker=start_worker(settings.ocr), profiles=catalog_profiles(store.catalog),
+                             weights=weights, names=names)
+
+
+def reload_label_text(rt: Any, matcher: Any) -> None:
+    """On ``reload`` of ``rt`` (a :class:`~edge.pipeline.loop.Runtime`, which imports this module): the fusion
+    weights stored with the catalog now, as ``storelens calibrate --fusion`` left them.
+
+    A runtime started before any weight was fitted has no reranker; once a non-zero OCR weight is
+    stored, reload starts one (as a restart would), so the README's "reload picks up stored
+    calibration" holds for label text too. A running reranker takes the new weights.
+    """
+    if not hasattr(matcher, "catalog"):
+        return
+    from edge.text.fusion import load_weights
+
+    if rt.reranker is not None:
+        rt.reranker.weights = load_weights(matcher.catalog)
+        log.info("label text (OCR) weights reloaded", extra={"w_ocr": rt.reranker.weights.ocr})
+        return
+    reranker = label_reranker(rt.settings, matcher)
+    if reranker is not None:
+        with rt.models_paused():  # between two batches: the loop sees no reranker, or the whole one
+            rt.reranker = reranker
+            rt._text.reranker = reranker  # the loop's label-text step (LabelTextVotes, this module)

@@ -36,6 +36,7 @@ from edge.models.encoders.base import ImageEncoder
 from edge.ops.hooks import RuntimeHooks
 from edge.pipeline import messages
 from edge.pipeline.capture import CameraThread, Frame
+from edge.pipeline.crops import DecidedCrops, crop
 from edge.pipeline.gate import GateVerdict, RegionGate
 from edge.pipeline.label_text import LabelTextVotes
 from edge.pipeline.vote import Decision, RegionVoter, VoteParams
@@ -86,14 +87,6 @@ class Region:
         return f"{self.camera.name}/{self.roi.name}"
 
 
-def crop(image: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
-    """The normalised ``(x, y, w, h)`` region of ``image`` (a view, at least 1x1 pixel)."""
-    h, w = image.shape[:2]
-    x0, y0 = int(rect[0] * w), int(rect[1] * h)
-    x1, y1 = max(x0 + 1, round((rect[0] + rect[2]) * w)), max(y0 + 1, round((rect[1] + rect[3]) * h))
-    return image[y0:min(y1, h), x0:min(x1, w)]
-
-
 def vote_params(settings: Settings, matcher: Any) -> VoteParams:
     """The voting parameters for ``matcher``: its stored thresholds (``matcher.thresholds``) under the config's."""
     return VoteParams.from_settings(settings.decision, getattr(matcher, "thresholds", None))
@@ -122,11 +115,13 @@ class Runtime:
         self.screen: DecisionScreen | None = None  # the kiosk screen (edge.kiosk), attached by the factory
         self._send_lock = threading.Lock()  # results are published from the screen's threads too (confirm)
         self._out = out
+        self._lines = messages.DecisionLines(c.name for c in settings.cameras if c.mode == "kiosk")
         self._wake = wake
         self._model_lock = threading.RLock()  # encoder, matcher and label-text profiles: one snapshot per batch
         self._text = LabelTextVotes(reranker, revotes=settings.decision.window)
         self._jsonl: IO[str] | None = None
         self._last_frames: dict[str, Frame] = {}
+        self._crops = DecidedCrops()  # the crop each region's view was decided on
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.counts = {"frames": 0, "embedded": 0, "batches": 0, "decisions": 0, "unknown": 0, "planogram": 0,
                        "heartbeats": 0, "errors": 0, "crops_failed": 0}
@@ -306,7 +301,8 @@ class Runtime:
                 d, match_id=msg["id"], device=self.settings.device.id, catalog_version=self.matcher.catalog_version))
         if not d.heartbeat:  # a heartbeat re-sends an old frame's decision: not a latency sample
             self.latencies.append(max(0.0, (time.time() - d.ts) * 1000))
-        print(messages.decision_line(d), file=self._out, flush=True)
+        item = msg["item_id"] if "item_id" in msg else d.view_id  # a runtime with items: the empty tray has none
+        print(self._lines.line(d, item=item), file=self._out, flush=True)
 
     def _send(self, suffix: str, msg: dict[str, Any]) -> None:
         body = json.dumps(msg, separators=(",", ":")).encode()
@@ -325,10 +321,11 @@ class Runtime:
         self._send(suffix, msg)
 
     def _view_crop(self, d: Decision) -> np.ndarray | None:
-        """The decided region's crop of its camera's newest frame (what a kiosk confirmation keeps)."""
+        """The crop ``d``'s view was decided on; a heartbeat's is kept, never its newest frame (edge.pipeline.crops)."""
         frame = self._last_frames.get(d.camera)
         region = next((r for r in self.regions.get(d.camera, ()) if r.roi.name == d.roi), None)
-        return None if frame is None or region is None else crop(frame.image, region.roi.rect)
+        newest = None if frame is None or region is None else crop(frame.image, region.roi.rect)
+        return self._crops.for_decision(d, newest)
 
     # -- what command handlers use (on the command worker thread) -----------------------------------
 
@@ -367,8 +364,7 @@ class Runtime:
     # -- stats and status --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        ocr = ({**self.reranker.worker.stats().to_dict(), "fused": self.reranker.fused}
-               if self.reranker is not None else {"enabled": False})
+        ocr = messages.ocr_stats(self.reranker)
         return messages.stats_message(
             counts=self.counts, uptime_s=time.monotonic() - self._started, latencies_ms=self.latencies,
             gates=(r.gate.stats for regions in self.regions.values() for r in regions),

@@ -17,10 +17,12 @@ from edge.core.config import DeviceSettings
 from edge.pipeline.capture import CameraThread
 from edge.pipeline.gate import GateStats
 from edge.pipeline.vote import Decision, VoteParams
+from edge.text.ocr.worker import OcrStats
 
 MATCH_SCHEMA = "storelens.match/1"
 PLANOGRAM_SCHEMA = "storelens.planogram/1"
 STATUS_SCHEMA = "storelens.status/1"
+STATS_SCHEMA = "storelens.stats/1"
 PLANOGRAM_CANDIDATES = 3  # a planogram event lists the top few, a match message top_k
 
 
@@ -83,13 +85,21 @@ def stats_message(*, counts: Mapping[str, int], uptime_s: float, latencies_ms: I
     lat = sorted(latencies_ms)
     up = max(1e-9, uptime_s)
     return {
-        "ts": round(time.time(), 3), "uptime_s": round(up, 1), **counts,
+        "schema": STATS_SCHEMA, "ts": round(time.time(), 3), "uptime_s": round(up, 1), **counts,
         "fps": round(counts["frames"] / up, 2),
         "latency_ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99)},
         "unknown_rate": round(counts["unknown"] / counts["decisions"], 4) if counts["decisions"] else 0.0,
         "gate": gate.to_dict(), "outbox": outbox.to_dict(), "mqtt": mqtt,
         "cameras": {c.name: c.stats.to_dict() for c in cameras}, "commands": commands, "ocr": ocr,
     }
+
+
+def ocr_stats(reranker: Any) -> dict[str, Any]:
+    """``stats.ocr``: the same keys whether label text is on or off (off: ``enabled`` false, counters 0),
+    so a dashboard reading ``ocr.reads`` never meets a missing key."""
+    if reranker is None:
+        return {"enabled": False, **OcrStats(0, 0, 0, 0, 0, 0, 0.0, 0.0).to_dict(), "fused": 0}
+    return {"enabled": True, **reranker.worker.stats().to_dict(), "fused": int(reranker.fused)}
 
 
 def decision_line(d: Decision) -> str:
@@ -99,6 +109,37 @@ def decision_line(d: Decision) -> str:
     hb = " heartbeat" if d.heartbeat else ""
     stamp = time.strftime("%H:%M:%S", time.localtime(d.ts))
     return f"{stamp} {d.camera}/{d.roi} {d.decision:7s} {top} frames={d.frames}{extra}{hb}"
+
+
+class DecisionLines:
+    """The printed decision lines of a kiosk, numbered by item (issue 29 item 22).
+
+    Each line of a kiosk camera ends with the item it is about (``item 3``): the runtime's
+    ``item_id`` when the match carries one, else its view (no item: the plain line). A later
+    answer for the same item says ``item 3 updated``, so it never reads as a second item;
+    heartbeats and the final answer keep ``item 3``; shelf cameras keep the plain line.
+    """
+
+    REMEMBERED = 256  # items whose numbers are kept (a late update of an older one gets a new number)
+
+    def __init__(self, kiosk_cameras: Iterable[str]) -> None:
+        self.kiosk_cameras = frozenset(kiosk_cameras)
+        self._numbers: dict[str, int] = {}
+        self._count = 0
+
+    def line(self, d: Decision, *, item: str | None) -> str:
+        base = decision_line(d)
+        if d.camera not in self.kiosk_cameras or not item:
+            return base
+        number = self._numbers.get(item)
+        if number is None:
+            self._count += 1
+            number = self._numbers[item] = self._count
+            if len(self._numbers) > self.REMEMBERED:
+                del self._numbers[next(iter(self._numbers))]
+            return f"{base}  item {number}"
+        firm = d.heartbeat or bool(getattr(d, "final", False))  # the line already says heartbeat / final
+        return f"{base}  item {number}" + ("" if firm else " updated")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:

@@ -16,54 +16,44 @@ stored exponent grows large. The pair counts are exactly the Gram matrix ``X^T X
 (decayed) basket-item matrix, which is all that the association models in
 :mod:`edge.recommend` need.
 
-Bad input never raises out of :meth:`BasketStore.handle_message`: malformed, empty, oversized,
+Bad input never raises out of :meth:`BasketStore.handle_message` (parsing and checks:
+:mod:`edge.recommend.basket_events`): malformed, empty, oversized,
 stale, future-dated and duplicate baskets are rejected, counted (persistently) and logged.
+
+Forged baskets (issue 28): when ``mqtt.command_token`` is set a basket must carry it as
+``"token"`` (compared in constant time), else it is rejected ``unauthorised``; skus the catalog
+does not hold are dropped (a basket left with none is rejected ``unknown_sku``), so a forged
+basket cannot invent rows; and at most ``recommend.max_baskets_per_minute`` baskets are counted
+a minute (the rest rejected ``rate``). ``unauthorised`` and ``rate`` are counted in memory only,
+so a flood never writes to the database.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import permutations
 from pathlib import Path
 
 import numpy as np
 
-from edge.core.errors import ConfigError, InputError
+from edge.core.errors import ConfigError
 from edge.core.sqlite import BUSY_TIMEOUT_S, connect, transaction
+from edge.recommend.basket_events import Basket, BasketRejected, parse_basket
 
 log = logging.getLogger("storelens.baskets")
 
-REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate", "storage")
-MAX_PAYLOAD_BYTES = 256 * 1024
+REJECT_REASONS = ("malformed", "empty", "too_many_items", "stale", "future", "duplicate", "storage",
+                  "unauthorised", "unknown_sku", "rate")
+MEMORY_REASONS = ("storage", "unauthorised", "rate")  # counted in memory: writing them is what they must not cause
 FUTURE_SKEW_S = 300.0  # clocks of store systems may be this far ahead of ours
 _REBASE_EXPONENT = 64.0  # rescale stored weights once a new basket would weigh 2**64 times t_ref
-_MAX_TEXT = 128
 PRUNE_EVERY = 1000  # accepted baskets between prunes of expired ids
-
-
-class BasketRejected(InputError):
-    """A basket event that cannot be counted; ``reason`` is one of :data:`REJECT_REASONS`."""
-
-    def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message, hint=hint)
-
-
-@dataclass(frozen=True, slots=True)
-class Basket:
-    """One sold basket: a unique id, its distinct skus (first-seen order) and the sale time."""
-
-    id: str
-    skus: tuple[str, ...]
-    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,59 +133,6 @@ class Cooccurrence:
         )
 
 
-def parse_basket(payload: bytes | str, *, now: float, max_items: int) -> Basket:
-    """Validate one basket event; raise :class:`BasketRejected` saying what is wrong with it."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise BasketRejected("malformed", f"basket event of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
-                             hint="publish one basket per event")
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BasketRejected("malformed", f"basket event is not JSON: {e}",
-                             hint='send {"id": "...", "skus": ["..."], "ts": epoch seconds}') from e
-    if not isinstance(doc, dict):
-        raise BasketRejected("malformed", f"basket event must be a JSON object, got {type(doc).__name__}",
-                             hint='send {"id": "...", "skus": ["..."]}')
-    unknown = set(doc) - {"id", "skus", "ts"}
-    if unknown:
-        raise BasketRejected("malformed", f"basket event has unknown keys {sorted(unknown)}",
-                             hint="only id, skus and ts are allowed")
-    bid = doc.get("id")
-    if isinstance(bid, bool) or not isinstance(bid, str | int) or not str(bid).strip() or len(str(bid)) > _MAX_TEXT:
-        raise BasketRejected("malformed", f"basket id must be a non-empty string or integer, got {bid!r}",
-                             hint="give every basket the POS transaction id, so replays count once")
-    skus = doc.get("skus")
-    if not isinstance(skus, list) or not all(isinstance(s, str) for s in skus):
-        raise BasketRejected("malformed", f"basket {bid}: skus must be a list of strings",
-                             hint='e.g. "skus": ["4001", "4002"]')
-    clean = list(dict.fromkeys(s.strip() for s in skus if s.strip()))
-    if any(len(s) > _MAX_TEXT for s in clean):
-        raise BasketRejected("malformed", f"basket {bid}: a sku is longer than {_MAX_TEXT} characters")
-    if not clean:
-        raise BasketRejected("empty", f"basket {bid} has no skus", hint="publish only baskets with items")
-    if len(clean) > max_items:
-        raise BasketRejected("too_many_items", f"basket {bid} has {len(clean)} distinct skus (limit {max_items})",
-                             hint="raise recommend.max_basket_items if such baskets are real")
-    return Basket(id=str(bid).strip(), skus=tuple(clean), ts=_parse_ts(doc.get("ts"), bid, now))
-
-
-def _parse_ts(ts: object, bid: object, now: float) -> float:
-    if ts is None:
-        return now
-    if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
-        return float(ts)
-    if isinstance(ts, str):
-        try:
-            dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-        else:
-            if dt.tzinfo is not None:
-                return dt.timestamp()
-    raise BasketRejected("malformed", f"basket {bid}: ts must be epoch seconds or ISO 8601 with a zone, got {ts!r}",
-                         hint='e.g. "ts": 1732450000 or "ts": "2026-11-24T17:00:00Z"')
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen(id TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
@@ -210,8 +147,12 @@ class BasketStore:
     """Durable, incremental, time-decayed basket statistics in one SQLite file (thread-safe)."""
 
     def __init__(self, *, path: Path, half_life_s: float | None, dedup_window_s: float, max_items: int,
-                 clock: Callable[[], float] = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+                 clock: Callable[[], float] = time.time, busy_timeout_s: float = BUSY_TIMEOUT_S,
+                 max_per_minute: int | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
+        self.max_per_minute = max_per_minute
+        self._monotonic = monotonic
+        self._recent: deque[float] = deque()  # monotonic times of baskets counted in the last minute
         self.half_life_s = half_life_s
         self.dedup_window_s = dedup_window_s
         self.max_items = max_items
@@ -227,7 +168,7 @@ class BasketStore:
         self._check_half_life()
         self._accepted_since_prune = 0
         self._version = int(self._meta("version") or 0)
-        self._storage_errors = 0  # in memory: the database that failed cannot count them
+        self._memory_counts = dict.fromkeys(MEMORY_REASONS, 0)  # never written: see MEMORY_REASONS
 
     def _check_half_life(self) -> None:
         want = "none" if self.half_life_s is None else repr(float(self.half_life_s))
@@ -250,16 +191,22 @@ class BasketStore:
         self._db.execute("INSERT INTO counters VALUES(?, 1) ON CONFLICT(name) DO UPDATE SET n = n + 1", (name,))
 
     # -- writing ---------------------------------------------------------------------------
-    def handle_message(self, payload: bytes | str) -> IngestResult:
-        """Parse and count one basket event; every rejection is counted and logged, never raised."""
+    def handle_message(self, payload: bytes | str, *, token: str | None = None,
+                       known: Callable[[str], bool] | None = None) -> IngestResult:
+        """Parse and count one basket event; every rejection is counted and logged, never raised.
+
+        ``token`` and ``known``: see :func:`parse_basket`; the rate bound is ``max_per_minute``.
+        """
         try:
-            basket = parse_basket(payload, now=self._clock(), max_items=self.max_items)
+            basket = parse_basket(payload, now=self._clock(), max_items=self.max_items, token=token, known=known)
         except BasketRejected as e:
             return self._reject(e.reason, None, str(e))
+        if not self._within_rate():
+            return self._reject("rate", basket.id, f"more than {self.max_per_minute} baskets in a minute")
         try:
             return self.add(basket)
         except sqlite3.Error as e:  # disk full, file locked or corrupt: said and counted, the runtime goes on
-            self._storage_errors += 1
+            self._memory_counts["storage"] += 1
             log.error("basket not stored: %s (check free disk space and %s)", e, self.path,
                       extra={"basket": basket.id})
             return IngestResult(accepted=False, reason="storage", basket_id=basket.id, message=str(e))
@@ -295,7 +242,28 @@ class BasketStore:
         if self._accepted_since_prune >= PRUNE_EVERY:
             self._prune_seen(now)
 
+    def _within_rate(self) -> bool:
+        """Room for one more basket in the sliding minute (and take it)."""
+        if self.max_per_minute is None:
+            return True
+        now = self._monotonic()
+        with self._lock:
+            while self._recent and now - self._recent[0] >= 60.0:
+                self._recent.popleft()
+            if len(self._recent) >= self.max_per_minute:
+                return False
+            self._recent.append(now)
+            return True
+
     def _reject(self, reason: str, basket_id: str | None, message: str) -> IngestResult:
+        if reason in MEMORY_REASONS:
+            with self._lock:
+                self._memory_counts[reason] += 1
+                first = self._memory_counts[reason] == 1
+            if first or self._memory_counts[reason] % 1000 == 0:  # a flood is logged, not echoed line by line
+                log.warning("basket rejected", extra={"reason": reason, "basket": basket_id, "detail": message,
+                                                      "count": self._memory_counts[reason]})
+            return IngestResult(accepted=False, reason=reason, basket_id=basket_id, message=message)
         with self._lock, transaction(self._db):
             self._bump(reason)
         # replays are routine (POS re-sends after an outage): counted, logged quietly
@@ -343,7 +311,7 @@ class BasketStore:
         """Accepted and rejected (by reason) basket events since the file was created."""
         with self._lock:
             rows = dict(self._db.execute("SELECT name, n FROM counters").fetchall())
-        rows["storage"] = self._storage_errors
+        rows.update(self._memory_counts)
         return {name: int(rows.get(name, 0)) for name in ("accepted", *REJECT_REASONS)}
 
     def snapshot(self, now: float | None = None) -> Cooccurrence:

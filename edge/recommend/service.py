@@ -3,7 +3,10 @@
 :class:`Recommender` answers from an :class:`~edge.recommend.associations.AssociationModel`
 (refit from the basket store at most every ``refresh_s``, on a background thread while the
 old model serves) and optional :class:`~edge.recommend.similar.ProductVectors`. Answers are
-cached per request until the model or the products change. Products with a positive
+cached per request until the model or the products change. So a basket reaches a running box's
+answers (the kiosk, ``cmd/recommend``, match messages) up to ``refresh_s`` (300 s) after it
+arrived, while ``storelens recommend``, a new process, builds its model from every basket
+stored: the difference is the refresh period, not a lost basket. Products with a positive
 association are "together", the others "popular"; with no baskets at all, similar products
 fill the list (cold start). Each result says which of those it came from.
 """
@@ -189,9 +192,13 @@ class Recommender:
             out += [Recommendation(s, name(s), v, "similar") for s, v in sim if s not in taken][:k - len(out)]
         return out
 
-    def handle_basket_message(self, payload: bytes | str) -> IngestResult:
-        """``<prefix>/events/basket`` handler: count the basket (or reject and count why); never raises."""
-        return self.store.handle_message(payload)
+    def handle_basket_message(self, payload: bytes | str, *, token: str | None = None,
+                              known: Callable[[str], bool] | None = None) -> IngestResult:
+        """``<prefix>/events/basket`` handler: count the basket (or reject and count why); never raises.
+
+        ``token``: the secret the event must carry; ``known(sku)``: whether the catalog holds a sku.
+        """
+        return self.store.handle_message(payload, token=token, known=known)
 
     def for_match(self, sku: str) -> list[dict[str, object]] | None:
         """The optional ``recommendations`` field of a kiosk match message (None when switched off)."""
@@ -231,7 +238,7 @@ def open_recommender(settings: RecommendSettings, *, data_dir: Any, products: Pr
     hl = None if settings.half_life_days is None else settings.half_life_days * 86400.0
     store = BasketStore(path=Path(data_dir) / "baskets.db", half_life_s=hl,
                         dedup_window_s=settings.dedup_window_days * 86400.0, max_items=settings.max_basket_items,
-                        clock=clock)
+                        clock=clock, max_per_minute=settings.max_baskets_per_minute)
     return Recommender(store=store, settings=settings, products=products)
 
 

@@ -1,20 +1,21 @@
 /* StoreLens kiosk screen. Live decisions arrive as server-sent events from the runtime
    (/events); search, recommend and confirm are JSON POSTs to /api/<verb>. No framework, no
-   network beyond this device. window.__kiosk exposes render times for tests and benchmarks. */
+   network beyond this device. window.__kiosk exposes the renders (times, item, pick list) and the
+   confirmations for tests and benchmarks. */
 (() => {
   'use strict';
   const cfg = JSON.parse(document.getElementById('kiosk-config').textContent);
   const L = cfg.labels;
-  const params = new URLSearchParams(location.search);
-  const token = params.get('token') || sessionStorage.getItem('storelens-token');
-  if (token) sessionStorage.setItem('storelens-token', token);
+  // The kiosk token came once in the address (/?token=...); the server answered with an HttpOnly
+  // cookie that every later request carries. Drop it from the address (and so from history).
+  if (new URLSearchParams(location.search).has('token')) history.replaceState(null, '', location.pathname);
   const money = new Intl.NumberFormat(cfg.locale, { style: 'currency', currency: cfg.currency });
   const BROWSE_MS = 60000; // a product opened from search or a recommendation shows this long
   const $ = (id) => document.getElementById(id);
   const stage = $('stage');
-  const kiosk = window.__kiosk = { rendered: [], connects: 0, last: null };
+  const kiosk = window.__kiosk = { rendered: [], connects: 0, last: null, confirms: [] };
   let live = null;      // the runtime's current decision event
-  let shown = null;     // what the screen shows: {kind, product, matchId, pick, browse}
+  let shown = null;     // what the screen shows: {kind, product, matchId, item, pick, browse}
   let online = false;
   let broker = 'off';
   let browseTimer = 0;
@@ -78,9 +79,8 @@
       : state === 'store-offline' ? L.store_offline : L.live;
   }
   async function api(verb, body) {
-    const payload = Object.assign({}, body, token ? { token } : {});
     const r = await fetch(`/api/${verb}`, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(payload),
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
     });
     const reply = await r.json();
     if (!reply.ok) throw new Error(reply.error || `HTTP ${r.status}`);
@@ -88,9 +88,11 @@
   }
 
   // -- views -----------------------------------------------------------------------------------
+  const PICKS_SHOWN = 4; // alternatives under a known answer (the unknown view shows every candidate)
   function showEmpty() {
     stage.dataset.kind = 'empty';
   }
+  // A product big on the screen: from a decision (with its pick list), a confirmation, or browsing.
   function showProduct(product, opts) {
     stage.dataset.kind = 'known';
     $('p-name').textContent = product.name;
@@ -100,8 +102,16 @@
     $('p-loc-row').hidden = !product.location;
     $('p-loc').textContent = product.location || '';
     $('p-confirmed').hidden = !opts.confirmed;
-    $('not-this').hidden = !opts.matchId || opts.confirmed;
-    $('p-photo').replaceChildren(picture(product, true));
+    const picks = opts.confirmed ? [] : (opts.picks || []).slice(0, PICKS_SHOWN);
+    fill($('p-picks'), picks, (p) => confirm(p, 'candidate'));
+    $('picks').hidden = !opts.matchId || opts.confirmed || !picks.length;
+    stage.classList.toggle('has-picks', !$('picks').hidden);
+    const cur = $('p-photo').firstElementChild; // the same product's photo stays (an update does not flicker)
+    if (!cur || cur.dataset.sku !== product.sku) {
+      const pic = picture(product, true);
+      pic.dataset.sku = product.sku;
+      $('p-photo').replaceChildren(pic);
+    }
     if (!opts.keepRecs) {
       $('recs-together').hidden = true;
       $('recs-similar').hidden = true;
@@ -119,26 +129,35 @@
     together.querySelector('h2').textContent = popular ? L.popular : L.together;
     fill(together.querySelector('.cards'), recs.together, browse);
     together.hidden = !recs.together.length;
+    // under a pick list there is room for one row: "bought together", else "similar" (the pick list is
+    // already the products that look like this one)
     const similar = $('recs-similar');
     fill(similar.querySelector('.cards'), recs.similar, browse);
-    similar.hidden = !recs.similar.length;
+    similar.hidden = !recs.similar.length || (stage.classList.contains('has-picks') && !together.hidden);
   }
 
   // -- what the runtime says -------------------------------------------------------------------
+  // One answer on the screen per item: an event of the item already shown (a heartbeat, a firmer
+  // or corrected answer, a confirmation) replaces it in place; only a new item takes the screen.
+  function itemOf(ev) { return ev.item || ev.view_id || null; }
   function render(ev) {
     live = ev;
-    const sameView = shown && shown.viewId && shown.viewId === ev.view_id;
-    if (ev.heartbeat && sameView && shown.kind === ev.kind) {
+    const item = itemOf(ev);
+    const sameItem = !!(shown && shown.item && shown.item === item);
+    if (ev.heartbeat && sameItem && shown.kind === ev.kind) {
       shown.matchId = ev.match_id; // nothing new to show: keep what the shopper is doing
       return;
     }
-    if (shown && shown.browse && !sameView && ev.heartbeat) return;
+    if (shown && shown.browse && !sameItem && ev.heartbeat) return;
     clearTimeout(browseTimer);
-    if (!sameView || !ev.heartbeat) closeResults();
+    // search owns the screen until the shopper closes it or a new item arrives (an empty tray is not
+    // one: the shopper may have lifted the item to type)
+    if (!sameItem && ev.kind !== 'empty') closeResults();
     const keepRecs = shown && shown.product && ev.product && shown.product.sku === ev.product.sku;
-    shown = { kind: ev.kind, product: ev.product, matchId: ev.match_id, viewId: ev.view_id };
+    const pick = sameItem && shown.pick;
+    shown = { kind: ev.kind, product: ev.product, matchId: ev.match_id, item, pick };
     if (ev.kind === 'known' && ev.product) {
-      showProduct(ev.product, { confirmed: ev.confirmed, matchId: ev.match_id, keepRecs });
+      showProduct(ev.product, { confirmed: ev.confirmed, matchId: ev.match_id, picks: ev.candidates, keepRecs });
     } else if (ev.kind === 'unknown') {
       showPick(L.unknown_title, ev.candidates, (p) => confirm(p, 'candidate'));
     } else {
@@ -146,19 +165,23 @@
     }
     requestAnimationFrame(() => {
       const rec = { match_id: ev.match_id, kind: ev.kind, sku: ev.product ? ev.product.sku : null,
+        item, update: sameItem, picks: ev.kind === 'known' && !$('picks').hidden
+          ? [...$('p-picks').children].map((c) => c.dataset.sku) : [],
         emitted_ms: ev.emitted_ms, shown_ms: performance.timeOrigin + performance.now() };
       kiosk.rendered.push(rec);
       kiosk.last = rec;
     });
   }
   function canConfirm() {
-    return shown && shown.matchId && (shown.kind === 'unknown' || shown.pick);
+    return !!(shown && shown.matchId && (shown.kind === 'unknown' || shown.pick));
   }
-  async function confirm(product, source) {
-    const matchId = shown && shown.matchId;
+  async function confirm(product, source, matchId) {
+    const target = matchId || (shown && shown.matchId);
     try {
-      await api('confirm', { match_id: matchId, sku: product.sku, source });
-      toast(L.confirmed);
+      const result = await api('confirm', { match_id: target, sku: product.sku, source });
+      kiosk.confirms.push(result);
+      closeResults();
+      if (!result.shown) toast(L.confirmed); // else the screen shows it, with its "confirmed" badge
     } catch (e) {
       toast(L.confirm_failed, true);
     }
@@ -166,7 +189,7 @@
   function browse(product) {
     closeResults();
     clearTimeout(browseTimer);
-    shown = { kind: 'known', product, matchId: null, viewId: live ? live.view_id : null, browse: true };
+    shown = { kind: 'known', product, matchId: null, item: live ? itemOf(live) : null, browse: true };
     showProduct(product, { confirmed: false, matchId: null });
     loadRecs(product.sku);
     browseTimer = setTimeout(() => { if (live) { shown = null; render(live); } }, BROWSE_MS);
@@ -176,7 +199,10 @@
   }
 
   // -- search ----------------------------------------------------------------------------------
+  // Results opened while an item is unknown (or after "Not listed? Search") confirm that item when
+  // tapped, even if the tray emptied meanwhile; otherwise a tap opens the product.
   let searchSeq = 0;
+  let searchFor = null; // {matchId, item} the open results would confirm
   async function search(q) {
     const seq = ++searchSeq;
     const text = q.trim();
@@ -184,13 +210,18 @@
     let result;
     try { result = await api('search', { q: text }); } catch (e) { return; }
     if (seq !== searchSeq) return;
-    const confirming = canConfirm();
-    fill($('r-cards'), result.results, (p) => (confirming ? confirm(p, 'search') : browse(p)));
+    if ($('results').hidden) searchFor = canConfirm() ? { matchId: shown.matchId, item: shown.item } : null;
+    fill($('r-cards'), result.results, (p) => {
+      if (!searchFor) { browse(p); return; }
+      const sameItem = shown && shown.item === searchFor.item && shown.matchId;
+      confirm(p, 'search', sameItem ? shown.matchId : searchFor.matchId);
+    });
     $('r-empty').hidden = result.results.length > 0;
     $('results').hidden = false;
   }
   function closeResults() {
     $('results').hidden = true;
+    searchFor = null;
   }
   let typing = 0;
   $('q').addEventListener('input', (e) => {
@@ -204,10 +235,9 @@
     search($('q').value);
   });
   $('r-close').addEventListener('click', closeResults);
-  $('not-this').addEventListener('click', () => {
-    if (!shown || !live) return;
-    shown.pick = true;
-    showPick(L.pick_title, live.candidates, (p) => confirm(p, 'candidate'));
+  $('pick-search').addEventListener('click', () => {
+    if (!shown || !shown.matchId) return;
+    shown.pick = true; // what the shopper searches for now corrects this item
     $('q').focus();
   });
 
