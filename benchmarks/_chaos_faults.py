@@ -22,6 +22,7 @@ from benchmarks._chaos_rig import (
 )
 
 YEAR_S = 365 * 86400.0
+ROOMY_MIB = 16  # the clock and broker faults are not about space: a disk they cannot fill
 
 
 @fault("disk-full-outage", "disk full during a broker outage")
@@ -58,12 +59,12 @@ def disk_full_after_outage(rig: Rig, name: str) -> dict[str, Any]:
 def _clock_step(rig: Rig, name: str, steps: list[float]) -> dict[str, Any]:
     """Messages queued during an outage, the wall clock stepped through ``steps``, outbox pruning running
     every second (:mod:`benchmarks._chaos_launch`), then the broker back."""
-    with rig.device(name) as (dev, _disk, gate, watcher):
+    with rig.device(name, size_mib=ROOMY_MIB) as (dev, _disk, gate, watcher):
         started(dev, watcher)
         gate.close()
         for offset in steps:
             dev.step_clock(offset)
-            more_decisions(dev, 4)
+            more_decisions(dev, 8)
         time.sleep(3)  # three prune rounds at the final clock
         gate.open()
         return finish(name, FAULTS[name][1], dev, watcher, recovered=settle(dev, watcher))
@@ -81,7 +82,7 @@ def clock_back(rig: Rig, name: str) -> dict[str, Any]:
 
 
 def _broker_restart(rig: Rig, name: str, *, persistent: bool) -> dict[str, Any]:
-    with rig.device(name) as (dev, _disk, gate, watcher):
+    with rig.device(name, size_mib=ROOMY_MIB) as (dev, _disk, gate, watcher):
         started(dev, watcher)
         if not persistent:  # hold the device back until the watcher (its session gone) subscribed again
             gate.close()

@@ -183,6 +183,7 @@ class Device:
             f"[decision]\nwindow = 5\nmin_frames = 3\nheartbeat_s = 2\nthreshold = {thresholds[0]}\n"
             f"margin = {thresholds[1]}\n[ocr]\nenabled = false\n"
             f'[mqtt]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = 5\nreconnect_max_s = 2\n'
+            "max_inflight = 2\n"  # a backlog waits in the outbox, not in paho's memory: the outbox is under test
             f"flush_timeout_s = 10\nstats_interval_s = 5\n{extra_toml}")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
