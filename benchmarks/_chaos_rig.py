@@ -357,6 +357,9 @@ def finish(name: str, label: str, dev: Device, watcher: Watcher, *, recovered: b
     """Stop the device (drain and flush), wait for stragglers, count."""
     rc = dev.stop()
     wait(lambda: delivered_all(dev, watcher), 20)
+    sizes = sorted(((p.stat().st_size, str(p.relative_to(dev.data))) for p in dev.data.rglob("*") if p.is_file()),
+                   reverse=True)
+    extra.setdefault("largest_files", [f"{name} {size // 1024} KiB" for size, name in sizes[:4]])
     log = dev.log_tail(10_000_000)
     evidence = {k: log.count(k) for k in EVIDENCE if k in log}
     return {"fault": label, "name": name, **account(dev.decided(), list(watcher.payloads), erased=erased),

@@ -56,8 +56,6 @@ Durability = Literal["process", "power"]
 _DEFAULTS = MqttSettings()
 MEMORY_MAX_BYTES = 16 * 1024 * 1024  # payloads held in memory while the disk refuses writes
 RETRY_S = 1.0  # how often pending() retries saving what is held in memory
-WAL_CHECKPOINT_PAGES = 128  # checkpoint the WAL this often (SQLite's default: 1000 pages)
-WAL_LIMIT_BYTES = 1 << 20  # and cut it back to this after a checkpoint
 COUNTERS = ("written", "delivered", "dropped_full", "dropped_age")
 _COLUMNS = "seq, msg_id, topic, payload, qos, retain, created, age_base"
 
@@ -326,10 +324,6 @@ class Outbox:
     def _connect(self, synchronous: Literal["NORMAL", "FULL"]) -> sqlite3.Connection:
         db = connect(self.path, synchronous=synchronous)
         try:
-            # A small WAL: every message is its own transaction, and SQLite's default (a checkpoint at 1000
-            # pages, the file never shrunk) would keep ~4 MiB of a nearly full disk for the outbox alone.
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")

@@ -18,6 +18,8 @@ from typing import Literal
 
 Synchronous = Literal["NORMAL", "FULL"]
 BUSY_TIMEOUT_S = 5.0  # how long a write waits for another connection's lock before failing
+WAL_CHECKPOINT_PAGES = 128  # checkpoint after a commit leaves the WAL this long (SQLite's default: 1000)
+WAL_LIMIT_BYTES = 1 << 20  # and cut it back to this after a checkpoint (default: never)
 LOW_SPACE_BYTES = 1 << 20  # below this much free space a failed write is put down to a full disk
 
 
@@ -26,6 +28,10 @@ def connect(path: Path, *, synchronous: Synchronous = "NORMAL", foreign_keys: bo
     """Open (creating) a WAL database; ``synchronous=NORMAL`` survives a killed process, ``FULL`` a power cut."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=timeout_s)
     db.execute("PRAGMA journal_mode=WAL")
+    # A small WAL: SQLite's default checkpoints at 1000 pages and never shrinks the file, so each
+    # database of many small transactions (outbox, baskets) would keep ~4 MiB of a nearly full disk.
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     if foreign_keys:
         db.execute("PRAGMA foreign_keys=ON")
     db.execute(f"PRAGMA synchronous={synchronous}")
