@@ -45,6 +45,16 @@ def wait_port(port: int, timeout: float = START_TIMEOUT_S) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+class PortTaken(RuntimeError):
+    """Mosquitto could not bind its port: another process holds it."""
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", "replace")
+
+
 @dataclass
 class Broker:
     """A Mosquitto process on ``port``; ``extra_config`` lines are appended (limits, TLS, passwords)."""
@@ -53,18 +63,37 @@ class Broker:
     workdir: Path
     anonymous: bool = True
     extra_config: str = ""
+    pick_port: bool = False  # True: start() may move to another free port if this one is taken
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
     def on_free_port(cls, workdir: Path, **kw: object) -> Broker:
         workdir.mkdir(parents=True, exist_ok=True)
-        return cls(port=free_port(), workdir=workdir, **kw)  # type: ignore[arg-type]
+        return cls(port=free_port(), workdir=workdir, pick_port=True, **kw)  # type: ignore[arg-type]
 
     @property
     def host(self) -> str:
         return "127.0.0.1"
 
     def start(self) -> None:
+        """Start Mosquitto and return once *this* process listens on ``port``.
+
+        Its stderr is kept in ``workdir/mosquitto.stderr``; a process that exits (port taken, bad config)
+        is an error quoting it. A broker from :meth:`on_free_port` that has never run takes another free
+        port when its port was taken in the meantime (a free port is only free until someone binds it).
+        """
+        for _ in range(5):
+            try:
+                self._start_once()
+                self.pick_port = False  # from now on the port stays (tests restart the broker on it)
+                return
+            except PortTaken:
+                if not self.pick_port:
+                    raise
+                self.port = free_port()
+        self._start_once()
+
+    def _start_once(self) -> None:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
@@ -75,15 +104,28 @@ class Broker:
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
-            f"log_dest file {self.workdir}/mosquitto.log\n" + self.extra_config)
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        try:
-            wait_port(self.port)
-        except TimeoutError:
-            self.stop()
-            log = self.workdir / "mosquitto.log"
-            raise TimeoutError(f"mosquitto did not start on port {self.port}; see {log}") from None
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            "log_dest stderr\n" + self.extra_config)
+        err_path = self.workdir / "mosquitto.stderr"
+        with err_path.open("ab") as err:
+            offset = err.tell()
+            self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=err)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            said = _read_from(err_path, offset)
+            rc = self.proc.poll()
+            if rc is not None:
+                self.proc = None
+                kind = PortTaken if "Address already in use" in said else RuntimeError
+                raise kind(f"mosquitto exited with code {rc} on port {self.port}: {said.strip()[-2000:]}")
+            if " running" in said:  # printed once its listeners are open
+                wait_port(self.port)
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"mosquitto did not start on port {self.port} within {START_TIMEOUT_S}s; "
+                           f"stderr: {_read_from(err_path, offset).strip()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

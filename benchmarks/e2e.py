@@ -480,7 +480,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="split file of real photos the distractor clusters sit around (default: Grocery Store train)")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the distractors")
     ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "e2e-cache",
-                    help="keep the built catalog here, keyed by bundle, size and seed (a 250k build takes minutes)")
+                    help="keep the built catalog here, keyed by everything that changes it (catalog_key; a 250k "
+                         "build takes minutes); a reused build reports cached_build_s")
     ap.add_argument("--sweep", help="also these camera counts at --sweep-fps with gating, e.g. 1,2,4,6")
     ap.add_argument("--sweep-fps", type=float, default=15.0)
     ap.add_argument("--no-gate-run", action="store_true", help="skip the gate-off comparison")
@@ -492,15 +493,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def catalog_key(encoder: Any, *, index_size: int, seed: int, seed_photos: Path | None,
+                seed_limit: int = 3000) -> dict[str, Any]:
+    """Everything that changes the built catalog: the bundle, size, seeds, the seed photos (the split file's
+    bytes), the distractor recipe, the demo products and the HNSW build settings the writer uses."""
+    import hashlib
+
+    from edge.catalog import index as ix
+    from edge.pipeline.demo import DEMO_PRODUCTS
+
+    photos = None
+    if seed_photos is not None and seed_photos.is_file():
+        photos = {"file": str(seed_photos), "sha256": hashlib.sha256(seed_photos.read_bytes()).hexdigest()}
+    return {"bundle": encoder.fingerprint, "index_size": index_size, "seed": seed, "seed_limit": seed_limit,
+            "seed_photos": photos, "photos_per_distractor": PHOTOS_PER_DISTRACTOR, "sigma_centre": SIGMA_CENTRE,
+            "sigma_photo": SIGMA_PHOTO, "demo_products": [p.sku for p in DEMO_PRODUCTS], "dtype": "i8",
+            "connectivity": ix.DEFAULT_CONNECTIVITY, "expansion_add": ix.DEFAULT_EXPANSION_ADD, "recipe": 3}
+
+
 def open_catalog(args: argparse.Namespace, encoder: Any) -> tuple[Any, dict[str, Any]]:
+    """The built catalog for these settings: reused from ``--cache`` only when every input of
+    :func:`catalog_key` matches; a reused build's own figures are labelled ``cached_*``."""
+    import hashlib
+
     from edge.catalog.store import Store
 
-    data = args.cache / f"{encoder.fingerprint}-{args.index_size}-s{args.seed}-v2"
+    key = catalog_key(encoder, index_size=args.index_size, seed=args.seed, seed_photos=args.seed_photos)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    data = args.cache / f"{encoder.fingerprint}-{args.index_size}-s{args.seed}-{digest}"
     info_file = data / "bench-catalog.json"
-    if not info_file.exists():
+    cached = info_file.exists()
+    if not cached:
         info = build_store(data, encoder, index_size=args.index_size, seed_photos=args.seed_photos, seed=args.seed)
-        info_file.write_text(json.dumps(info, indent=2))
+        info_file.write_text(json.dumps({**info, "key": key}, indent=2))
     info = json.loads(info_file.read_text())
+    if info.pop("key", None) != key:
+        raise RuntimeError(f"{info_file} was built with other settings than its folder name says; remove {data}")
+    if cached:  # measured when the cache was built, not in this run
+        info = {("cached_build_s" if k == "build_s" else k): v for k, v in info.items()}
+    info.update({"cached": cached, "key": key})
     t = time.monotonic()
     store = Store(data_dir=data, image_encoder=encoder, dtype="i8", threads=1)
     meta = store.index_meta("image")
@@ -574,6 +605,9 @@ def _print(r: dict[str, Any]) -> None:
           f"usearch {m['usearch']}, {m['mosquitto']}; bundle {r['bundle']}, thresholds {r['thresholds']}")
     print(f"catalog: {c['products']} products, {c['vectors']} vectors ({c['dtype']}), distractors clustered around "
           f"{c['seeds']} (mean cos of random distractor pairs {c['mean_cos_random_pairs']})")
+    built = f"CACHED from an earlier run, cached_build_s {c['cached_build_s']}" if c["cached"] \
+        else f"built now, build_s {c['build_s']}"
+    print(f"catalog build: {built} s ({c['data_dir']})")
     print(f"{'config':12s} {'cams':>4s} {'fps/cam':>7s} {'skip':>5s} {'ttd p50':>7s} {'p95':>6s} {'views':>9s} "
           f"{'frame p50':>9s} {'p95':>6s} {'cpu %':>6s} {'rss MB':>7s} {'gate skip':>9s}")
     rows = [("with_gate", r["with_gate"])] + ([("without_gate", r["without_gate"])] if "without_gate" in r else [])

@@ -1,14 +1,17 @@
 """Chain-scale benchmarks (issue 19): Ray catalog build vs the single-process importer; snapshot shipping.
 
-    python -m benchmarks.fleet build --root ../shared/datasets/grocery-store [--photos 2640] [--repeat N] [--json OUT]
+    python -m benchmarks.fleet build --root ../shared/datasets/grocery-store [--photos 2640] [--repeat N] \\
+        [--rounds 3] [--configs importer,local1,ray1,ray2] [--json OUT]
     python -m benchmarks.fleet snapshot [--photos 250000] [--json OUT]
 
 ``build``: the same photos (the GSD train split, ``--photos`` of them, each listed ``--repeat``
-times) embedded by
-``storelens catalog import`` (CatalogWriter, one process: decode, embed, SQLite, index), by the
-build's local engine (one process, embedding only), and by the Ray engine with 1 and 2 workers
-(a local Ray started for each run, its start-up included in images/s; ``steady`` excludes the
-time to the first batch). Every photo's Ray vector is compared with the importer's (cosine).
+times) built end to end by every configuration: ``storelens catalog import`` (CatalogWriter, one
+process), the build's local engine (one process) and the Ray engine with 1 and 2 workers (a local
+Ray started for each run). Every row is the wall time from the call to a finished catalog or
+snapshot (decode, embed, SQLite, index, snapshot; Ray's start-up included), so rows compare like
+with like; the engines' embedding-only figures are kept beside it. ``--rounds`` (3) runs of each,
+the order reversed every other round, the page cache warmed before the first; median and spread
+per configuration. Every photo's vector is compared with the first run's (cosine).
 The load average is recorded before each run: on a shared 2-core box other jobs take cores.
 
 ``snapshot``: a catalog of ``--photos`` synthetic photo vectors (256-d clustered unit vectors,
@@ -82,44 +85,77 @@ def photo_vectors(db_path: Path) -> dict[str, np.ndarray]:
     return {str(p): np.frombuffer(d, np.float32) for p, d in rows}
 
 
-def bench_build(root: Path, photos: int, batch: int, work: Path, repeat: int = 1) -> dict[str, Any]:
+CONFIGS = ("importer", "local1", "ray1", "ray2")  # the importer, the build's local engine, Ray with 1 and 2 workers
+
+
+def _warm_page_cache(records: list[ProductRecord]) -> None:
+    """Read every photo once, so no configuration is the one that pays for a cold page cache."""
+    for r in records:
+        for p in r.images:
+            Path(p).read_bytes()
+
+
+def _one_build(config: str, records: list[ProductRecord], *, batch: int, out: Path, enc: Any) -> dict[str, Any]:
+    """One end-to-end run of ``config``: wall time from the call to a finished catalog (importer) or snapshot
+    (engines; a local Ray's start-up included), with the engine's own embedding-only figures beside it."""
     from edge.catalog.store import Store
     from edge.fleet.build import build_snapshot
+
+    shutil.rmtree(out, ignore_errors=True)
+    load = os.getloadavg()[0]
+    t = time.perf_counter()
+    if config == "importer":
+        store = Store(data_dir=out / "imported", image_encoder=enc, text_encoder=None)
+        store.import_records(records, progress=False)
+        store.close()
+        wall, extra, db = time.perf_counter() - t, {}, out / "imported" / "catalog.db"
+    else:
+        engine, workers = config[:-1], int(config[-1])
+        rep = build_snapshot(records, settings=_settings(workers, batch), out=out / "snap", workdir=out / "work",
+                             image_encoder=enc, text_encoder=None, engine=engine, progress=False)  # type: ignore[arg-type]
+        wall = time.perf_counter() - t
+        extra = {"embedding_only_s": rep.embed_s, "embedding_only_images_per_s": rep.images_per_s,
+                 "startup_s": rep.first_batch_s}
+        db = Path(rep.snapshot) / "catalog.db"
+    n = sum(len(r.images) for r in records)
+    return {"config": config, "photos": n, "end_to_end_s": round(wall, 2), "images_per_s": round(n / wall, 2),
+            "load_avg_before": round(load, 2), "vectors": photo_vectors(db), **extra}
+
+
+def bench_build(root: Path, photos: int, batch: int, work: Path, repeat: int = 1, rounds: int = 3,
+                configs: tuple[str, ...] = CONFIGS) -> dict[str, Any]:
+    """Every configuration end to end, ``rounds`` times, the order reversed every other round (ABCD DCBA ABCD):
+    a drift in the box's load or caches falls on every configuration alike. Median and spread per config."""
     from edge.models.encoders import load_image_encoder
 
     records = gsd_records(root, photos, repeat=repeat, links=work / "links")
-    n = sum(len(r.images) for r in records)
-    settings = _settings(1, batch)
-    enc = load_image_encoder(settings.model)
-    rows: list[dict[str, Any]] = []
-    load = os.getloadavg()
-    t = time.perf_counter()
-    store = Store(data_dir=work / "imported", image_encoder=enc, text_encoder=None)
-    store.import_records(records, progress=False)
-    store.close()
-    imp_s = time.perf_counter() - t
-    rows.append({"run": "importer (CatalogWriter, 1 process, end to end)", "photos": n, "seconds": round(imp_s, 2),
-                 "images_per_s": round(n / imp_s, 2), "load_avg_before": load})
-    print(rows[-1], flush=True)
-    reference = photo_vectors(work / "imported" / "catalog.db")
-    for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
-        load = os.getloadavg()
-        rep = build_snapshot(records, settings=_settings(workers, batch), out=work / f"out-{engine}{workers}",
-                             workdir=work / f"w-{engine}{workers}", image_encoder=enc, text_encoder=None,
-                             engine=engine, progress=False)  # type: ignore[arg-type]
-        got = photo_vectors(Path(rep.snapshot) / "catalog.db")
-        cos = [float(v @ reference[p] / (np.linalg.norm(v) * np.linalg.norm(reference[p]))) for p, v in got.items()]
-        rows.append({"run": f"{engine} engine, {workers} worker(s), embedding only", "photos": rep.embedded,
-                     "seconds": rep.embed_s, "images_per_s": rep.images_per_s,
-                     "steady_images_per_s": rep.steady_images_per_s, "startup_s": rep.first_batch_s,
-                     "build_total_s": rep.total_s, "min_cosine_vs_importer": round(min(cos), 6),
-                     "photos_compared": len(cos), "load_avg_before": load})
-        print(rows[-1], flush=True)
-    by = {r["run"].split(",")[0] + r["run"].split(",")[1]: r for r in rows[1:]}
-    ray1, ray2 = by["ray engine 1 worker(s)"], by["ray engine 2 worker(s)"]
-    return {"rows": rows, "ray2_vs_ray1": round(ray2["images_per_s"] / ray1["images_per_s"], 2),
-            "ray2_vs_importer": round(ray2["images_per_s"] / rows[0]["images_per_s"], 2),
-            "ray2_vs_ray1_steady": round(ray2["steady_images_per_s"] / ray1["steady_images_per_s"], 2)}
+    enc = load_image_encoder(_settings(1, batch).model)
+    _warm_page_cache(records)
+    runs: list[dict[str, Any]] = []
+    reference: dict[str, np.ndarray] | None = None
+    for k in range(rounds):
+        for config in (configs if k % 2 == 0 else tuple(reversed(configs))):
+            row = _one_build(config, records, batch=batch, out=work / "runs" / config, enc=enc)
+            got = row.pop("vectors")
+            reference = reference or got
+            row["min_cosine_vs_first_run"] = round(min(float(v @ reference[p] / (np.linalg.norm(v) * np.linalg.norm(
+                reference[p]))) for p, v in got.items()), 6)
+            runs.append({"round": k, **row})
+            print(runs[-1], flush=True)
+    summary = {}
+    for config in configs:
+        ips = sorted(r["images_per_s"] for r in runs if r["config"] == config)
+        summary[config] = {"median_images_per_s": round(float(np.median(ips)), 2), "min": ips[0], "max": ips[-1],
+                           "spread": round((ips[-1] - ips[0]) / float(np.median(ips)), 3)}
+    ratios = {}
+    if {"ray2", "importer"} <= set(configs):
+        ratios["ray2_vs_importer_end_to_end"] = round(summary["ray2"]["median_images_per_s"]
+                                                      / summary["importer"]["median_images_per_s"], 2)
+    if {"ray2", "ray1"} <= set(configs):
+        ratios["ray2_vs_ray1_end_to_end"] = round(summary["ray2"]["median_images_per_s"]
+                                                  / summary["ray1"]["median_images_per_s"], 2)
+    return {"runs": runs, "summary": summary, **ratios, "rounds": rounds, "order": "alternated (ABCD DCBA ...)",
+            "page_cache": "warmed (every photo read once) before the first run"}
 
 
 def _stored_vectors(fingerprint: str, dim: int) -> Any:
@@ -265,6 +301,8 @@ def main() -> None:
     b.add_argument("--root", type=Path, required=True, help="the grocery-store dataset folder")
     b.add_argument("--photos", type=int, default=2640, help="photos of the train split (default: all 2640)")
     b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--rounds", type=int, default=3, help="end-to-end runs of every configuration (order alternated)")
+    b.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
     b.add_argument("--repeat", type=int, default=1, help="list every photo N times (as links: a longer job on "
                    "the same photos, to amortise start-up)")
     s = sub.add_parser("snapshot", help="download + verify + swap of a synthetic catalog snapshot")
@@ -277,7 +315,8 @@ def main() -> None:
     env = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M")}
     try:
         if args.what == "build":
-            result = bench_build(args.root, args.photos, args.batch_size, work, repeat=args.repeat)
+            result = bench_build(args.root, args.photos, args.batch_size, work, repeat=args.repeat,
+                                 rounds=args.rounds, configs=tuple(c for c in args.configs.split(",") if c))
         else:
             result = bench_snapshot(args.photos, work)
     finally:

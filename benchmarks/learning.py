@@ -35,6 +35,7 @@ gallery, the carve as the stream): where the learning settings are chosen.
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import statistics
 import sys
@@ -58,6 +59,7 @@ from edge.models.encoders import load_image_encoder
 from edge.models.preprocess import read_image
 
 GROUPS = ("Fruit", "Vegetables", "Packages")
+SESSION_THRESHOLD = 0.6  # thumbnail cosine linking two photos into a session (export.train's session_threshold)
 SHOWN = 5  # candidates the screen shows
 
 
@@ -99,8 +101,10 @@ def confirmed_sku(shopper: Shopper, pos: int, truth: str, pool: Sequence[str]) -
 
 
 def play(store: Store, embs: np.ndarray, items: Sequence[Item], names: dict[int, str], order: np.ndarray, *,
-         shopper: Shopper, learner: Learner | None, never: set[str], wrong_kind: str) -> Pass:
-    """Search each photo in ``order``; with a learner, confirm it as the shopper would and learn."""
+         shopper: Shopper, learner: Learner | None, never: set[str], wrong_kind: str,
+         learn_before: int | None = None) -> Pass:
+    """Search each photo in ``order``; with a learner, confirm it as the shopper would and learn (only the
+    first ``learn_before`` positions when given: the teaching sessions of ``--split-sessions``)."""
     out = Pass()
     skus = sorted(set(names.values()))
     for pos, i in enumerate(order):
@@ -108,7 +112,8 @@ def play(store: Store, embs: np.ndarray, items: Sequence[Item], names: dict[int,
         truth = names[items[i].label]
         out.top1.append(cands[0] if cands else "")
         out.shown.append(truth in cands)
-        if learner is None or truth not in cands or truth in never:
+        if learner is None or truth not in cands or truth in never or (learn_before is not None
+                                                                          and pos >= learn_before):
             continue
         sku = confirmed_sku(shopper, pos, truth, skus if wrong_kind == "random" else cands)
         if not shopper.wrong[pos]:
@@ -121,11 +126,11 @@ def play(store: Store, embs: np.ndarray, items: Sequence[Item], names: dict[int,
     return out
 
 
-def r1(p: Pass, items: Sequence[Item], names: dict[int, str], order: np.ndarray, *,
-       only: set[str] | None = None) -> dict[str, Any]:
-    """R@1 over the second half of the stream (micro, macro, per group; ``correct`` of ``n``), optionally of some
-    products only."""
-    half = range(len(order) // 2, len(order))
+def _r1(p: Pass, items: Sequence[Item], names: dict[int, str], order: np.ndarray, *,
+       only: set[str] | None = None, start: int | None = None) -> dict[str, Any]:
+    """R@1 over the second half of the stream, or from position ``start`` (micro, macro, per group; ``correct``
+    of ``n``), optionally of some products only."""
+    half = range(len(order) // 2 if start is None else start, len(order))
     rows = [(names[items[order[j]].label], items[order[j]].group, p.top1[j] == names[items[order[j]].label])
             for j in half]
     rows = [r for r in rows if only is None or r[0] in only]
@@ -153,6 +158,23 @@ def outcome_counts(p: Pass) -> dict[str, Any]:
             "duplicates": true.count("duplicate") + wrong.count("duplicate"),
             "learn_ms_p50": round(statistics.median(ms), 1) if ms else None,
             "learn_ms_p95": round(ms[int(0.95 * (len(ms) - 1))], 1) if ms else None}
+
+
+def session_order(items: Sequence[Item], *, seed: int) -> tuple[np.ndarray, int]:
+    """(order, n_teach): the stream split by capture session, the teaching sessions first.
+
+    Sessions are the export carve's (:func:`export.carve.carve_sessions`: a product's photos whose 16x16
+    thumbnails have cosine > 0.6, linked), about half of each product's photos held out whole as the scored
+    part. Learning then only sees photos of sessions other than the ones scored, so a learned sibling shot
+    of the same bag on the same shelf cannot lift the figure."""
+    from export.carve import carve_sessions, thumbnails
+    from export.data import Sample
+
+    samples = [Sample(path=it.path, label=it.label, coarse=it.coarse, group=it.group) for it in items]
+    rng = np.random.default_rng(seed + 1)
+    teach, scored = carve_sessions([it.label for it in items], thumbnails(samples), fraction=0.5,
+                                   threshold=SESSION_THRESHOLD, rng=rng)
+    return np.concatenate([rng.permutation(teach), rng.permutation(scored)]).astype(np.int64), len(teach)
 
 
 def layout(args: argparse.Namespace) -> tuple[list[Item], list[Item]]:
@@ -185,21 +207,26 @@ def _run(args: argparse.Namespace, enc: Any, names: dict[int, str], gallery: lis
     # max_learned_per_hour off: the stream replays weeks of confirmations in seconds of wall time
     settings = LearningSettings(duplicate_cosine=args.duplicate_cosine, max_per_product=args.max_per_product,
                                 hold_below=args.hold_below, max_learned_per_hour=None)
+    start = None
+    if args.split_sessions:
+        order, start = session_order(kept, seed=args.seed)
     passes: dict[str, Pass] = {"off": play(base, embs, kept, names, order, shopper=shopper, learner=None,
                                            never=set(), wrong_kind=args.wrong_kind)}
     for name, never in (("on", set()), ("control", control)):
         store = copy_store(base, work / name)
         learner = Learner(store, settings)
         passes[name] = play(store, embs, kept, names, order, shopper=shopper, learner=learner, never=never,
-                            wrong_kind=args.wrong_kind)
+                            wrong_kind=args.wrong_kind, learn_before=start)
         learner.close()
         store.close()
     base.close()
-    return report(args, passes, kept, names, order, control, cal, settings, enc.fingerprint)
+    return report(args, passes, kept, names, order, control, cal, settings, enc.fingerprint, start=start)
 
 
 def report(args: argparse.Namespace, passes: dict[str, Pass], items: Sequence[Item], names: dict[int, str],
-           order: np.ndarray, control: set[str], cal: Any, settings: LearningSettings, fp: str) -> dict[str, Any]:
+           order: np.ndarray, control: set[str], cal: Any, settings: LearningSettings, fp: str,
+           start: int | None = None) -> dict[str, Any]:
+    r1 = functools.partial(_r1, start=start)
     off, on, ctl = (r1(passes[k], items, names, order) for k in ("off", "on", "control"))
     natural = {names[it.label] for it in items} - passes["on"].confirmed
     never_on = r1(passes["control"], items, names, order, only=control)
@@ -217,6 +244,8 @@ def report(args: argparse.Namespace, passes: dict[str, Pass], items: Sequence[It
                                     "r1_no_learning": r1(passes["off"], items, names, order, only=natural)["r1"]},
         **outcome_counts(passes["on"]), "control_outcomes": outcome_counts(passes["control"]),
         "shown_rate_first_half_no_learning": round(float(np.mean(passes["off"].shown[: len(order) // 2])), 4),
+        "split": ("by capture session: learned from the first sessions, scored on the others (from position "
+                  f"{start} of {len(order)})") if start is not None else "random order, scored on the second half",
         "settings": {"hold_below": cal.learn_floor if settings.hold_below is None else settings.hold_below,
                      "hold_from": "calibration learn_floor (carve)" if settings.hold_below is None else "--hold-below",
                      "duplicate_cosine": settings.duplicate_cosine, "max_per_product": settings.max_per_product,
@@ -240,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="stream order, shoppers' draws and the control products")
     p.add_argument("--wrong-share", type=float, default=0.05, help="confirmations that name another product")
     p.add_argument("--wrong-kind", choices=["random", "candidate"], default="random")
+    p.add_argument("--split-sessions", action="store_true", help="learn from some capture sessions, score on the "
+                   "others (sessions as the export carve links them): no same-session photo teaches a scored one")
     p.add_argument("--control-share", type=float, default=0.2, help="products never confirmed in the control play")
     d = LearningSettings()
     p.add_argument("--duplicate-cosine", type=float, default=d.duplicate_cosine)

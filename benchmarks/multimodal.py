@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks._gsd import gsd_product_text
-from benchmarks._ocr_readings import cache_key, latency_summary, load_cache
+from benchmarks._ocr_readings import cache_key, cache_settings, latency_summary, load_cache
 from benchmarks._results import write_json
 from edge.core.config import ModelSettings
 from edge.core.errors import InputError, StoreLensError
@@ -182,6 +182,9 @@ def evaluate(*, train: Path, val: Path, image_encoder: ImageEncoder, modalities:
     g_emb = embed_paths(image_encoder, g_paths, cache_dir=cache_dir)
 
     cache = load_cache(ocr_cache) if modalities != "image" else {}
+    if modalities != "image" and cache_settings(ocr_cache) is None:
+        raise InputError(f"OCR cache {ocr_cache} does not record the engine, version and settings it was read with",
+                         hint="re-run `python -m benchmarks.ocr_cache` into a new --out")
     profiles = None
     prod_vecs = None
     if modalities != "image":
@@ -253,7 +256,8 @@ def evaluate(*, train: Path, val: Path, image_encoder: ImageEncoder, modalities:
     best = out["val"].get("fused", out["val"]["image"])
     out.update(r1=best["r1"], r5=best["r5"], group_r1=best["group_r1"])
     if cache:
-        out["ocr_latency"] = latency_summary(cache.values())
+        out["ocr_latency"] = latency_summary(cache.values())  # recorded when the cache was read, not live
+        out["ocr_settings"] = cache_settings(ocr_cache)
     out["machine"] = {"python": sys.version.split()[0], "platform": platform.platform(),
                       "image_encoder": image_encoder.fingerprint}
     return out

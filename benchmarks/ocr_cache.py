@@ -22,21 +22,25 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks._ocr_readings import cache_key, latency_summary, load_cache
+from benchmarks._ocr_readings import cache_key, engine_settings, latency_summary, load_cache
 from benchmarks.multimodal import bundle_training, needed_images
 from edge.core.errors import StoreLensError
 from edge.models.preprocess import read_image
 from edge.text.ocr.engine import OcrEngine, OcrResult
 
-__all__ = ["cache_key", "fill_cache", "latency_summary", "load_cache", "main"]  # the readers live in _ocr_readings
+# the readers live in _ocr_readings
+__all__ = ["cache_key", "engine_settings", "fill_cache", "latency_summary", "load_cache", "main"]
 
 
 def fill_cache(path: Path, images: Iterable[Path], *, root: Path, engine: OcrEngine) -> dict[str, int]:
     """OCR the images not yet in the cache, appending one JSON line each; return counts."""
-    have = load_cache(path)
+    settings = engine_settings(engine)
+    have = load_cache(path, settings=settings)  # refused when the file was read with other settings
     todo = [p for p in dict.fromkeys(images) if cache_key(p, root) not in have]
     path.parent.mkdir(parents=True, exist_ok=True)
     errors = 0
+    if not path.is_file():
+        path.write_text(json.dumps({"settings": settings}) + "\n", encoding="utf-8")
     with path.open("a", encoding="utf-8") as fh:
         for p in tqdm(todo, desc="ocr", unit="img"):
             try:

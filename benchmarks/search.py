@@ -41,6 +41,8 @@ from edge.core.config import ModelSettings
 from edge.models.encoders import load_text_encoder
 
 QUERIES = Path(__file__).parent / "data" / "search_queries.tsv"
+QUERIES_V2 = Path(__file__).parent / "data" / "search_queries_v2.tsv"  # frozen held-out set (issue 31)
+QUERIES_V2_SHA256 = "c47e2335fb80d67e7d6a38d808b4ff631c065d1d1741c3d44189e187be2445b9"  # docs/benchmarks.md
 GSD = Path("/work/shared/datasets/grocery-store")
 NO_SYNONYMS = Path(__file__).parent / "data" / "no_synonyms.toml"
 HALVES = ("tuning", "held-out")
@@ -53,10 +55,11 @@ class Query:
     kind: str
     text: str
     acceptable: frozenset[str]
+    held_out_only: bool = False  # from a file whose "# split: all-held-out" line says none may be tuned on
 
     @property
     def half(self) -> str:
-        return split_of(self.text)
+        return "held-out" if self.held_out_only else split_of(self.text)
 
 
 def split_of(query: str) -> str:
@@ -65,12 +68,15 @@ def split_of(query: str) -> str:
 
 
 def read_queries(path: Path = QUERIES) -> list[Query]:
+    """The queries of a TSV file; a ``# split: all-held-out`` line makes every query held-out (a frozen set)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    all_held_out = any(ln.strip() == "# split: all-held-out" for ln in lines)
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines:
         if not line.strip() or line.startswith("#"):
             continue
         kind, text, acceptable = line.split("\t")
-        out.append(Query(kind=kind, text=text, acceptable=frozenset(acceptable.split())))
+        out.append(Query(kind=kind, text=text, acceptable=frozenset(acceptable.split()), held_out_only=all_held_out))
     return out
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +38,27 @@ def test_default_scoring_is_the_runtimes_aggregation_and_max_is_a_flag() -> None
                                                "--aggregate", "max"]).aggregate == "max"
 
 
+def floats_in(obj: Any) -> list[float]:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in floats_in(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in floats_in(v)]
+    return [float(obj)] if isinstance(obj, float) else []
+
+
+def test_seed_spread_figures_are_the_training_reports_figures() -> None:
+    """Every recorded seed figure is read back from the training report it names (not copied into this test)."""
+    repo = Path(__file__).resolve().parents[1]
+    for fingerprint, spread in accuracy.SEED_SPREAD.items():
+        folder = repo / Path(spread["source"].split(",")[0].strip()).parent
+        sources = [folder / Path(name.strip()).name for name in spread["source"].split(",")]
+        reported = {round(x, 4) for src in sources for x in floats_in(json.loads(src.read_text()))}
+        figures = [v for key in ("val_macro_r1", "carve_macro_r1") for v in spread[key].values()]
+        assert len(figures) == 4 and set(figures) <= reported, (fingerprint, set(figures) - reported)
+        assert accuracy.seed_spread(fingerprint, {}) == spread
+
+
 def test_seed_spread_is_reported_where_recorded() -> None:
-    spread = accuracy.seed_spread("a0d9f1cc9eab0aae", {})
-    assert spread is not None and spread["val_macro_r1"] == {"seed 0": 0.6528, "seed 1": 0.5886}
     assert accuracy.seed_spread("unknown", {}) is None
     recorded = {"training": {"seed_spread": {"val_macro_r1": {"seed 0": 0.7, "seed 1": 0.68}, "source": "x"}}}
     assert accuracy.seed_spread("unknown", recorded) == recorded["training"]["seed_spread"]

@@ -103,9 +103,22 @@ def test_calibration_rejects_products_held_out_of_a_real_catalog(tmp_path: Path,
 
 
 def test_config_thresholds_override_calibration(tmp_path: Path, tiny_onnx: Path) -> None:
-    store = Store(data_dir=tmp_path / "d", image_encoder=TinyImageEncoder(tiny_onnx), threshold=0.5)
-    assert store.thresholds == Thresholds(score=0.5, margin=None, source="config")
-    store.close()
+    """A stored calibration is used until the config sets a value; each configured value wins on its own."""
+    encoder = TinyImageEncoder(tiny_onnx)
+    calibrated = Store(data_dir=tmp_path / "d", image_encoder=encoder)
+    cal = Calibration(score=0.7, margin=0.05, target=0.9, known_queries=10, unknown_queries=4,
+                      known_accept_rate=0.9, known_top1_accuracy=1.0, accepted_precision=1.0, false_accept_rate=0.0,
+                      held_out=("x",), catalog_version=calibrated.catalog_version, fingerprint=encoder.fingerprint)
+    calibrated.save_calibration(cal)
+    assert calibrated.thresholds == Thresholds(score=0.7, margin=0.05, source="calibrated")
+    calibrated.close()
+    score_set = Store(data_dir=tmp_path / "d", image_encoder=encoder, threshold=0.5)
+    assert score_set.calibration == cal  # still stored, but the configured score wins; the margin stays calibrated
+    assert score_set.thresholds == Thresholds(score=0.5, margin=0.05, source="config")
+    score_set.close()
+    both_set = Store(data_dir=tmp_path / "d", image_encoder=encoder, threshold=0.5, margin=0.2)
+    assert both_set.thresholds == Thresholds(score=0.5, margin=0.2, source="config")
+    both_set.close()
 
 
 def test_read_labelled_split_file(tmp_path: Path) -> None:

@@ -125,3 +125,36 @@ def test_scan_times_and_kiosk_confirmations(store: Store) -> None:
         assert [(p.sku, p.source, p.ref) for p in intake.learner().learned()] == [("BLUE", "kiosk", "v9")]
     finally:
         intake.close()
+
+
+def test_scan_window_s_bounds_how_long_a_scan_waits_for_its_view(store: Store) -> None:
+    """learning.scan_window_s: a scan before its view decided waits for it; a scan up to the window after the
+    product was lifted off still names it; later than that, or a wait past the window, is unmatched."""
+    from edge.core.learning_settings import LearningSettings
+
+    window = 1.0
+    intake = ConfirmIntake(store=lambda: store, settings=LearningSettings(**LEARN, scan_window_s=window),
+                           views=ViewLog(empty_sku="EMPTY"))
+    crop = product_image("RED")
+
+    def scan(ts: float) -> None:
+        reply = intake.events.handle("scan", json.dumps({"barcode": "731000000017", "ts": ts}).encode())
+        assert reply["ok"] and reply["result"] == {"sku": "RED"}, reply
+
+    try:
+        now = time.time()
+        scan(now)  # nothing on the tray yet: the scan waits for its view
+        assert intake.counts["learned"] == 0
+        intake.on_decision(view("v1", "cam", "RED", now + 0.5), crop)
+        assert wait(lambda: intake.counts["learned"] == 1)
+        intake.on_decision(view("e1", "cam", "EMPTY", now + 1), None)  # lifted off the tray
+        scan(now + 1 + 0.5 * window)  # scanned inside the window after: still the product's (v1's crop again)
+        assert wait(lambda: intake.counts["from_scan"] == 2)
+        received = time.time()
+        scan(now + 1 + 3 * window)  # scanned long after it was lifted off: names no view, waits
+        assert wait(lambda: time.time() > received + window, timeout=window + 5)  # its wait has run out
+        intake.on_decision(view("e2", "cam", "EMPTY", now + 1 + 10 * window), None)  # a decision retries it
+        assert wait(lambda: intake.counts["unmatched"] == 1)
+        assert intake.counts["from_scan"] == 2 and [p.ref for p in intake.learner().learned()] == ["v1"]
+    finally:
+        intake.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,10 @@ def test_discovery_configs_and_state(tmp_path: Path, broker: Broker, tiny_onnx: 
         sub.stop()
     late = Collector(broker.port, "#", client_id="late")
     try:
-        time.sleep(1.0)
+        # the broker sends retained messages on SUBACK, ahead of anything published later: once our own
+        # marker is back, every retained message has arrived
+        late.publish("test/late-marker", b"end")
+        assert late.wait(lambda: late.of("test/late-marker"), 10)
         retained = {t for t, p, r in late.messages if r and p}  # a new subscriber gets retained messages only
         assert not any("/old_" in t or t.startswith(f"{PREFIX}/old/") for t in retained), sorted(retained)
         assert "homeassistant/sensor/storelens_s1_d1/cam_full_product/config" in retained

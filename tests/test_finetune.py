@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite_pytorch")
+from tests.requires import need_module
+
+torch = need_module("torch", "pip install -e '.[export]' (.ci/run installs it)")
+need_module("efficientnet_lite_pytorch", "pip install -e '.[export]' (.ci/run installs it)")
 
 from edge.core.errors import InputError  # noqa: E402
 from export.backbones import locate_weights  # noqa: E402

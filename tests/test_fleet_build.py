@@ -29,6 +29,7 @@ from edge.fleet.updates import CatalogUpdater
 from edge.models.encoders import ImageEncoder, load_image_encoder
 from edge.models.preprocess import read_image
 from tests.fleet_helpers import BAD_SKU, TEST_KEY, TEST_PUBLIC, gsd_photos, write_table
+from tests.requires import need_module
 
 COSINE_FLOOR = 0.9999
 
@@ -118,7 +119,7 @@ def test_build_resumes_after_a_crash_and_filters_by_assortment(tmp_path: Path, e
 
 
 def test_ray_build_matches_the_importer(tmp_path: Path, encoder: ImageEncoder) -> None:
-    pytest.importorskip("ray")
+    need_module("ray", "pip install -e '.[fleet]' (.ci/run installs it)")
     table = write_table(tmp_path / "t")
     report = build(table, tmp_path / "out", tmp_path / "work", encoder, engine="ray", settings=settings(workers=2))
     assert (report.engine, report.workers, report.products, report.embedded) == ("ray", 2, 5, 15)

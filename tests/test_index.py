@@ -137,34 +137,47 @@ def test_reader_during_atomic_swaps_never_sees_a_half_written_index(tmp_path: Pa
         for n in sizes[1:]:
             with ix.writer_lock(tmp_path):
                 build(tmp_path, np.arange(n), data[:n])
-            time.sleep(0.005)
+            # the next generation is published only once the reader has opened this one (while it keeps
+            # re-opening): every swap happens under a reader that is busy with the files
+            deadline = time.monotonic() + 10
+            while n not in seen and not errors and time.monotonic() < deadline:
+                time.sleep(0.001)
     finally:
         stop.set()
         t.join()
     assert errors == []
-    assert len(seen) >= 2  # the reader really overlapped several generations
+    assert set(sizes[1:]) <= seen  # the reader really overlapped every generation
     assert len(list(tmp_path.glob("image.*.usearch"))) <= 2  # old generations pruned, previous kept
 
 
 def test_writer_lock_serialises_and_times_out(tmp_path: Path) -> None:
     order: list[str] = []
-    held = threading.Event()
+    held, release, second_waiting = threading.Event(), threading.Event(), threading.Event()
 
     def first() -> None:
         with ix.writer_lock(tmp_path):
             held.set()
-            time.sleep(0.3)
+            assert release.wait(10)  # held until the test has seen a second writer refused and one waiting
             order.append("first-done")
+
+    def second() -> None:
+        second_waiting.set()
+        with ix.writer_lock(tmp_path, timeout_s=10):
+            order.append("second")
 
     t = threading.Thread(target=first)
     t.start()
-    held.wait(5)
+    assert held.wait(5)
     with pytest.raises(CatalogError, match="another writer"):
         with ix.writer_lock(tmp_path, timeout_s=0.05):
             pass
-    with ix.writer_lock(tmp_path, timeout_s=5):
-        order.append("second")
+    t2 = threading.Thread(target=second)
+    t2.start()
+    assert second_waiting.wait(5)
+    assert order == []  # the waiting writer has not got in while the first holds the lock
+    release.set()
     t.join()
+    t2.join()
     assert order == ["first-done", "second"]
 
 

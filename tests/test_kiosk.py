@@ -207,7 +207,7 @@ def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple
 def test_server_routes_headers_and_guards(parts: dict[str, Any]) -> None:
     page = PageConfig(language="sv", locale="sv-SE", labels=labels_for("sv"), currency="SEK", device="d1",
                       title="Butik </script>")
-    srv = KioskServer(host="127.0.0.1", port=free_port(), hub=parts["hub"], actions=parts["actions"],
+    srv = KioskServer(host="127.0.0.1", port=0, hub=parts["hub"], actions=parts["actions"],
                       cards=parts["cards"], page=page)
     srv.start()
     try:
@@ -230,7 +230,7 @@ def test_server_routes_headers_and_guards(parts: dict[str, Any]) -> None:
 
 def test_events_stream_hello_then_decisions(parts: dict[str, Any]) -> None:
     page = PageConfig(language="en", locale="en-GB", labels=labels_for("en"), currency="SEK", device="d1", title="t")
-    srv = KioskServer(host="127.0.0.1", port=free_port(), hub=parts["hub"], actions=parts["actions"],
+    srv = KioskServer(host="127.0.0.1", port=0, hub=parts["hub"], actions=parts["actions"],
                       cards=parts["cards"], page=page, link_status=lambda: "online")
     srv.start()
     try:
@@ -262,10 +262,10 @@ def test_port_in_use_is_a_config_error(parts: dict[str, Any]) -> None:
     from edge.core.errors import ConfigError
 
     page = PageConfig(language="en", locale="en-GB", labels=labels_for("en"), currency="SEK", device="d1", title="t")
-    port = free_port()
-    first = KioskServer(host="127.0.0.1", port=port, hub=parts["hub"], actions=parts["actions"],
+    first = KioskServer(host="127.0.0.1", port=0, hub=parts["hub"], actions=parts["actions"],
                         cards=parts["cards"], page=page)
     first.start()
+    port = first.port
     try:
         second = KioskServer(host="127.0.0.1", port=port, hub=parts["hub"], actions=parts["actions"],
                              cards=parts["cards"], page=page)
@@ -348,6 +348,104 @@ def test_a_late_confirmation_counts_but_does_not_take_the_screen_back(parts: dic
     status, _ = actions.handle("confirm", json.dumps({"match_id": old["id"], "sku": "TEA"}).encode())
     assert status == 200 and [m["sku"] for _, m in parts["sent"]] == ["TEA"]
     assert events == [] and hub.current is not None and hub.current["product"]["sku"] == "COLA"
+
+
+def _page() -> PageConfig:
+    return PageConfig(language="en", locale="en-GB", labels=labels_for("en"), currency="SEK", device="d1", title="t")
+
+
+def test_a_device_failure_answers_5xx_with_a_message_and_the_next_request_works(parts: dict[str, Any]) -> None:
+    """`database is locked` while a confirmation is kept is the device's failure: 500 saying so, not a 400."""
+    import sqlite3
+
+    store: ConfirmationStore = parts["store"]
+    store._db.execute("PRAGMA busy_timeout = 50")  # fail fast instead of waiting the production 5 s
+    m = match("unknown", ["TEA", "OATS"])
+    parts["hub"].on_match(m, view_id="v1")
+    body = json.dumps({"match_id": m["id"], "sku": "OATS"}).encode()
+    srv = KioskServer(host="127.0.0.1", port=0, hub=parts["hub"], actions=parts["actions"], cards=parts["cards"],
+                      page=_page())
+    srv.start()
+    other = sqlite3.connect(store.folder / "confirmations.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        status, reply = _post(srv.url + "api/confirm", body)
+        assert status == 500, (status, reply)
+        assert reply["ok"] is False and reply["code"] == "internal"
+        assert "database is locked" in reply["error"] and "on the device" in reply["error"], reply
+        assert parts["sent"] == [] and store.count() == 0  # nothing half-done
+        other.execute("ROLLBACK")
+        status, reply = _post(srv.url + "api/confirm", body)  # the page's retry goes through
+        assert status == 200 and reply["ok"] and store.count() == 1, reply
+        assert _post(srv.url + "api/search", b'{"q": "x" }')[0] == 200  # client errors stay 4xx: see the table
+    finally:
+        other.close()
+        srv.stop()
+
+
+def test_photo_missing_or_corrupt_is_a_404_and_a_readable_one_is_served(tmp_path: Path, parts: dict[str, Any],
+                                                                       catalog: Catalog) -> None:
+    gone, corrupt, good = tmp_path / "gone.jpg", tmp_path / "corrupt.jpg", tmp_path / "good.jpg"
+    corrupt.write_bytes(b"\xff\xd8 not really a jpeg" * 10)
+    cv2.imwrite(str(good), np.full((64, 64, 3), 128, np.uint8))
+    with catalog.transaction() as db:
+        for sku, images in (("GONE", [gone]), ("BAD", [corrupt]), ("MIXED", [gone, corrupt, good])):
+            key = catalog.upsert_product(db, Product(key=0, sku=sku, name=sku, price=None, location=None,
+                                                     attributes={}))
+            for img in images:
+                catalog.add_image(db, key, str(img))
+    srv = KioskServer(host="127.0.0.1", port=0, hub=parts["hub"], actions=parts["actions"], cards=parts["cards"],
+                      page=_page())
+    srv.start()
+    try:
+        assert _get(srv.url + "img/GONE")[0] == 404  # the page shows its placeholder (img.onerror)
+        assert _get(srv.url + "img/BAD")[0] == 404
+        status, photo, headers = _get(srv.url + "img/MIXED")  # the first readable photo
+        assert status == 200 and headers["Content-Type"] == "image/jpeg" and photo[:2] == b"\xff\xd8"
+        assert _get(srv.url + "img/" + "x" * 200)[0] == 404
+        assert _get(srv.url + "healthz")[0] == 200  # the server is unharmed
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_never_reads_does_not_hold_up_the_others(parts: dict[str, Any]) -> None:
+    """A stuck page's queue stays bounded (oldest dropped), the others get every event, and stop() returns."""
+    import socket
+    import time
+
+    from edge.kiosk.server import CLIENT_QUEUE
+
+    srv = KioskServer(host="127.0.0.1", port=0, hub=parts["hub"], actions=parts["actions"], cards=parts["cards"],
+                      page=_page())
+    srv.start()
+    stuck = socket.create_connection(("127.0.0.1", srv.port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n\r\n".encode())
+    try:
+        with urllib.request.urlopen(srv.url + "events", timeout=10) as stream:
+            lines = iter(stream)
+            assert _next_event(lines)["type"] == "hello"
+            deadline = time.monotonic() + 10
+            while srv.clients < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert srv.clients == 2
+            pad = "x" * 4000  # 4 kB an event: the stuck socket's buffers fill after a few hundred
+            n = 3000
+            for i in range(n):
+                srv.broadcast({"type": "test", "i": i, "pad": pad})
+            got: list[int] = []
+            while not got or got[-1] != n - 1:  # a reading page gets the newest event (it may skip some)
+                ev = _next_event(lines)
+                if ev["type"] == "test":
+                    got.append(ev["i"])
+            assert got == sorted(got)
+            assert _get(srv.url + "healthz")[0] == 200
+            assert all(q.qsize() <= CLIENT_QUEUE for q in list(srv._clients))  # the stuck one is bounded
+    finally:
+        started = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - started < 10  # not held up by the stuck page
+        stuck.close()
 
 
 def test_recommendations_never_show_a_sku_the_catalog_does_not_hold(tmp_path: Path, parts: dict[str, Any]) -> None:

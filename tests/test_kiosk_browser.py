@@ -9,7 +9,6 @@ on the tray. Chromium is Debian's ``chromium`` driven by Playwright with ``execu
 from __future__ import annotations
 
 import itertools
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from benchmarks._kiosk import (
 from benchmarks._kiosk import (
     show as kiosk_show,
 )
+from tests.requires import missing
 from tests.runtime_helpers import Collector
 
 pytestmark = pytest.mark.slow
@@ -46,13 +46,9 @@ except ImportError:  # pragma: no cover - the browser extra is not installed
     HAVE_PLAYWRIGHT = False
 
 if not HAVE_PLAYWRIGHT or chromium_path() is None:
-    if os.environ.get("CI"):
-        pytest.fail("the kiosk browser tests need playwright and chromium (.ci/run installs them)",
-                    pytrace=False)
-    pytest.skip("playwright or chromium not installed (pip install -e '.[browser]'; apt-get install chromium)",
-                allow_module_level=True)
+    missing("playwright or chromium not installed (pip install -e '.[browser]'; apt-get install chromium; "
+            ".ci/run installs both)")
 
-DECISION_TO_PAGE_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +59,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     work = tmp_path_factory.mktemp("kiosk")
     (work / "broker").mkdir()
-    broker = Broker(port=free_port(), workdir=work / "broker")
+    broker = Broker.on_free_port(work / "broker")
     broker.start()
     encoder = load_image_encoder(load_settings(None, device={"store": "s", "id": "d"}).model)
     threshold, margin = build_catalog(work / "data", encoder)
@@ -101,13 +97,14 @@ def show(rig: dict[str, Any], product: Any, *, kind: str, sku: str | None = None
     return kiosk_show(rig["page"], rig["camera"], product, kind=kind, sku=sku, timeout_s=20)
 
 
-def test_showing_a_product_puts_its_name_price_and_place_on_the_page_within_a_second(rig: dict[str, Any]) -> None:
+def test_showing_a_product_puts_its_name_price_and_place_on_the_page(rig: dict[str, Any]) -> None:
+    """What the page shows; how fast it shows it is benchmarks.kiosk's to measure (no timing band in a test)."""
     page = rig["page"]
     show(rig, None, kind="empty")
     assert page.locator("#view-empty h1").inner_text() == "Nothing on the tray"
     cola = by_sku("DEMO-COLA")
     shown = show(rig, cola, kind="known", sku=cola.sku)
-    assert (shown["shown_ms"] - shown["emitted_ms"]) / 1000 < DECISION_TO_PAGE_S
+    assert shown["shown_ms"] > 0 and shown["emitted_ms"] > 0  # timed both ends (benchmarks.kiosk reports the gap)
     assert page.locator("#p-name").inner_text() == cola.name
     assert page.locator("#p-price").inner_text().replace("\u00a0", " ") == "SEK 14.90"
     assert page.locator("#p-loc").inner_text() == "Aisle 3 · Drinks"
@@ -182,6 +179,39 @@ def test_search_returns_cards_and_a_result_corrects_an_unknown_item(rig: dict[st
     assert (confirm["sku"], confirm["match_id"], confirm["source"]) == ("DEMO-BERRY", shown["match_id"], "search")
 
 
+def test_a_failed_confirm_tells_the_shopper_and_a_retry_goes_through(rig: dict[str, Any]) -> None:
+    """A real device-side failure (the confirmations database locked by another writer): the page says it
+    could not confirm, publishes nothing, and the next tap works once the lock is gone."""
+    import sqlite3
+
+    page, collector = rig["page"], rig["collector"]
+    store = rig["rig"].rt.screen.confirmations
+    store._db.execute("PRAGMA busy_timeout = 50")  # fail fast instead of the production 5 s wait
+    show(rig, None, kind="empty")
+    show(rig, MYSTERY, kind="unknown")
+    cards = page.locator("#u-cards .card")
+    before, kept = len(collector.json_of("/cam/confirm")), store.count()
+    other = sqlite3.connect(store.folder / "confirmations.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with page.expect_response(lambda r: r.url.endswith("/api/confirm")) as failed:
+            cards.nth(0).click()
+        assert failed.value.status == 500
+        # an earlier test's toast may still show: wait for this one's words
+        page.locator("#toast:not([hidden])", has_text="Could not confirm that. Please try again.").wait_for(
+            timeout=5000)
+        assert store.count() == kept
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    with page.expect_response(lambda r: r.url.endswith("/api/confirm")) as retried:
+        cards.nth(0).click()
+    assert retried.value.status == 200
+    assert collector.wait(lambda: len(collector.json_of("/cam/confirm")) == before + 1, timeout=10)
+    assert store.count() == kept + 1 and rig["errors"] == []
+    page.locator("#toast").wait_for(state="hidden", timeout=10_000)  # leave the page as the next test expects it
+
+
 def test_a_known_answer_shows_its_pick_list_and_a_tap_corrects_it(rig: dict[str, Any]) -> None:
     """Issue 27 item 3: the ranked alternatives under "Not this product?" on a known answer too; a tap
     confirms (corrects) it like a candidate of an unknown item, and "confirmed" is said once (29 item 10)."""
@@ -206,6 +236,26 @@ def test_a_known_answer_shows_its_pick_list_and_a_tap_corrects_it(rig: dict[str,
     _wait(page, "window.__kiosk.confirms.length > 0")
     assert page.evaluate("window.__kiosk.confirms.at(-1).shown") is True
     assert page.locator("#toast").is_hidden()  # the badge says it; no second "Thank you! Confirmed."
+
+
+def test_not_listed_search_corrects_a_known_answer(rig: dict[str, Any]) -> None:
+    """A known answer whose product is not in the pick list: "Not listed? Search", and the result tapped
+    corrects that item (a search on a known answer without it only opens the product)."""
+    page, collector = rig["page"], rig["collector"]
+    show(rig, None, kind="empty")
+    cola = show(rig, by_sku("DEMO-COLA"), kind="known", sku="DEMO-COLA")
+    before = len(collector.json_of("/cam/confirm"))
+    page.click("#pick-search")
+    page.fill("#q", "soap")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#results:not([hidden]) #r-cards .card[data-sku='DEMO-SOAP']", timeout=10_000)
+    page.click("#r-cards .card[data-sku='DEMO-SOAP']")
+    assert collector.wait(lambda: len(collector.json_of("/cam/confirm")) > before, timeout=10)
+    confirm = collector.json_of("/cam/confirm")[-1]
+    assert (confirm["sku"], confirm["match_id"], confirm["source"], confirm["predicted_sku"], confirm["corrected"]) \
+        == ("DEMO-SOAP", cola["match_id"], "search", "DEMO-COLA", True)
+    page.wait_for_selector("#p-confirmed:not([hidden])", timeout=5000)
+    assert page.locator("#p-name").inner_text() == "Ocean Soap" and page.locator("#results").is_hidden()
 
 
 def test_search_results_stay_until_closed_or_a_new_item_arrives(rig: dict[str, Any]) -> None:
@@ -333,7 +383,7 @@ def test_broker_restart_page_recovers_without_reload(rig: dict[str, Any]) -> Non
     broker.stop()
     page.wait_for_selector("#status[data-state='store-offline']", timeout=10_000)
     oats = show(rig, by_sku("DEMO-OATS"), kind="known", sku="DEMO-OATS")  # decisions still reach the screen
-    assert (oats["shown_ms"] - oats["emitted_ms"]) / 1000 < DECISION_TO_PAGE_S
+    assert oats["sku"] == "DEMO-OATS"
     broker.start()
     page.wait_for_selector("#status[data-state='live']", timeout=20_000)
     assert rig["rig"].rt.link.wait_subscribed(20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -184,5 +185,90 @@ def test_learned_photos_survive_a_catalog_snapshot_install(store: Store, tmp_pat
     reopened = Store(data_dir=store.data_dir, image_encoder=enc, dtype="f32", aggregate="max")
     try:  # the index agrees with the catalog rows: nothing to repair
         assert reopened.repairs.rebuilds == 0 and top(reopened, crop_b)[0] == ("B", 1.0)
+    finally:
+        reopened.close()
+
+
+def test_review_max_keeps_the_newest_held_crops_and_zero_keeps_none(store: Store) -> None:
+    """learning.review_max: held crops beyond it are dropped oldest first, rows and files; 0 keeps none."""
+    enc = store.image_encoder
+    assert enc is not None
+    far = -enc.embed([product_image(0)])[0]  # far from every photo of A: always held (hold_below 0.5)
+    lrn = learner(store, hold_below=0.5, review_max=2)
+    for i in range(4):
+        assert lrn.learn("A", product_image(1), source="scan", ref=f"pos-{i}", ts=100.0 + i,
+                         embedding=far).outcome == "held"
+    held = lrn.held()
+    assert [h["ref"] for h in held] == ["pos-3", "pos-2"]  # the newest two
+    assert sorted(p.name for p in lrn.review_dir.iterdir()) == sorted(Path(h["path"]).name for h in held)
+    none = learner(store, hold_below=0.5, review_max=0)
+    assert none.learn("A", product_image(1), source="scan", ref="pos-9", ts=200.0, embedding=far).outcome == "held"
+    assert [h["ref"] for h in none.held()] == ["pos-3", "pos-2"]  # nothing new kept for review
+
+
+def test_install_enroll_learn_and_reload_at_once_leave_a_consistent_catalog(store: Store, tmp_path: Path) -> None:
+    """A snapshot install (twice, two snapshots) while other threads enroll, learn and reload+search the same
+    data folder: nothing raises, and afterwards the index agrees with the catalog rows (no repair on reopen)
+    and every learned photo that survives belongs to a product still there, found through the index."""
+    import threading
+
+    enc = store.image_encoder
+    assert enc is not None
+    snaps = []
+    for name, skus in (("chain1", ("A", "B", "D")), ("chain2", ("A", "B", "E"))):
+        chain = Store(data_dir=tmp_path / name, image_encoder=enc, dtype="f32", aggregate="max")
+        for i, sku in enumerate(skus):
+            chain.enroll(sku, name=f"product {sku}", images=[product_image(i), product_image(i, noise=6)])
+        chain.close()
+        snaps.append(write_snapshot(tmp_path / name, tmp_path / f"snapshots-{name}", bundle=enc.fingerprint,
+                                    text_bundle=None, dtype="f32", counts={}, assortment=None))
+    errors: list[BaseException] = []
+    lr = learner(store)
+
+    def guarded(fn: Any) -> Any:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                errors.append(e)
+        return threading.Thread(target=run)
+
+    def installs() -> None:
+        for k, (folder, manifest) in enumerate(snaps):
+            install(store, folder, manifest, sha256=f"{k}" * 64)
+
+    def enrolls() -> None:
+        for i in range(4):
+            store.enroll(f"N{i}", name=f"new {i}", images=[product_image(20 + i)])
+
+    def learns() -> None:
+        for i in range(4):
+            assert lr.learn("B", product_image(30 + i, noise=3), source="kiosk", ref=f"v{i}").outcome == "learned"
+
+    def reloads() -> None:
+        for _ in range(10):
+            store.reload()
+            assert store.search_image([product_image(0)], k=3)[0]
+
+    threads = [guarded(f) for f in (installs, enrolls, learns, reloads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [], errors
+    store.reload()
+    now = {p.sku for p in store.catalog.products()}
+    assert {"A", "B", "E"} <= now and "D" not in now and "C" not in now  # the second snapshot is current
+    learned = lr.learned()
+    assert learned and all(p.sku in now for p in learned)
+    for p in learned:
+        assert Path(p.path).is_file()
+    reopened = Store(data_dir=store.data_dir, image_encoder=enc, dtype="f32", aggregate="max")
+    try:  # the index agrees with the catalog rows: nothing to repair
+        assert reopened.repairs.rebuilds == 0
+        meta = reopened.index_meta("image")
+        assert meta is not None and meta.vectors == reopened.catalog.vector_counts("image", enc.fingerprint)[0]
+        crop = product_image(30 + 3, noise=3)
+        assert top(reopened, crop)[0] == ("B", 1.0)  # the last learned photo, found through the index
     finally:
         reopened.close()

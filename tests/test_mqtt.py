@@ -155,7 +155,8 @@ def test_commands_validated_and_answered(broker: Broker, tmp_path: Path, collect
     assert "unauthorised" in errors[2] and "unauthorised" in errors[3]
     assert "unknown command 'nosuch'" in errors[4]
     assert "exceeds mqtt.command_max_bytes=2048" in errors[5]
-    assert "boom failed: RuntimeError: handler bug" in errors[6]
+    assert "boom failed: RuntimeError: handler bug" in errors[6] and "on the device" in errors[6]
+    assert [r.get("code") for r in replies[5:7]] == ["CommandError", "internal"]  # the device's fault, not the sender's
     assert replies[7] == {"id": "6", "ok": True, "result": {"echo": 42}}
     assert [r["id"] for r in replies[2:5]] == ["1", "2", "3"]
     assert router.counts == {"ok": 1, "error": 7, "busy": 0}

@@ -135,3 +135,16 @@ def test_a_catalog_from_before_shopper_search_gets_its_fields_on_open(catalog_di
     assert reopened.catalog._db.execute("SELECT COUNT(*) FROM search_fts").fetchone()[0] == 81
     assert top(reopened, "citroner", 1) == ["Lemon"]
     reopened.close()
+
+
+def test_the_frozen_held_out_query_set_is_unchanged_and_all_held_out() -> None:
+    """benchmarks/data/search_queries_v2.tsv is frozen: its sha256 is the one docs/benchmarks.md recorded."""
+    import hashlib
+
+    from benchmarks.search import QUERIES_V2, QUERIES_V2_SHA256, read_queries
+
+    assert hashlib.sha256(QUERIES_V2.read_bytes()).hexdigest() == QUERIES_V2_SHA256
+    docs = (QUERIES_V2.parents[2] / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert QUERIES_V2_SHA256 in docs
+    queries = read_queries(QUERIES_V2)
+    assert len(queries) >= 150 and {q.half for q in queries} == {"held-out"}

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.requires import need_module
+
+torch = need_module("torch", "pip install -e '.[export]' (.ci/run installs it)")
 
 from export.data import read_folder, read_split  # noqa: E402
 from export.model import EncoderArch  # noqa: E402

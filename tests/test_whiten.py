@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.requires import need_module
+
+torch = need_module("torch", "pip install -e '.[export]' (.ci/run installs it)")
 
 from edge.core.errors import InputError  # noqa: E402
 from export.model import EncoderArch, ProductEncoder  # noqa: E402

@@ -122,9 +122,12 @@ class CommandRouter:
             result = handler(args)
         except StoreLensError as e:
             return self._error(verb, req_id, e)
-        except Exception as e:
+        except Exception as e:  # the device failed, not the request: code "internal" (a kiosk answers 500)
             log.exception("command handler failed", extra={"verb": verb, "id": req_id})
-            return self._error(verb, req_id, CommandError(f"{verb} failed: {type(e).__name__}: {e}"))
+            reply = self._error(verb, req_id, CommandError(
+                f"{verb} failed: {type(e).__name__}: {e}",
+                hint="a failure on the device, not in the request: retry; if it persists, see the runtime's log"))
+            return {**reply, "code": "internal"}
         self.counts["ok"] += 1
         # what changed the device is logged (who enrolled what, when); searches and snapshots only at DEBUG
         log.log(logging.INFO if verb in LOGGED_VERBS else logging.DEBUG, "command done",

@@ -32,6 +32,8 @@ CONFIRM_SCHEMA = "storelens.confirm/1"
 SOURCES = ("candidate", "search", "recommendation")
 VERBS = ("search", "recommend", "confirm")
 MAX_QUERY_CHARS = 200
+# reply codes that are the device's failure, not the page's: HTTP 5xx so the page retries rather than blames
+SERVER_SIDE = {"internal": 500, "BackendError": 500, "CatalogError": 500, "busy": 503}
 _MATCH_ID = re.compile(r"^[0-9a-f]{8,64}$")
 
 SearchFn = Callable[[str, int], list[Any]]  # (query, k) -> ranked items with .sku / .name / .score
@@ -87,6 +89,8 @@ class KioskActions:
         reply = self.router.handle(verb, body)
         if reply.get("ok"):
             return 200, reply
+        if reply.get("code") in SERVER_SIDE:  # the device failed (e.g. "database is locked"), not the page
+            return SERVER_SIDE[reply["code"]], reply
         return (403 if "unauthorised" in str(reply.get("error")) else 400), reply
 
     def too_large(self, size: int) -> tuple[int, dict[str, Any]]:

@@ -106,6 +106,7 @@ class KioskServer:
         self._listener: asyncio.base_events.Server | None = None
         self.hub, self.actions, self.cards, self.page = hub, actions, cards, page
         self._link_status = link_status or (lambda: "off")
+        self.route_adders: list[Callable[[web.Application], None]] = []  # more pages' routes (edge.shelf.page)
         self._link = "off"
         self._clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,12 +209,15 @@ class KioskServer:
         app.router.add_get("/img/{sku}", self._image)
         app.router.add_post("/api/{verb}", self._api)
         app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        for add_routes in self.route_adders:
+            add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
         self._listener = await asyncio.get_running_loop().create_server(
             self.guard.factory(server), self.host, self.port, reuse_address=True)
+        self.port = int(self._listener.sockets[0].getsockname()[1])  # port 0 (tests): the listener owns its port
         self._watcher = asyncio.get_running_loop().create_task(self._watch_link())
 
     async def _shutdown(self) -> None:
