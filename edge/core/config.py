@@ -181,7 +181,8 @@ class MqttSettings(Section):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of match, planogram and reply messages")
     outbox_max_messages: int = Field(100_000, ge=10, le=10**7, description="Outbox bound (oldest dropped, counted)")
-    outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Messages older than this are dropped (counted)")
+    outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Messages older than this (running time, not "
+                                    "wall clock) are dropped (counted)")
     outbox_durability: Literal["process", "power"] = Field(
         "process", description="process: survives a crash (synchronous=NORMAL); power: survives power loss (FULL)"
     )

@@ -63,6 +63,7 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
                  regions=_regions(settings, matcher), wake=wake, outbox=outbox, link=link, router=router,
                  out=out if out is not None else sys.stdout, recommender=recommender, reranker=reranker,
                  hooks=RuntimeHooks.from_settings(settings, link))
+    rt.extra_status["outbox"] = lambda: outbox.stats().to_dict()  # a full disk shows in the retained status
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
     for region in (r for regions in rt.regions.values() for r in regions):  # a view that never holds still: said
         region.gate.watch_never_steady(region.key, after=round(region.camera.fps * NEVER_STEADY_WARN_S))
