@@ -126,7 +126,7 @@ def play(store: Store, embs: np.ndarray, items: Sequence[Item], names: dict[int,
     return out
 
 
-def _r1(p: Pass, items: Sequence[Item], names: dict[int, str], order: np.ndarray, *,
+def r1(p: Pass, items: Sequence[Item], names: dict[int, str], order: np.ndarray, *,
        only: set[str] | None = None, start: int | None = None) -> dict[str, Any]:
     """R@1 over the second half of the stream, or from position ``start`` (micro, macro, per group; ``correct``
     of ``n``), optionally of some products only."""
@@ -226,11 +226,11 @@ def _run(args: argparse.Namespace, enc: Any, names: dict[int, str], gallery: lis
 def report(args: argparse.Namespace, passes: dict[str, Pass], items: Sequence[Item], names: dict[int, str],
            order: np.ndarray, control: set[str], cal: Any, settings: LearningSettings, fp: str,
            start: int | None = None) -> dict[str, Any]:
-    r1 = functools.partial(_r1, start=start)
-    off, on, ctl = (r1(passes[k], items, names, order) for k in ("off", "on", "control"))
+    score = functools.partial(r1, start=start)
+    off, on, ctl = (score(passes[k], items, names, order) for k in ("off", "on", "control"))
     natural = {names[it.label] for it in items} - passes["on"].confirmed
-    never_on = r1(passes["control"], items, names, order, only=control)
-    never_off = r1(passes["off"], items, names, order, only=control)
+    never_on = score(passes["control"], items, names, order, only=control)
+    never_off = score(passes["off"], items, names, order, only=control)
     return {
         "r1_learning": on["r1"], "r1_no_learning": off["r1"],
         "r1_ratio": round(on["r1"] / off["r1"], 4) if on["r1"] and off["r1"] else None,

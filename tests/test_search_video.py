@@ -42,7 +42,7 @@ def tray_clip(path: Path) -> Path:
     bg = tray_background()
     poses = [place(bg, render_product(SHOWN), np.random.default_rng(s)) for s in (11, 12)]
     frames = [bg] * 10 + [poses[0]] * 15 + [poses[1]] * 15 + [bg] * 10
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (bg.shape[1], bg.shape[0]))
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 15, (bg.shape[1], bg.shape[0]))
     assert out.isOpened()
     for f in frames:
         out.write(light_and_noise(f, rng, jitter=0.1))

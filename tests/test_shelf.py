@@ -193,7 +193,7 @@ def test_setup_grid_writes_regions_and_an_overlay(tmp_path: Path, capsys: pytest
                 "--cols", "2", "--margins", "0.1,0.1,0.1,0.1", "--image", str(snap), "--out", str(out),
                 "--overlay", str(overlay)]) == 0
     drawn = cv2.imread(str(overlay))
-    assert drawn.shape == (240, 320, 3) and not np.all(drawn == 90)  # the regions are drawn
+    assert drawn is not None and drawn.shape == (240, 320, 3) and not np.all(drawn == 90)  # the regions are drawn
     import tomllib
 
     parsed = tomllib.loads("[[cameras]]\n" + out.read_text())

@@ -108,7 +108,7 @@ def shelf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
         yield {"rt": rt, "camera": camera, "collector": collector, "page": page, "errors": errors,
-               "url": rt.screen.url.rstrip("/") + "/shelf", "data": work / "data"}
+               "url": getattr(rt.screen, "url", "").rstrip("/") + "/shelf", "data": work / "data"}
     finally:
         browser.close()
         pw.stop()

@@ -45,9 +45,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, work: Path) -> int:
+    import numpy as np
+
     from edge.catalog.store import Store
     from edge.models.encoders import load_image_encoder
-    from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, calibrate_demo, reference_images
+    from edge.pipeline.demo import (
+        DEMO_PRODUCTS,
+        VirtualCamera,
+        calibrate_demo,
+        light_and_noise,
+        reference_images,
+        tray_background,
+    )
     from edge.pipeline.factory import assemble_runtime
 
     settings = _settings(args, work)
@@ -62,6 +71,9 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     store = Store.from_settings(settings, image_encoder=encoder, text_encoder=None)
     for p in tqdm(DEMO_PRODUCTS, desc="enroll", unit="product"):
         store.enroll(p.sku, name=p.name, images=reference_images(p))
+    rng = np.random.default_rng(1)  # the bare tray as the catalog's empty entry: a kiosk item ends on it
+    store.enroll(settings.decision.empty_sku, name="Empty tray",
+                 images=[light_and_noise(tray_background(), rng, jitter=0.3) for _ in range(3)])
     print(f"catalog: {len(DEMO_PRODUCTS)} rendered products enrolled in {time.monotonic() - t0:.1f}s "
           f"(catalog version {store.catalog_version}); no retraining\n")
 
@@ -93,11 +105,13 @@ def _report(args: argparse.Namespace, work: Path, summary: dict[str, Any], *, th
             shown: list[str]) -> int:
     """Print what was recognised; exit 0 when every product was named once and nothing else."""
     decided = [json.loads(x) for x in (work / "decisions.jsonl").read_text().splitlines()]
-    known = [d["candidates"][0]["sku"] for d in decided if d.get("decision") == "known" and "candidates" in d]
+    items = {d["item_id"]: d for d in decided if d.get("item_id")}  # each item's last word
+    known = [d["candidates"][0]["sku"] for d in items.values() if d["decision"] == "known"]
     hits = sum(1 for sku in shown if sku in known)
     wrong = sorted({k for k in known if k not in shown})
-    extra = max(0, len(known) - len(shown))  # a product named while the tray was empty, or named twice
-    result = {"products_shown": len(shown), "recognised": hits, "wrong": wrong, "extra_known": extra,
+    extra = max(0, len(known) - len(shown))  # a product named while the tray was empty, or one item counted twice
+    result = {"products_shown": len(shown), "items": len(items), "recognised": hits, "wrong": wrong,
+              "extra_known": extra,
               "threshold": threshold, "margin": margin, "decisions": summary["decisions"],
               "frames": summary["frames"], "embedded": summary["gate"]["embedded"],
               "gate_skip_ratio": summary["gate"]["skip_ratio"], "latency_ms": summary["latency_ms"],
