@@ -35,7 +35,7 @@ def test_unknown_backbone_and_bad_size_say_the_fix() -> None:
     with pytest.raises(InputError) as e:
         locate_weights("resnet-9000")
     assert e.value.message == "unknown backbone 'resnet-9000'"
-    assert e.value.hint == "use plain or one of efficientnet-lite0"
+    assert e.value.hint == "use plain or one of efficientnet-lite0, efficientnet-lite1, efficientnet-lite2"
     with pytest.raises(InputError) as e2:
         FinetuneConfig(input_size=100).check()
     assert e2.value.hint == "use 160, 192, 224 or 256"

@@ -110,7 +110,7 @@ def reference_images(p: DemoProduct, *, n: int = 3, seed: int = 0) -> list[np.nd
 class VirtualCamera:
     """A finite kiosk clip: each product held for ``hold`` frames with ``gap`` frames of empty tray between."""
 
-    def __init__(self, products: tuple[DemoProduct, ...], *, hold: int = 20, gap: int = 16, seed: int = 1) -> None:
+    def __init__(self, products: tuple[DemoProduct, ...], *, hold: int = 20, gap: int = 30, seed: int = 1) -> None:
         self.products = products
         self.truth: list[str | None] = []  # what was in front of the camera, frame by frame
         self._frames = self._generate(hold, gap, seed)
