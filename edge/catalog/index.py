@@ -276,9 +276,13 @@ def publish(directory: Path, index: Index, meta: IndexMeta) -> IndexMeta:
     gen = f"{meta.modality}.{time.time_ns():x}.usearch"
     data_path = directory / gen
     tmp = directory / (gen + ".tmp")
-    index.save(str(tmp))
-    _fsync(tmp)
-    os.replace(tmp, data_path)
+    try:
+        index.save(str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, data_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: leave no partial generation taking space
+        raise
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta = IndexMeta.from_dict({**meta.to_dict(), "file": gen, "created_utc": created, "vectors": len(index),
                                 "file_bytes": data_path.stat().st_size, "file_crc32": file_crc32(data_path)})

@@ -13,7 +13,8 @@ import hashlib
 import logging
 import math
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from edge.catalog.db import Catalog, Product
 from edge.catalog.importers.tables import ImportIssue, ProductRecord
 from edge.catalog.views import VIEWS_MODALITY, product_views
 from edge.core.errors import CatalogError, ImageError, InputError
+from edge.core.sqlite import disk_full
 from edge.models.encoders.base import ImageEncoder, TextEncoder
 from edge.models.preprocess import read_image
 
@@ -121,7 +123,7 @@ class CatalogWriter:
         issues: list[ImportIssue] = []
         counts = {"rows": 0, "added": 0, "replaced": 0, "images": 0, "skipped": 0}
         batch = _Batch()
-        with ix.writer_lock(self.data_dir):
+        with ix.writer_lock(self.data_dir), self._disk_guard("import"):
             with self.catalog.transaction() as db:
                 for rec in tqdm(records, total=total, desc="import", unit="product", disable=not progress):
                     counts["rows"] += 1
@@ -202,7 +204,7 @@ class CatalogWriter:
     def remove(self, sku: str) -> bool:
         """Remove a product and its vectors; False when the sku is not in the catalog."""
         batch = _Batch()
-        with ix.writer_lock(self.data_dir):
+        with ix.writer_lock(self.data_dir), self._disk_guard("remove"):
             if self.catalog.get(sku) is None:
                 return False  # nothing changes, so the catalog version does not move either
             with self.catalog.transaction() as db:
@@ -219,14 +221,14 @@ class CatalogWriter:
         product = self.catalog.get(sku)
         if product is None:
             raise InputError(f"sku {sku!r} is not in the catalog", hint="enroll it first")
-        with ix.writer_lock(self.data_dir):
+        with ix.writer_lock(self.data_dir), self._disk_guard("set product text"):
             with self.catalog.transaction() as db:
                 self.catalog.set_text(db, product.key, source, text)
             ix.restamp(self.data_dir, self.catalog.version)  # no vector changed: the indexes reflect it too
 
     def rebuild_indexes(self) -> None:
         """Rebuild every index from the vectors stored in SQLite (e.g. after changing catalog.index_dtype)."""
-        with ix.writer_lock(self.data_dir):
+        with ix.writer_lock(self.data_dir), self._disk_guard("reindex"):
             for modality, enc in self._modalities():
                 if enc is None:
                     continue
@@ -279,7 +281,7 @@ class CatalogWriter:
         if self.image_encoder is None:
             raise InputError("changing photos needs the image encoder", hint="configure model.image_bundle")
         fp, batch = self.image_encoder.fingerprint, _Batch()
-        with ix.writer_lock(self.data_dir):
+        with ix.writer_lock(self.data_dir), self._disk_guard("learned photos"):
             with self.catalog.transaction() as db:
                 batch.remove = {int(k) for k in change(db)}
                 batch.add[IMAGE] = [(key, np.frombuffer(blob, dtype=np.float32)) for key in sorted(batch.remove)
@@ -343,13 +345,38 @@ class CatalogWriter:
         return ix.publish(self.data_dir, index, ix.IndexMeta.from_dict(
             {**meta.to_dict(), "products": len(np.unique(keys))}))
 
+    @contextmanager
+    def _disk_guard(self, what: str) -> Iterator[None]:
+        """A write that fails because the disk is full becomes a :class:`CatalogError` saying so.
+
+        Nothing is left half-done that a reader could see: SQLite rolled the transaction back, or
+        it committed and the index generation was not swapped in — the catalog and the index then
+        disagree by version, which :mod:`edge.catalog.consistency` repairs on the next reload or
+        write once the disk has room; until then searches use the previous index.
+        """
+        try:
+            yield
+        except (sqlite3.Error, OSError, RuntimeError) as e:
+            if not disk_full(e, self.data_dir):
+                raise
+            raise CatalogError(f"catalog {what} failed: the disk is full ({e})",
+                               hint=f"free space on the disk of {self.data_dir} and retry; nothing half-written "
+                               "is used (the index is repaired from the catalog on the next reload)") from e
+
     def _save_array(self, sku: str, i: int, image: np.ndarray) -> Path:
         folder = self.data_dir / "images" / hashlib.sha1(sku.encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{hashlib.sha1(image.tobytes()).hexdigest()[:16]}.jpg"
-        if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, ENROLL_JPEG_QUALITY]):
-            raise ImageError(f"image {i} for sku {sku!r} could not be saved as JPEG",
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, ENROLL_JPEG_QUALITY])
+        if not ok:
+            raise ImageError(f"image {i} for sku {sku!r} could not be encoded as JPEG",
                              hint="pass a BGR uint8 array of shape (H, W, 3)")
+        with self._disk_guard(f"saving image {i} of {sku!r}"):
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                path.write_bytes(jpeg.tobytes())
+            except OSError:
+                path.unlink(missing_ok=True)  # no half photo left behind
+                raise
         return path
 
 

@@ -19,7 +19,8 @@ def register(sub: Any) -> None:
         description="Read the status file the running `storelens run` rewrites from its frame loop "
         "(<catalog.data_dir>/health.json) and judge it against the [health] thresholds of the same config. "
         "Exits 0 when healthy, 1 when any check fails: `runtime` (not running), `loop` (frame loop stalled), "
-        "`camera` (down too long), `mqtt` (broker unreachable too long), `outbox` (near its bound). "
+        "`camera` (down too long), `mqtt` (broker unreachable too long), `outbox` (near its bound), "
+        "`disk` (the outbox holds messages in memory: the disk refuses writes). "
         "Each failure is printed as `check: reason`.",
         epilog="example: storelens health --config /etc/storelens/kiosk.toml --json",
     )

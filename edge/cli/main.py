@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.cli.health",
     "edge.cli.service",
     "edge.cli.fleet",
+    "edge.cli.shelf",
 )
 
 log = logging.getLogger("storelens")

@@ -66,13 +66,14 @@ class LinkStats:
     rejected: int = 0  # PUBACKs with a failure reason code (MQTT 5): the broker refused the message
     inflight: int = 0
     replies: int = 0
+    worker_errors: int = 0  # outbox worker rounds that failed (logged; the worker goes on)
     oversized: int = 0  # messages dropped because they were over their topic handler's byte limit
     extra: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects,
                 "last_error": self.last_error, "rejected": self.rejected, "inflight": self.inflight,
-                "oversized": self.oversized}
+                "worker_errors": self.worker_errors, "oversized": self.oversized}
 
 
 class MqttLink:
@@ -312,19 +313,25 @@ class MqttLink:
                 kind, arg = "kick", None
             if kind == "stop":
                 return
-            if kind == "ack":
-                mid, failed = arg
-                seq = self._mid_to_seq.pop(mid, None)
-                if seq is not None:
-                    if failed:
-                        self.stats.rejected += 1
-                        log.error("broker rejected a message; dropped from the outbox", extra={"seq": seq})
-                    self.outbox.ack(seq)
-            if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                last_prune = time.monotonic()
-                if (n := self.outbox.prune()) > 0:
-                    log.warning("outbox dropped messages older than outbox_max_age_s", extra={"dropped": n})
-            self._pump()
+            try:  # the one thread that delivers: an error costs this round, never the thread (issue 28)
+                if kind == "ack":
+                    self._acked(*arg)
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    last_prune = time.monotonic()
+                    if (n := self.outbox.prune()) > 0:
+                        log.warning("outbox dropped messages older than outbox_max_age_s", extra={"dropped": n})
+                self._pump()
+            except Exception:
+                self.stats.worker_errors += 1
+                log.exception("outbox worker: a round failed; retrying on the next event")
+
+    def _acked(self, mid: int, failed: bool) -> None:
+        seq = self._mid_to_seq.pop(mid, None)
+        if seq is not None:
+            if failed:
+                self.stats.rejected += 1
+                log.error("broker rejected a message; dropped from the outbox", extra={"seq": seq})
+            self.outbox.ack(seq)
 
     def _pump(self) -> None:
         """Hand outbox rows to paho in order, keeping at most ``max_inflight`` un-acknowledged."""

@@ -23,6 +23,7 @@ from edge.core.errors import ConfigError
 from edge.core.fleet_settings import FleetSettings
 from edge.core.learning_settings import LearningSettings
 from edge.core.ops_settings import HealthSettings, HomeAssistantSettings, KioskScreenSettings, MetricsSettings
+from edge.core.shelf_settings import ShelfSettings
 
 ENV_PREFIX = "STORELENS_"
 
@@ -141,9 +142,8 @@ class DecisionSettings(Section):
     @model_validator(mode="after")
     def _min_le_window(self) -> DecisionSettings:
         if self.min_frames > self.window:
-            raise PydanticCustomError("min_frames_over_window",
-                                      "min_frames ({min_frames}) must not exceed window ({window})",
-                                      {"min_frames": self.min_frames, "window": self.window})
+            raise PydanticCustomError("min_frames_over_window", "min_frames ({min_frames}) must not exceed window "
+                                      "({window})", {"min_frames": self.min_frames, "window": self.window})
         return self
 
 
@@ -180,7 +180,8 @@ class MqttSettings(Section):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of match, planogram and reply messages")
     outbox_max_messages: int = Field(100_000, ge=10, le=10**7, description="Outbox bound (oldest dropped, counted)")
-    outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Messages older than this are dropped (counted)")
+    outbox_max_age_s: float = Field(7 * 86400, gt=0, description="Messages older than this (running time, not "
+                                    "wall clock) are dropped (counted)")
     outbox_durability: Literal["process", "power"] = Field(
         "process", description="process: survives a crash (synchronous=NORMAL); power: survives power loss (FULL)"
     )
@@ -291,6 +292,7 @@ class Settings(BaseSettings):
     kiosk_screen: KioskScreenSettings = Field(default_factory=KioskScreenSettings, description="Kiosk screen page")
     fleet: FleetSettings = Field(default_factory=FleetSettings, description="Catalog builds and snapshot updates")
     learning: LearningSettings = Field(default_factory=LearningSettings, description="Confirmed crops as photos")
+    shelf: ShelfSettings = Field(default_factory=ShelfSettings, description="Shelf alerts, history, staff page")
     jsonl_out: Path | None = Field(None, description="Also append every decision to this JSONL file")
 
     @model_validator(mode="after")

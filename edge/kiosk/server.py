@@ -106,6 +106,7 @@ class KioskServer:
         self._listener: asyncio.base_events.Server | None = None
         self.hub, self.actions, self.cards, self.page = hub, actions, cards, page
         self._link_status = link_status or (lambda: "off")
+        self.route_adders: list[Callable[[web.Application], None]] = []  # more pages' routes (edge.shelf.page)
         self._link = "off"
         self._clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,6 +209,8 @@ class KioskServer:
         app.router.add_get("/img/{sku}", self._image)
         app.router.add_post("/api/{verb}", self._api)
         app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        for add_routes in self.route_adders:
+            add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         server = self._runner.server

@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from edge.pipeline.vote import Decision
 log = logging.getLogger("storelens.discovery")
 
 STATE_MAX = 255  # Home Assistant truncates (and warns about) longer states
+REMOVED_KEEP = 64  # cleared config topics remembered (a flood of forged configs must not grow memory)
 STATE_SCHEMA = "storelens.region_state/1"  # the retained <prefix>/<camera>/<roi>/state message
 
 
@@ -158,7 +160,8 @@ class HomeAssistantDiscovery:
         self.configs = {t: json.dumps(p, separators=(",", ":")).encode()
                         for t, p in device_configs(info, cameras).items()}
         self.state_topics = {region_state_topic(info.prefix, c.name, r.name) for c in cameras for r in c.rois}
-        self.removed: list[str] = []  # config topics cleared (tests, logs)
+        self.removed: deque[str] = deque(maxlen=REMOVED_KEEP)  # the latest config topics cleared (tests, logs)
+        self.removed_total = 0
         self._states: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._connected = False
@@ -204,6 +207,7 @@ class HomeAssistantDiscovery:
             return
         self.link.publish_now(topic, b"", qos=1, retain=True)
         self.removed.append(topic)
+        self.removed_total += 1
         for old in self._old_state_topics(payload):
             self.link.publish_now(old, b"", qos=1, retain=True)
         log.info("home assistant entity removed (no longer configured)", extra={"topic": topic})

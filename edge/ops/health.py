@@ -9,12 +9,14 @@ plus ``os.replace``, so a reader never sees half a file); its age is the loop's 
 
 :func:`evaluate` turns a status and thresholds into :class:`Problem` s, each naming the part
 that failed: ``runtime`` (no status, process gone), ``loop`` (stalled), ``camera``, ``mqtt``,
-``outbox``.
+``outbox``, ``disk`` (the outbox holds messages in memory because the disk refuses writes).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -29,7 +31,10 @@ if TYPE_CHECKING:  # `storelens health` imports this module: keep it free of Ope
     from edge.comms.outbox import Outbox
     from edge.pipeline.capture import CameraThread
 
+log = logging.getLogger("storelens.health")
+
 HEALTH_SCHEMA = "storelens.health/1"
+IN_PLACE_BLOCK = 4096  # the status file is padded to whole blocks, so a full disk can still overwrite it
 STATUS_FILE = "health.json"
 
 
@@ -50,7 +55,7 @@ class Thresholds:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    check: str  # runtime | loop | camera | mqtt | outbox
+    check: str  # runtime | loop | camera | mqtt | outbox | disk
     message: str
 
     def __str__(self) -> str:
@@ -58,11 +63,26 @@ class Problem:
 
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as JSON in one step (readers see the old or the new file, never half)."""
+    """Replace ``path`` with ``data`` as JSON in one step (readers see the old or the new file, never half).
+
+    On a full disk (ENOSPC) the temporary file cannot be written; the existing file is then
+    overwritten in place instead (its blocks are already allocated, so that needs no space), padded
+    with spaces to a whole block — still valid JSON — so the heartbeat and the disk problem stay
+    visible to ``storelens health``. A reader may then, rarely, catch a half-written file (it
+    reads as no status and the next check sees the whole one).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps(data, separators=(",", ":")).encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(body.ljust(-(-len(body) // IN_PLACE_BLOCK) * IN_PLACE_BLOCK))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno != errno.ENOSPC or not path.exists() or len(body) > path.stat().st_size:
+            raise
+        with path.open("r+b") as f:  # the full-disk fallback: reuse the file's own blocks
+            f.write(body.ljust(path.stat().st_size))
 
 
 def _wall(monotonic_ts: float | None, now_mono: float, now_wall: float) -> float | None:
@@ -79,6 +99,7 @@ class HeartbeatWriter:
         self.mqtt_down_since: float | None = None  # wall time the link was first seen disconnected
         self._next = 0.0
         self.writes = 0
+        self.write_errors = 0  # status file writes that failed (a full disk); counted, logged, never raised
 
     def tick(self, *, cameras: Sequence[CameraThread], link: MqttLink | None, outbox: Outbox,
              force: bool = False) -> bool:
@@ -87,7 +108,14 @@ class HeartbeatWriter:
         if not force and now_mono < self._next:
             return False
         self._next = now_mono + self.interval_s
-        write_atomic(self.path, self.snapshot(cameras=cameras, link=link, outbox=outbox))
+        try:
+            write_atomic(self.path, self.snapshot(cameras=cameras, link=link, outbox=outbox))
+        except OSError as e:  # a full or read-only disk must not stop the frame loop that calls this
+            self.write_errors += 1
+            if self.write_errors == 1 or self.write_errors % 600 == 0:
+                log.error("cannot write the health status file %s: %s (free space in catalog.data_dir)", self.path, e,
+                          extra={"errors": self.write_errors})
+            return False
         self.writes += 1
         return True
 
@@ -105,7 +133,9 @@ class HeartbeatWriter:
             "mqtt": {"enabled": link is not None, "connected": bool(link and link.connected),
                      "down_since": self.mqtt_down_since,
                      "last_error": link.stats.last_error if link else None},
-            "outbox": {"depth": ob.depth, "max": outbox.max_messages, "dropped_full": ob.dropped_full},
+            "outbox": {"depth": ob.depth, "max": outbox.max_messages, "dropped_full": ob.dropped_full,
+                       "in_memory": ob.in_memory, "write_errors": ob.write_errors, "last_error": ob.last_error,
+                       "failing": ob.failing},
         }
 
 
@@ -157,6 +187,10 @@ def evaluate(status: dict[str, Any] | None, th: Thresholds, *, now: float | None
     if ob.get("max") and ob.get("depth", 0) >= th.outbox_ratio * ob["max"]:
         problems.append(Problem("outbox", f"outbox near its bound: {ob['depth']} of {ob['max']} messages "
                                           f"(threshold {th.outbox_ratio:.0%}); oldest are dropped when full"))
+    if ob.get("in_memory") or ob.get("failing"):
+        problems.append(Problem("disk", f"the outbox cannot write to disk ({ob.get('last_error')}): "
+                                        f"{ob.get('in_memory', 0)} messages held in memory, saved when there is "
+                                        "room; free space in catalog.data_dir"))
     return problems
 
 

@@ -254,6 +254,10 @@ class RuntimeCollector:
         dropped.add_metric(["full"], s.dropped_full)
         dropped.add_metric(["age"], s.dropped_age)
         yield dropped
+        yield _gauge("storelens_outbox_in_memory", "Messages held in memory because the disk refused them "
+                     "(full disk); saved when it has room", s.in_memory)
+        yield _counter("storelens_outbox_write_errors", "Outbox writes the disk refused (full disk, I/O error)",
+                       s.write_errors)
 
     def _mqtt(self) -> Iterator[Metric]:
         link = self.view.link

@@ -44,6 +44,7 @@ log = logging.getLogger("storelens.confirm")
 RECENT_VIEWS = 32  # views (with their crops) a confirmation or a scan may still name
 PENDING_SCANS = 16  # scans waiting for their view to decide
 LEAD_S = 2.0  # a scan may come this long before its view's first decision (the vote takes a few frames)
+LEARN_QUEUE = 32  # confirmations and scans waiting for the learning thread; more are refused (counted "busy")
 SCAN_MAX_BYTES = 4096
 BARCODE_MAX_CHARS = 64
 
@@ -153,6 +154,8 @@ class ConfirmIntake:
         self._lock = threading.Lock()
         self._pending: list[tuple[str, float, float]] = []  # (barcode, ts, received)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learning")
+        self._queue_lock = threading.Lock()
+        self._queued = 0  # jobs submitted to the pool and not finished (bounded by LEARN_QUEUE)
         self.events = CommandRouter(prefix="events", reply=lambda _t, _b: None, max_bytes=SCAN_MAX_BYTES,
                                     token=token)
         self.events.register("scan", self._scan)
@@ -197,7 +200,7 @@ class ConfirmIntake:
         if crop is None:
             self.counts["no_crop"] += 1
             return
-        self._pool.submit(self._quietly, confirmation.sku, crop, "kiosk", confirmation.view_id or confirmation.id)
+        self._submit(self._quietly, confirmation.sku, crop, "kiosk", confirmation.view_id or confirmation.id)
 
     def on_scan_message(self, _topic: str, payload: bytes, _props: Any = None) -> None:
         """``events/scan`` (paho's network thread): checked and learned on the worker thread."""
@@ -206,13 +209,33 @@ class ConfirmIntake:
             self.counts["refused"] += 1
             log.warning("scan event refused: %d bytes", len(payload))
             return
-        self._pool.submit(self._handle_scan, payload)
+        self._submit(self._handle_scan, payload)
 
     def on_decision(self, msg: dict[str, Any], crop: np.ndarray | None) -> None:
         """The runtime's decision listener: remember the view; a scan waiting for it may now match."""
         self.views.on_decision(msg, crop)
         if self._pending and not msg.get("heartbeat"):
-            self._pool.submit(self._retry_pending)
+            self._submit(self._retry_pending)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn`` for the learning thread; past :data:`LEARN_QUEUE` waiting jobs it is refused and counted
+        (a flood of forged scans must not grow memory without bound)."""
+        with self._queue_lock:
+            if self._queued >= LEARN_QUEUE:
+                self.counts["busy"] += 1
+                if self.counts["busy"] == 1 or self.counts["busy"] % 1000 == 0:
+                    log.warning("learning queue full: confirmations and scans refused",
+                                extra={"busy": self.counts["busy"]})
+                return
+            self._queued += 1
+        try:
+            self._pool.submit(fn, *args).add_done_callback(self._done)
+        except RuntimeError:  # shut down
+            self._done(None)
+
+    def _done(self, _future: Any) -> None:
+        with self._queue_lock:
+            self._queued -= 1
 
     # ---- work on the learning thread ------------------------------------------------------
 

@@ -27,7 +27,7 @@ from edge.pipeline.gate import NEVER_STEADY_WARN_S, RegionGate
 from edge.pipeline.handlers import RuntimeCommands, recommend_handler
 from edge.pipeline.label_text import label_reranker
 from edge.pipeline.loop import Matcher, Region, Runtime, vote_params
-from edge.pipeline.vote import RegionVoter
+from edge.pipeline.vote import PlanogramPrior, RegionVoter
 from edge.recommend.basket_events import MAX_PAYLOAD_BYTES as BASKET_MAX_BYTES
 from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
@@ -62,6 +62,7 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
                  regions=_regions(settings, matcher), wake=wake, outbox=outbox, link=link, router=router,
                  out=out if out is not None else sys.stdout, recommender=recommender, reranker=reranker,
                  hooks=RuntimeHooks.from_settings(settings, link))
+    rt.extra_status["outbox"] = lambda: outbox.stats().to_dict()  # a full disk shows in the retained status
     RuntimeCommands(rt, encoder_loader=encoder_loader, matcher_loader=matcher_loader).register(router)
     for region in (r for regions in rt.regions.values() for r in regions):  # a view that never holds still: said
         region.gate.watch_never_steady(region.key, after=round(region.camera.fps * NEVER_STEADY_WARN_S))
@@ -71,6 +72,9 @@ def assemble_runtime(*, settings: Settings, encoder: ImageEncoder, matcher: Matc
         from edge.kiosk.screen import attach_screen
 
         rt.screen = attach_screen(rt, recommender=recommender)
+    from edge.shelf.attach import attach_shelf
+
+    attach_shelf(rt)  # shelf cameras: alerts, history and, with the kiosk screen's server, the /shelf page
     return rt
 
 
@@ -108,9 +112,16 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
                                              frames_per_view=fpv, enabled=g.enabled),
                             RegionVoter(camera=c.name, roi=r.name, params=params,
                                         expected_sku=r.expected_sku if c.mode == "shelf" else None,
-                                        per_view=c.mode == "kiosk"))
+                                        per_view=c.mode == "kiosk",
+                                        prior=shelf_prior(settings) if c.mode == "shelf" else None))
                      for r in c.rois]
             for c in settings.cameras}
+
+
+def shelf_prior(settings: Settings) -> PlanogramPrior:
+    """The ``[shelf]`` planogram prior of shelf regions' votes."""
+    s = settings.shelf
+    return PlanogramPrior(gap=s.planned_gap, below=s.planned_below, other_below=s.other_below)
 
 
 def build_runtime(settings: Settings) -> Runtime:

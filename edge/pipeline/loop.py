@@ -208,7 +208,7 @@ class Runtime:
         for regions in self.regions.values():  # heartbeats of regions that saw no frame this round
             for region in regions:
                 if (d := region.voter.heartbeat(now)) is not None:
-                    self._emit(d)
+                    self._guarded(region, self._emit, d)  # a heartbeat's failure (a full disk) never stops the loop
         if now >= self._next_stats:
             self._next_stats = now + self.settings.mqtt.stats_interval_s
             self._publish_stats()

@@ -15,7 +15,10 @@ id of the view it is about (``view_id``).
 
 Shelf regions name an ``expected_sku``: the decision becomes a planogram state — ``ok``
 (the expected product), ``empty`` (the catalog's empty-slot entry), ``misplaced`` (another
-product) or ``unknown`` — emitted as its own event when that state changes.
+product) or ``unknown`` — emitted as its own event when that state changes. With a
+:class:`PlanogramPrior` (``[shelf]``) a shelf frame votes for the planned product when it scores close
+to the top, and for another product (or the bare shelf) at a lower score than the threshold when the
+planned one is clearly not there (:func:`planned_label`): the planogram says what should be there.
 """
 
 from __future__ import annotations
@@ -113,6 +116,45 @@ def frame_label(candidates: Sequence[Candidate], threshold: float, margin: float
     return top.sku
 
 
+@dataclass(frozen=True, slots=True)
+class PlanogramPrior:
+    """Shelf: the planogram as a prior on each frame's vote (``shelf.planned_gap``, ``planned_below``,
+    ``other_below``); see :func:`planned_label`."""
+
+    gap: float
+    below: float = 0.0
+    other_below: float | None = None
+
+
+def planned_label(candidates: Sequence[Candidate], expected: str, threshold: float, margin: float,
+                  prior: PlanogramPrior, empty_sku: str | None = None) -> str | None:
+    """A shelf frame's vote: the bare shelf when :func:`frame_label` says so (the prior never hides a sold-out
+    facing); else the planned sku when it scores >= threshold - ``below`` within ``gap`` of the top; else
+    :func:`frame_label`, and when that is unknown, the top sku (another product, or the bare shelf) if it
+    scores >= threshold - ``other_below``: the question at a facing is whether the planned product is there,
+    not which of all products it is."""
+    label = frame_label(candidates, threshold, margin)
+    if label is not None and label == empty_sku:
+        return label
+    score = next((c.score for c in candidates if c.sku == expected), None)
+    if score is not None and candidates and score >= threshold - prior.below and \
+            candidates[0].score - score <= prior.gap:
+        return expected
+    if label is None and prior.other_below is not None and candidates and candidates[0].sku != expected and \
+            candidates[0].score >= threshold - prior.other_below:
+        return candidates[0].sku
+    return label
+
+
+def planogram_state(label: str | None, expected_sku: str, empty_sku: str) -> PlanogramState:
+    """A shelf decision's state: its sku (None: unknown) against the planned sku and the empty-slot sku."""
+    if label is None:
+        return "unknown"
+    if label == expected_sku:
+        return "ok"
+    return "empty" if label == empty_sku else "misplaced"
+
+
 def _aggregate(scores: list[float], how: Aggregate) -> float:
     if how == "max":
         return max(scores)
@@ -125,11 +167,12 @@ class RegionVoter:
     """The sliding window and the last published decision of one region."""
 
     def __init__(self, *, camera: str, roi: str, params: VoteParams, expected_sku: str | None = None,
-                 per_view: bool = False) -> None:
+                 per_view: bool = False, prior: PlanogramPrior | None = None) -> None:
         self.camera = camera
         self.roi = roi
         self.params = params
         self.expected_sku = expected_sku
+        self.prior = prior  # shelf: the planogram prior of planned_label (None: frame_label only)
         self.per_view = per_view  # kiosk: one event per view that reaches a decision (see the module docstring)
         self._window: deque[_Vote] = deque(maxlen=params.window)
         self._current: Decision | None = None
@@ -157,7 +200,9 @@ class RegionVoter:
     def add(self, candidates: Sequence[Candidate], *, ts: float, now: float) -> Decision | None:
         """Vote one frame; return a decision to publish when it changed (or a heartbeat is due)."""
         p = self.params
-        self._window.append(_Vote(frame_label(candidates, p.threshold, p.margin), tuple(candidates), ts))
+        label = frame_label(candidates, p.threshold, p.margin) if self.prior is None or self.expected_sku is None \
+            else planned_label(candidates, self.expected_sku, p.threshold, p.margin, self.prior, p.empty_sku)
+        self._window.append(_Vote(label, tuple(candidates), ts))
         decided = self._decide()
         if decided is None:
             return self.heartbeat(now)
@@ -201,16 +246,7 @@ class RegionVoter:
             return None
         candidates = self._ranked(label)
         kind: DecisionKind = "known" if label is not None else "unknown"
-        planogram: PlanogramState | None = None
-        if self.expected_sku is not None:
-            if label is None:
-                planogram = "unknown"
-            elif label == self.expected_sku:
-                planogram = "ok"
-            elif label == p.empty_sku:
-                planogram = "empty"
-            else:
-                planogram = "misplaced"
+        planogram = None if self.expected_sku is None else planogram_state(label, self.expected_sku, p.empty_sku)
         return Decision(camera=self.camera, roi=self.roi, decision=kind, candidates=candidates, frames=n,
                         agreement=round(agreement, 4), ts=self._window[-1].ts, expected_sku=self.expected_sku,
                         planogram=planogram, view_id=self._view_id)
