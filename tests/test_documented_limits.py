@@ -1,6 +1,7 @@
 """Behaviour the README and the config reference promise, each checked with real parts: the ``busy`` reply
 past 16 queued commands, ``mqtt.max_inflight`` against a real (paused) Mosquitto, the JSON log format of
-``storelens run``, and a corrupt on-device ``catalog.db`` / ``outbox.db`` as one clear line, not a traceback."""
+``storelens run``, a corrupt on-device ``catalog.db`` as one clear line (not a traceback), and a corrupt
+``outbox.db`` moved aside while the device keeps running."""
 
 from __future__ import annotations
 
@@ -141,5 +142,8 @@ def test_corrupt_catalog_or_outbox_database_is_one_clear_line(tmp_path: Path) ->
 
     (data / "outbox.db").write_bytes(b"this is not a SQLite database either " * 200)
     res = storelens("run", "--config", str(cfg), "--duration", "2", timeout=120)  # MQTT on: the outbox opens
-    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert f"cannot open outbox {data / 'outbox.db'}" in res.stderr, res.stderr[-3000:]
+    # a damaged outbox is moved aside (kept for salvage) and the device keeps running on a fresh one (28c)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert f"outbox {data / 'outbox.db'} was damaged" in res.stderr and "moved aside" in res.stderr, \
+        res.stderr[-3000:]
+    assert list(data.glob("outbox.db.damaged-*"))  # nothing deleted
