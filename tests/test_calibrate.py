@@ -67,8 +67,8 @@ def test_pick_held_out_is_deterministic() -> None:
     assert pick_held_out(skus, fraction=0.0) == set()
 
 
-def test_calibration_rejects_products_held_out_of_a_real_catalog(tmp_path: Path, tiny_onnx: Path) -> None:
-    """12 products enrolled (2 photos each) + 4 never enrolled; labelled photos of all 16."""
+def tiny_catalog(tmp_path: Path, tiny_onnx: Path, *, noise: int) -> tuple[Store, Path, np.random.Generator]:
+    """12 products enrolled (2 photos each) + 4 never enrolled; 4 labelled photos of each of the 16 at ``noise``."""
     store = Store(data_dir=tmp_path / "data", image_encoder=TinyImageEncoder(tiny_onnx), dtype="f32")
     rng = np.random.default_rng(5)
     for i in range(12):
@@ -76,7 +76,13 @@ def test_calibration_rejects_products_held_out_of_a_real_catalog(tmp_path: Path,
     labelled_dir = tmp_path / "labelled"
     for i in range(16):
         for j in range(4):
-            write_jpeg(labelled_dir / f"p{i}" / f"{j}.jpg", product_image(i, noise=10, rng=rng))
+            write_jpeg(labelled_dir / f"p{i}" / f"{j}.jpg", product_image(i, noise=noise, rng=rng))
+    return store, labelled_dir, rng
+
+
+def test_calibration_rejects_products_held_out_of_a_real_catalog(tmp_path: Path, tiny_onnx: Path) -> None:
+    """12 products enrolled (2 photos each) + 4 never enrolled; labelled photos of all 16."""
+    store, labelled_dir, rng = tiny_catalog(tmp_path, tiny_onnx, noise=10)
     labelled = read_labelled(labelled_dir)
     assert len(labelled) == 64
 
@@ -157,14 +163,7 @@ def test_max_wrong_never_exceeds_it_on_the_half_it_was_not_chosen_on() -> None:
 
 
 def test_calibrate_max_wrong_is_the_default_and_is_stored(tmp_path: Path, tiny_onnx: Path) -> None:
-    store = Store(data_dir=tmp_path / "data", image_encoder=TinyImageEncoder(tiny_onnx), dtype="f32")
-    rng = np.random.default_rng(5)
-    for i in range(12):
-        store.enroll(f"p{i}", name=f"product {i}", images=[product_image(i), product_image(i, noise=8, rng=rng)])
-    labelled_dir = tmp_path / "labelled"
-    for i in range(16):
-        for j in range(4):
-            write_jpeg(labelled_dir / f"p{i}" / f"{j}.jpg", product_image(i, noise=30, rng=rng))
+    store, labelled_dir, _ = tiny_catalog(tmp_path, tiny_onnx, noise=30)
     cal, problems = run_calibration(store, read_labelled(labelled_dir), holdout=0.25, seed=1, progress=False)
     assert cal.max_wrong == 0.02 and cal.risk is not None
     assert cal.risk["check_wrong_among_named"] <= 0.02 and cal.risk["fit_wrong_among_named"] <= 0.02
@@ -172,3 +171,4 @@ def test_calibrate_max_wrong_is_the_default_and_is_stored(tmp_path: Path, tiny_o
     store.save_calibration(cal)
     assert Calibration.from_json(cal.to_json()) == cal
     store.close()
+

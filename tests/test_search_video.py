@@ -94,3 +94,22 @@ def test_cmd_search_accepts_a_clip(catalog: Path, tmp_path: Path) -> None:
     finally:
         rt.outbox.close()
         store.close()
+
+
+def test_a_clip_that_never_holds_still_is_sampled_with_bounded_memory() -> None:
+    """No view ever steady: SAMPLED evenly spaced frames are embedded, whatever the clip's length."""
+    from edge.core.types import Candidate
+    from edge.pipeline.clip import SAMPLED, decide_clip
+    from edge.pipeline.vote import VoteParams
+
+    rng = np.random.default_rng(0)
+    frames = (rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(500))  # every frame moves
+    seen: list[int] = []
+
+    def match(images: list[np.ndarray], k: int) -> list[list[Candidate]]:
+        seen.append(len(images))
+        return [[Candidate("A", "A", 0.9), Candidate("B", "B", 0.3)] for _ in images]
+
+    answer = decide_clip(frames, match, VoteParams(threshold=0.5, margin=0.1, min_frames=2))
+    assert (answer.gate, answer.frames_read, answer.frames_embedded) == ("sampled", 500, SAMPLED)
+    assert answer.decision is not None and answer.decision.sku == "A" and sum(seen) == SAMPLED

@@ -74,13 +74,14 @@ def read_clip(path: Path) -> Iterator[np.ndarray]:
         cap.release()
 
 
-def clip_from_bytes(data: bytes) -> list[np.ndarray]:
-    """Frames of a clip sent as bytes (``cmd/search``'s ``video``); decoded through a private temporary file."""
+def clip_from_bytes(data: bytes) -> Iterator[np.ndarray]:
+    """Frames of a clip sent as bytes (``cmd/search``'s ``video``), decoded one at a time through a private
+    temporary file (removed when the frames are read or the iterator is dropped)."""
     fd, name = tempfile.mkstemp(suffix=".clip")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return list(read_clip(Path(name)))
+        yield from read_clip(Path(name))
     finally:
         os.unlink(name)
 
@@ -92,13 +93,16 @@ def decide_clip(frames: Sequence[np.ndarray] | Iterator[np.ndarray], match_image
     rgate = RegionGate(change_threshold=g.change_threshold, steady_frames=g.steady_frames,
                        frames_per_view=g.frames_per_view or params.window, enabled=g.enabled)
     voter = ItemVoter(camera="clip", roi="full", params=params)
-    kept: list[np.ndarray] = []
+    kept: list[np.ndarray] = []  # every `stride`-th frame, for the sampled fallback (at most 2 * SAMPLED)
+    stride = 1
     said: list[Decision] = []
     embedded = read = 0
     for frame in frames:
         read += 1
-        if len(kept) < MAX_FRAMES:
+        if (read - 1) % stride == 0:
             kept.append(frame)
+            if len(kept) > 2 * SAMPLED:  # thin evenly: memory stays bounded whatever the clip's length
+                kept, stride = kept[::2], stride * 2
         verdict = rgate.check(frame)
         if verdict == GateVerdict.NEW_VIEW:
             voter.reset()
