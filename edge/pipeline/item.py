@@ -119,12 +119,13 @@ class ItemVoter:
         n = len(self._view.frames)
         if n < self.params.min_frames:
             return self._heartbeat(now)
-        view_top = pool([self._view.mean()])
+        current = self._view.mean()
+        view_top = pool([current])
         if view_top and view_top[0][0] == self.params.empty_sku:
             return self._tray_empty(view_top, n, ts, now)
         if self._item_id is None:
             self._item_id, self._empty_shown, self._views = uuid.uuid4().hex[:16], False, []
-        views = [*self._views, self._view.mean()]
+        views = [*self._views, current]
         ranked = [(s, v) for s, v in pool(views) if s != self.params.empty_sku][:POOL_K]
         top = ranked[0][0] if ranked else None
         agree = sum(pool([v])[0][0] == top for v in views) / len(views)
