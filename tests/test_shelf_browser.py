@@ -132,6 +132,13 @@ def test_the_page_needs_the_staff_token(shelf: dict[str, Any]) -> None:
     resp = page.goto(shelf["url"] + f"?token={TOKEN}")
     assert resp.status == 200 and "token" not in page.url  # the cookie carries it from now on
     assert page.goto(shelf["url"].replace("/shelf", "/")).status == 401  # the kiosk page keeps its own token
+    ack, origin = shelf["url"] + "/api/ack", shelf["url"].rsplit("/shelf", 1)[0]
+    for body in ("not json", "[]", '{"alert_id": 7}', '{"alert_id": "' + "x" * 65 + '"}', "{}"):
+        r = page.request.post(ack, data=body, headers={"Content-Type": "application/json", "Origin": origin})
+        assert (r.status, r.json()["ok"]) == (400, False), body
+    r = page.request.post(ack, data='{"alert_id": "no-such-alert"}',
+                          headers={"Content-Type": "application/json", "Origin": origin})
+    assert r.status == 404 and "no open alert" in r.json()["error"]
 
 
 def test_an_empty_facing_alerts_on_the_page_and_mqtt_and_done_acknowledges_it(shelf: dict[str, Any]) -> None:
