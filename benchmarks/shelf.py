@@ -14,7 +14,10 @@ voter (``[decision]``, with the ``[shelf]`` planogram prior) and the alert track
 (:class:`~edge.shelf.alerts.FacingTracker`, ``shelf.alert_after_s``).
 
 The gallery split is enrolled into a real store (SQLite + USearch i8) with photos of each
-shelf's bare facings as ``EMPTY``. ``alert_after_s`` and the prior are chosen on the
+shelf's bare facings as ``EMPTY``, and (unless ``--no-setup-enroll``) each facing's first frame of the
+day as a photo of its planned product, as ``storelens shelf setup --enroll`` does; restocks show other
+photos of the product. The gate remembers ``shelf.remember_views`` views, as the runtime's does.
+``alert_after_s`` and the prior are chosen on the
 bundle's sessions carve of the gallery (a store of the gallery minus the carve, scenes from the
 carve's photos; thresholds calibrated the same way); the queries split only reports.
 
@@ -65,6 +68,7 @@ GAPS: tuple[float | None, ...] = (None, 0.05, 0.1, 0.2)  # None: no planogram pr
 BELOWS = (0.0, 0.1, 0.2)  # how far under the threshold the planned product may score
 OTHERS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3)  # ... and another product (or the bare shelf)
 SINCE_SLACK_S = 5.0  # an alert's state may begin this long before the true change (the vote's window)
+STEPS_FORMAT = 2  # the recorded steps' layout (record()); a cache of another layout is played again
 STEADY_SKIP = 2  # unchanged verdicts in a row after which the rest of a steady view is skipped (gate skips it)
 
 
@@ -84,7 +88,7 @@ class Facing:
     segments: list[Segment]
     truth: list[Truth]
     occlusions: list[tuple[float, float]]
-    steps: list[tuple[float, bool, list[Candidate]]]  # (ts, new view, candidates) of each embedded frame
+    steps: list[tuple[float, str | None, list[Candidate] | None]]  # see record()
 
 
 def facings_for(items: Sequence[Item], names: dict[int, str], plan: DayPlan, seed: int) -> list[Facing]:
@@ -118,30 +122,55 @@ def enroll_empty(store: Store, n_shelves: int, folder: Path) -> None:
                          progress=False)
 
 
+def enroll_setup(facings: Sequence[Facing], store: Store, enc: ImageEncoder, settings: Settings, seed: int) -> None:
+    """``storelens shelf setup --enroll`` at the start of the day: each facing's first camera frame (its planned
+    product, stocked) becomes a photo of its planned product, through the same :func:`enroll_facings` path."""
+    from edge.catalog.learning import Learner
+
+    learner = Learner(store, settings.learning)
+    for f in facings:
+        rng = np.random.default_rng([seed, zlib.crc32(f.name.encode()), 1])
+        img = frame(view(f.segments[0], shelf_background(int(f.name.split("-")[0][1:]))), rng)
+        learner.learn(f.sku, img, source="shelf-setup", ref=f.name, hold=False)
+
+
 def record(f: Facing, store: Store, enc: ImageEncoder, settings: Settings, fps: float, seed: int) -> int:
-    """Play the facing's day through the gate and embed what it lets through; returns frames seen."""
+    """Play the facing's day through the gate and embed what it lets through; returns frames seen.
+
+    Steps: ``(ts, key, candidates)``; a new view carries its key, another frame of it None; a view the gate
+    remembered coming back is ``(ts, key, None)``, and its frames follow (the replay uses them only when its
+    voter had no decision to bring back, as the runtime then votes it anew)."""
     g, d = settings.gate, settings.decision
     gate = RegionGate(change_threshold=g.change_threshold, steady_frames=0,
-                      frames_per_view=g.frames_per_view or d.window, enabled=g.enabled)
+                      frames_per_view=g.frames_per_view or d.window, enabled=g.enabled,
+                      remember=settings.shelf.remember_views)
     rng = np.random.default_rng([seed, zlib.crc32(f.name.encode())])
     background = shelf_background(int(f.name.split("-")[0][1:]))
-    seen = 0
+    seen = views = 0
     for seg in f.segments:
         img = view(seg, background)
-        batch: list[tuple[float, bool, np.ndarray]] = []
+        batch: list[tuple[float, str | None, np.ndarray]] = []
         steady = 0
         for k in range(math.ceil(seg.start * fps), math.ceil(seg.end * fps)):
             crop = frame(img, rng)
             seen += 1
             verdict = gate.check(crop)
-            if verdict.passes:
-                batch.append((k / fps, verdict == GateVerdict.NEW_VIEW, crop))
+            if verdict == GateVerdict.RETURNED:
+                f.steps.append((k / fps, gate.returned_key, None))
+                key = gate.returned_key
+                gate.revote()
+                gate.view_key = key
+            elif verdict.passes:
+                if verdict == GateVerdict.NEW_VIEW:
+                    views += 1
+                    gate.view_key = f"v{views}"
+                batch.append((k / fps, gate.view_key if verdict == GateVerdict.NEW_VIEW else None, crop))
                 steady = 0
             elif (steady := steady + 1) >= STEADY_SKIP:
                 break  # a steady view: the runtime's gate skips every further frame of it
         if batch:
             found = store.match_vectors(enc.embed([c for _, _, c in batch]), d.top_k)
-            f.steps += [(ts, new, list(c)) for (ts, new, _), c in zip(batch, found, strict=True)]
+            f.steps += [(ts, key, list(c)) for (ts, key, _), c in zip(batch, found, strict=True)]
     return seen
 
 
@@ -162,11 +191,22 @@ def replay(f: Facing, params: VoteParams, prior: PlanogramPrior | None, hold: fl
                 elif tr.confirmed == "ok":
                     clears.append((e.ts - hold, e.ts))
 
-    for ts, new, cands in f.steps:
+    ids: dict[str, str] = {}  # the gate's view keys -> this voter's view ids
+    recalled = False
+    for ts, key, cands in f.steps:
         tick_until(ts)
-        if new:
-            voter.reset()
-        dec = voter.add(cands, ts=ts, now=ts)
+        if cands is None:  # a remembered view came back
+            assert key is not None
+            try:
+                dec, recalled = voter.recall(ids[key], now=ts), True
+            except KeyError:
+                dec, recalled, ids[key] = None, False, voter.reset()
+        else:
+            if key is not None:
+                ids[key], recalled = voter.reset(), False
+            if recalled:
+                continue  # its decision came back: the runtime embeds none of its frames
+            dec = voter.add(cands, ts=ts, now=ts)
         if dec is not None and dec.planogram is not None:
             tr.observe(dec.planogram, dec.ts, observed_sku=dec.sku)
     tick_until(end)
@@ -241,10 +281,14 @@ def choose(grid: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def play_split(items: list[Item], store: Store, enc: ImageEncoder, settings: Settings, names: dict[int, str],
-               plan: DayPlan, seed: int, work: Path, limit: int | None = None) -> tuple[list[Facing], dict[str, Any]]:
-    """Facings of ``items``, their bare shelves enrolled as EMPTY, every day played and embedded."""
+               plan: DayPlan, seed: int, work: Path, limit: int | None = None, setup_enroll: bool = True
+               ) -> tuple[list[Facing], dict[str, Any]]:
+    """Facings of ``items``, their bare shelves enrolled as EMPTY (and with ``setup_enroll`` their setup
+    snapshots as photos of the planned products), every day played and embedded."""
     facings = facings_for(items, names, plan, seed)[:limit]
     enroll_empty(store, math.ceil(len(facings) / SHELF_FACINGS), work)
+    if setup_enroll:
+        enroll_setup(facings, store, enc, settings, seed)
     fps = settings.cameras[0].fps if settings.cameras else 2.0
     t0, seen = time.perf_counter(), 0
     for i, f in enumerate(facings):
@@ -267,7 +311,8 @@ def embed_carve(args: argparse.Namespace, settings: Settings, plan: DayPlan) -> 
         cal, _ = run_calibration(store, [(it.path, names[it.label]) for it in held], progress=False)
         store.save_calibration(cal)  # storelens calibrate's thresholds, on the carve (before EMPTY joins)
         params = VoteParams.from_settings(settings.decision, store.thresholds)
-        facings, run_ = play_split(held, store, enc, settings, names, plan, args.seed, work / "empty", args.facings)
+        facings, run_ = play_split(held, store, enc, settings, names, plan, args.seed, work / "empty", args.facings,
+                                   args.setup_enroll)
         store.close()
     return {"facings": facings, "params": params, "run": run_, "bundle": enc.fingerprint}
 
@@ -280,14 +325,14 @@ def embed_val(args: argparse.Namespace, settings: Settings, plan: DayPlan) -> di
         work = Path(tmp)
         store = build_store(load_split(args.root, args.gallery), work / "store", enc, names, threads=args.threads)
         facings, run_ = play_split(load_split(args.root, args.queries), store, enc, settings, names, plan,
-                                   args.seed + 1, work / "empty", args.facings)
+                                   args.seed + 1, work / "empty", args.facings, args.setup_enroll)
         store.close()
     return {"facings": facings, "run": run_, "bundle": enc.fingerprint}
 
 
 def _cache_key(args: argparse.Namespace) -> str:
     return repr((str(args.gallery), str(args.queries), str(args.bundle), str(args.config), args.hours, args.seed,
-                 args.facings))
+                 args.facings, args.setup_enroll, STEPS_FORMAT))
 
 
 def cached_phase(args: argparse.Namespace, phase: str, settings: Settings, plan: DayPlan) -> dict[str, Any]:
@@ -333,6 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             "decision": {k: getattr(settings.decision, k) for k in ("window", "min_frames", "agreement")},
             "gate": settings.gate.model_dump(), "plan": plan.__dict__, "seed": args.seed,
             "gallery": str(args.gallery), "queries": str(args.queries), "bundle": val_days["bundle"],
+            "setup_enroll": args.setup_enroll, "remember_views": settings.shelf.remember_views,
             "threads": args.threads, "machine": machine()}
 
 
@@ -355,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--facings", type=int, default=None, help="only the first N facings of each split (a quick check)")
+    p.add_argument("--no-setup-enroll", dest="setup_enroll", action="store_false", help="do not enroll each "
+                   "facing's setup snapshot as a photo of its planned product (storelens shelf setup --enroll)")
     p.add_argument("--cache", type=Path, default=None, help="keep the embedded days in CACHE.carve.pkl and "
                    "CACHE.val.pkl: a rerun with the same arguments only re-scores (seconds instead of the embedding)")
     p.add_argument("--only", choices=("carve", "val"), default=None, help="with --cache: only play and keep this "

@@ -144,6 +144,29 @@ def test_gate_skips_unchanged_after_frames_per_view() -> None:
                                  "skip_ratio": 0.4286}
 
 
+def test_a_shelf_gate_remembers_views_whose_vote_completed_and_knows_them_when_they_come_back() -> None:
+    g = RegionGate(change_threshold=0.02, steady_frames=0, frames_per_view=2, remember=2)
+    rng = np.random.default_rng(0)
+    red, blue, green = (lambda: product_image("RED", rng=rng)), product_image("BLUE"), product_image("GREEN")
+    assert [g.check(red()), g.check(red())] == [GateVerdict.NEW_VIEW, GateVerdict.EMBED]
+    g.view_key = "red-view"  # the caller names the view (the runtime: its vote's view id)
+    assert g.check(blue) == GateVerdict.NEW_VIEW  # a shopper in front, gone before its vote completed
+    g.view_key = "jacket"
+    assert g.check(red()) == GateVerdict.RETURNED and g.returned_key == g.view_key == "red-view"
+    assert g.check(red()) == GateVerdict.UNCHANGED  # nothing of it is embedded again
+    assert g.check(green) == GateVerdict.NEW_VIEW  # never seen: a new vote; blue was never complete, so not known
+    g.view_key = "green"
+    assert g.check(green) == GateVerdict.EMBED  # green's vote completes
+    assert g.check(blue) == GateVerdict.NEW_VIEW
+    g.view_key = "blue"
+    assert g.check(red()) == GateVerdict.RETURNED and g.returned_key == "red-view"
+    assert g.check(green) == GateVerdict.RETURNED and g.returned_key == "green"
+    assert g.check(red()) == GateVerdict.RETURNED and g.returned_key == "red-view"  # remembered once, the newest
+    plain = RegionGate(change_threshold=0.02, steady_frames=0, frames_per_view=1)  # remember=0: the kiosk's gate
+    plain.view_key = "x"
+    assert [plain.check(v) for v in (red(), blue, red())] == [GateVerdict.NEW_VIEW] * 3
+
+
 def test_kiosk_gate_waits_for_steady_view() -> None:
     g = RegionGate(change_threshold=0.02, steady_frames=2, frames_per_view=1)
     red, blue = product_image("RED"), product_image("BLUE")

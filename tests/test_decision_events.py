@@ -103,6 +103,16 @@ def test_shelf_regions_publish_on_change_only(tmp_path: Path, parts: tuple[TinyO
     assert [m["candidates"][0]["sku"] for m in got] == ["RED", "GREEN"]  # the second RED view is no change
 
 
+@pytest.mark.parametrize("remember", [4, 0])
+def test_a_shelf_view_that_comes_back_after_a_shopper_gets_its_decision_back_without_a_new_vote(
+        tmp_path: Path, parts: tuple[TinyOnnxEncoder, NumpyMatcher], remember: int) -> None:
+    frames = shown(tmp_path / "frames", [("RED", 0), ("GREEN", 0), ("RED", 0)])  # GREEN: a shopper's coat
+    cams = [{"name": "cam", "source": str(frames), "fps": 30, "mode": "shelf"}]
+    got = decisions(tmp_path, parts, frames, cameras=cams, shelf={"remember_views": remember})
+    assert [m["candidates"][0]["sku"] for m in got] == ["RED", "GREEN", "RED"]
+    assert (got[2]["view_id"] == got[0]["view_id"]) is (remember > 0)  # the old view's decision, not a new vote
+
+
 def test_a_heartbeat_repeats_the_decision_of_its_own_view(tmp_path: Path,
                                                           parts: tuple[TinyOnnxEncoder, NumpyMatcher]) -> None:
     frames = shown(tmp_path / "frames", [("RED", 0)], per_item=40)

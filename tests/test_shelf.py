@@ -268,3 +268,39 @@ def test_the_staff_page_refuses_to_be_open_to_the_network_without_a_token(tmp_pa
     with pytest.raises(ConfigError, match=r"shelf\.token"):
         page()
     assert page(token="a-long-staff-secret").token == "a-long-staff-secret"
+
+
+def test_setup_enroll_adds_each_facings_crop_as_a_photo_of_its_planned_product(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.catalog.learning import Learner
+    from edge.catalog.store import Store
+    from edge.core.config import load_settings
+    from edge.models.encoders import load_image_encoder
+    from tests.runtime_helpers import product_image
+
+    cfg = tmp_path / "shelf.toml"
+    cfg.write_text(f'[device]\nstore = "s"\nid = "d"\n[catalog]\ndata_dir = "{tmp_path / "data"}"\n'
+                   '[[cameras]]\nname = "left"\nsource = "0"\nmode = "shelf"\n')
+    settings = load_settings(cfg)
+    store = Store.from_settings(settings, image_encoder=load_image_encoder(settings.model), text_encoder=None)
+    for sku in ("RED", "GREEN"):
+        store.enroll(sku, name=sku, images=[product_image(sku)])
+    store.close()
+    snap = tmp_path / "snap.png"  # the stocked shelf: RED on the left, GREEN on the right
+    cv2.imwrite(str(snap), np.hstack([product_image("RED", shift=40), product_image("GREEN", shift=40)]))
+    table = tmp_path / "planogram.csv"
+    table.write_text("facing,sku\na1,RED\na2,GREEN\n")
+    args = ["shelf", "setup", "-c", str(cfg), "--camera", "left", "--planogram", str(table), "--rows", "1",
+            "--cols", "2", "--image", str(snap), "--out", str(tmp_path / "rois.toml"),
+            "--overlay", str(tmp_path / "o.png")]
+    assert cli([*args, "--enroll"]) == 0
+    assert "{'learned': 2}" in capsys.readouterr().err
+    store = Store.from_settings(settings, image_encoder=load_image_encoder(settings.model), text_encoder=None)
+    try:
+        got = sorted((p.sku, p.source, p.ref) for p in Learner(store).learned())
+        assert got == [("GREEN", "shelf-setup", "left/a2"), ("RED", "shelf-setup", "left/a1")]
+    finally:
+        store.close()
+    table.write_text("facing,sku\na1,RED\na2,BLUE\n")  # a planned product the catalog lacks
+    assert cli([*args, "--enroll"]) != 0
+    assert "planned products not in the catalog: ['BLUE']" in capsys.readouterr().err

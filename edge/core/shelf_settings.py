@@ -34,6 +34,9 @@ class ShelfSettings(BaseModel):
     other_below: float | None = Field(0.1, ge=0, le=1, description="When the planned product is not close to the "
                                       "top, another product (or the bare shelf) may score this much under "
                                       "decision.threshold to count; empty = it must clear the threshold")
+    remember_views: int = Field(4, ge=0, le=16, description="A facing remembers this many views whose vote "
+                                "completed: when one comes back (a shopper stepped away) its decision is "
+                                "brought back instead of voting again; 0 = vote every view")
     history_max_rows: int = Field(200_000, ge=100, le=50_000_000, description="State changes kept in "
                                   "<catalog.data_dir>/shelf/history.db (oldest dropped)")
     crops_max: int = Field(500, ge=1, le=100_000, description="Alert snapshot crops kept (oldest dropped)")

@@ -119,7 +119,9 @@ def _regions(settings: Settings, matcher: Matcher) -> dict[str, list[Region]]:
 
     return {c.name: [Region(c, r, RegionGate(change_threshold=g.change_threshold,
                                              steady_frames=g.steady_frames if c.mode == "kiosk" else 0,
-                                             frames_per_view=fpv, enabled=g.enabled), voter(c, r))
+                                             frames_per_view=fpv, enabled=g.enabled,
+                                             remember=settings.shelf.remember_views if c.mode == "shelf" else 0),
+                            voter(c, r))
                      for r in c.rois]
             for c in settings.cameras}
 

@@ -9,11 +9,16 @@ the area averaging removes sensor noise). A frame is compared with the previous 
 - ``unsteady`` (kiosk): the view is still moving; wait until ``steady_frames`` still frames.
 - ``new_view``: first frame of a different view — embed, and the caller restarts the vote.
 - ``embed``: another frame of the current view, while its vote window fills.
+- ``returned`` (shelf, ``remember`` > 0): the view changed back to one of the last ``remember`` views
+  whose vote completed (a shopper stepped away): nothing is embedded, and the caller brings back
+  that view's decision (:attr:`RegionGate.returned_key`). Voting the same facing again after every
+  passing shopper gave a misread view new chances to become an alert.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,6 +36,7 @@ class GateVerdict(StrEnum):
     EMBED = "embed"
     UNCHANGED = "unchanged"
     UNSTEADY = "unsteady"
+    RETURNED = "returned"
 
     @property
     def passes(self) -> bool:
@@ -66,7 +72,7 @@ class RegionGate:
     """The gate of one region of one camera."""
 
     def __init__(self, *, change_threshold: float, steady_frames: int, frames_per_view: int,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, remember: int = 0) -> None:
         self.name = ""  # camera/region, for the log
         self.warn_never_steady_after = 0  # frames; 0 = never warn (watch_never_steady)
         self.change_threshold = change_threshold
@@ -78,6 +84,10 @@ class RegionGate:
         self._ref: np.ndarray | None = None
         self._still = 0  # consecutive frames without motion
         self._embedded_of_view = 0
+        self.view_key: str | None = None  # the caller's name for the current view (its vote's view id)
+        self.returned_key: str | None = None  # after ``returned``: the key of the view that came back
+        self._memory: deque[tuple[np.ndarray, str]] = deque(maxlen=max(1, remember))
+        self._remember = remember > 0
 
     def check(self, crop: np.ndarray) -> GateVerdict:
         self.stats.seen += 1
@@ -94,8 +104,14 @@ class RegionGate:
                 self._warn_never_steady()
             return GateVerdict.UNSTEADY
         if self._ref is None or self._diff(thumb, self._ref) >= self.change_threshold:
+            self._leave_view()
             self._ref = thumb
+            if (key := self._recall(thumb)) is not None:
+                self._embedded_of_view, self.view_key, self.returned_key = self.frames_per_view, key, key
+                self.stats.skipped_unchanged += 1
+                return GateVerdict.RETURNED
             self._embedded_of_view = 1
+            self.view_key = None
             self.stats.embedded += 1
             return GateVerdict.NEW_VIEW
         if self._embedded_of_view < self.frames_per_view:
@@ -104,6 +120,27 @@ class RegionGate:
             return GateVerdict.EMBED
         self.stats.skipped_unchanged += 1
         return GateVerdict.UNCHANGED
+
+    def revote(self) -> None:
+        """The view that came back had no decision to bring back: vote it as a new view after all."""
+        self._embedded_of_view = 0
+        self.view_key = self.returned_key = None
+
+    def _leave_view(self) -> None:
+        """Remember the view being left when its vote was complete (once per key: the newest look of it)."""
+        if not self._remember or self._ref is None or self.view_key is None or \
+                self._embedded_of_view < self.frames_per_view:
+            return
+        kept = [e for e in self._memory if e[1] != self.view_key]
+        self._memory.clear()
+        self._memory.extend([*kept, (self._ref, self.view_key)])
+
+    def _recall(self, thumb: np.ndarray) -> str | None:
+        """The key of the closest remembered view within ``change_threshold`` of ``thumb`` (None: a new view)."""
+        if not self._remember or not self._memory:
+            return None
+        diff, key = min(((self._diff(thumb, t), k) for t, k in self._memory), key=lambda dk: dk[0])
+        return key if diff < self.change_threshold else None
 
     def watch_never_steady(self, name: str, *, after: int) -> None:
         """Warn once (naming ``name``) when ``after`` frames were seen and no view ever held still."""

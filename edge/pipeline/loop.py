@@ -40,7 +40,7 @@ from edge.pipeline.crops import DecidedCrops, crop
 from edge.pipeline.gate import GateVerdict, RegionGate
 from edge.pipeline.item import ItemVoter
 from edge.pipeline.label_text import LabelTextVotes
-from edge.pipeline.vote import Decision, RegionVoter, VoteParams
+from edge.pipeline.vote import Decision, RegionVoter, VoteParams, recall_view
 from edge.recommend.service import Recommender
 from edge.text.fusion import LabelTextReranker
 from edge.text.profiles import TextProfiles
@@ -229,8 +229,11 @@ class Runtime:
             for region in self.regions[cam.name]:
                 c = crop(frame.image, region.roi.rect)
                 verdict = region.gate.check(c)
-                if verdict == GateVerdict.NEW_VIEW:
-                    region.voter.reset()  # a new view: a new vote (and view id)
+                if verdict == GateVerdict.RETURNED and isinstance(region.voter, RegionVoter):
+                    if (d := self._guarded(region, recall_view, region.gate, region.voter, time.monotonic())):
+                        self._emit(d)  # a facing's earlier view came back: its decision again, no new vote
+                elif verdict == GateVerdict.NEW_VIEW:
+                    region.gate.view_key = region.voter.reset()  # a new view: a new vote (and view id)
                     self._text.forget(region.key)
                 if verdict.passes:
                     batch.append((region, frame, c))

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import statistics
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from edge.core.config import DecisionSettings
 from edge.core.types import Candidate, Thresholds, resolve_thresholds
+from edge.pipeline.gate import RegionGate
 
 DecisionKind = Literal["known", "unknown"]
 PlanogramState = Literal["ok", "misplaced", "empty", "unknown"]
@@ -37,6 +38,7 @@ Aggregate = Literal["mean", "max", "median"]
 
 
 _DEFAULTS = DecisionSettings()
+VIEWS_RECALLED = 32  # decisions of this many recent views are kept for RegionVoter.recall (gate memory is smaller)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +180,7 @@ class RegionVoter:
         self._current: Decision | None = None
         self._published_at: float | None = None
         self._view_id = uuid.uuid4().hex[:16]
+        self._by_view: OrderedDict[str, Decision] = OrderedDict()  # newest decision of recent views (recall)
 
     @property
     def current(self) -> Decision | None:
@@ -195,6 +198,19 @@ class RegionVoter:
         self._view_id = uuid.uuid4().hex[:16]
         return self._view_id
 
+    def recall(self, view_id: str, *, now: float) -> Decision | None:
+        """A view came back (the gate's ``returned``: a shopper stepped away): its decision is the region's again,
+        without a new vote. Returns it to publish when that changes the published decision; raises KeyError for a
+        view this voter decided nothing about (the caller votes it anew)."""
+        d = self._by_view[view_id]
+        self._window.clear()
+        self._view_id = view_id
+        prev = self._current
+        if prev is not None and (prev.decision, prev.sku) == (d.decision, d.sku):
+            return None
+        moved = d.planogram is not None and (prev is None or prev.planogram != d.planogram)
+        return self._publish(d, now, changed=True, planogram_changed=moved)
+
     def add(self, candidates: Sequence[Candidate], *, ts: float, now: float) -> Decision | None:
         """Vote one frame; return a decision to publish when it changed (or a heartbeat is due)."""
         p = self.params
@@ -204,6 +220,10 @@ class RegionVoter:
         decided = self._decide()
         if decided is None:
             return self.heartbeat(now)
+        self._by_view[self._view_id] = decided
+        self._by_view.move_to_end(self._view_id)
+        while len(self._by_view) > VIEWS_RECALLED:
+            self._by_view.popitem(last=False)
         prev = self._current
         changed = prev is None or (prev.decision, prev.sku) != (decided.decision, decided.sku)
         if changed:
@@ -254,3 +274,16 @@ class RegionVoter:
         ranked = sorted(((sku, _aggregate(s, self.params.aggregate)) for sku, s in scores.items()),
                         key=lambda t: (t[0] != label, -t[1], t[0]))
         return tuple(Candidate(sku, names[sku], round(score, 4)) for sku, score in ranked[: self.params.top_k])
+
+
+def recall_view(gate: RegionGate, voter: RegionVoter, now: float) -> Decision | None:
+    """The gate's ``returned`` verdict: the view's earlier decision is the region's again (returned to publish when
+    that changed it); a view the voter decided nothing about is voted anew after all."""
+    if gate.returned_key is not None:
+        try:
+            return voter.recall(gate.returned_key, now=now)
+        except KeyError:
+            pass
+    gate.revote()
+    gate.view_key = voter.reset()
+    return None

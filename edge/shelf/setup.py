@@ -7,6 +7,11 @@ row, left to right). :func:`grid_rois` turns that into ``[[cameras.rois]]`` (nam
 expected_sku); the command takes a snapshot of the camera (its configured source, or ``--image``),
 writes the regions as TOML and the snapshot with the regions drawn
 (:func:`~edge.shelf.overlay.draw_facings`, the staff page's overlay) for the user to check.
+
+``--enroll`` also adds each facing's crop of the snapshot as a photo of its planned product
+(:func:`enroll_facings`, through the floor-learning path: source ``shelf-setup``, forgettable with
+``storelens catalog forget-learned``). A shelf's question is "is the planned product still here?", and
+the product as this store stocks it, lit by this camera, is the best reference there is for it.
 """
 
 from __future__ import annotations
@@ -122,6 +127,32 @@ def snapshot(settings: Any, camera: str, image: Path | None) -> np.ndarray:
     return frame
 
 
+def enroll_facings(settings: Any, camera: str, frame: np.ndarray, rois: Sequence[RoiSettings]) -> dict[str, int]:
+    """Each facing's crop of ``frame`` as a learned photo of its planned sku (a person set the planogram up, so
+    nothing is held for review); counts of the outcomes. Every planned sku must be in the catalog."""
+    from edge.catalog.learning import Learner
+    from edge.catalog.store import Store
+    from edge.models.encoders import load_image_encoder
+    from edge.pipeline.crops import crop
+
+    store = Store.from_settings(settings, image_encoder=load_image_encoder(settings.model), text_encoder=None)
+    try:
+        missing = sorted({r.expected_sku for r in rois if r.expected_sku and store.catalog.get(r.expected_sku) is None})
+        if missing:
+            raise InputError(f"planned products not in the catalog: {missing}",
+                             hint="import them first (storelens catalog import), or fix the planogram table")
+        learner = Learner(store, settings.learning)
+        counts: dict[str, int] = {}
+        for r in rois:
+            if r.expected_sku:
+                got = learner.learn(r.expected_sku, crop(frame, r.rect), source="shelf-setup", ref=f"{camera}/{r.name}",
+                                    hold=False)
+                counts[got.outcome] = counts.get(got.outcome, 0) + 1
+        return counts
+    finally:
+        store.close()
+
+
 def register_setup(sub: Any) -> None:
     p = sub.add_parser("setup", help="planogram regions from a grid and a facing -> sku table, with an overlay",
                        epilog="example: storelens shelf setup -c shelf.toml --camera aisle4-left --planogram "
@@ -137,6 +168,8 @@ def register_setup(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the [[cameras.rois]] TOML here (default: print)")
     p.add_argument("--overlay", type=Path, default=None, help="write the checked picture here "
                    "(default: shelf-setup-<camera>.png)")
+    p.add_argument("--enroll", action="store_true", help="also add each facing's crop of the snapshot to the catalog "
+                   "as a photo of its planned product (take the snapshot with the shelf fully stocked)")
     p.set_defaults(func=run_setup)
 
 
@@ -164,6 +197,10 @@ def run_setup(args: argparse.Namespace) -> int:
     overlay = args.overlay or Path(f"shelf-setup-{args.camera}.png")
     cv2.imwrite(str(overlay), draw_facings(frame, rois))
     text = rois_toml(rois)
+    if args.enroll:
+        counts = enroll_facings(settings, args.camera, frame, rois)
+        print(f"enrolled the facings' crops: {counts} (learned = added; duplicate = the catalog had it already)",
+              file=sys.stderr)
     if args.out is not None:
         args.out.write_text(text, encoding="utf-8")
     else:
