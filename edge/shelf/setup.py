@@ -141,7 +141,8 @@ def enroll_facings(settings: Any, camera: str, frame: np.ndarray, rois: Sequence
         if missing:
             raise InputError(f"planned products not in the catalog: {missing}",
                              hint="import them first (storelens catalog import), or fix the planogram table")
-        learner = Learner(store, settings.learning)
+        # a person approved these crops (hold=False): the hold threshold is moot, so no "uncalibrated" warning
+        learner = Learner(store, settings.learning.model_copy(update={"hold_below": -1.0}))
         counts: dict[str, int] = {}
         for r in rois:
             if r.expected_sku:
