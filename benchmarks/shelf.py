@@ -198,7 +198,7 @@ def replay(f: Facing, params: VoteParams, prior: PlanogramPrior | None, hold: fl
         if cands is None:  # a remembered view came back
             assert key is not None
             try:
-                dec, recalled = voter.recall(ids[key], now=ts), True
+                dec, recalled = voter.recall(ids[key], ts=ts, now=ts), True
             except KeyError:
                 dec, recalled, ids[key] = None, False, voter.reset()
         else:

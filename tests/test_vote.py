@@ -106,3 +106,21 @@ def test_planogram_change_flag_only_when_state_changes() -> None:
     v.add(c(("SODA", 0.9)), ts=3, now=0)
     d2 = v.add(c(("SODA", 0.9)), ts=4, now=0)  # new product, still misplaced
     assert d2 is not None and d2.changed and d2.planogram == "misplaced" and not d2.planogram_changed
+
+
+def test_recall_brings_a_views_decision_back_as_of_the_frame_that_showed_it_again() -> None:
+    import pytest
+
+    v = RegionVoter(camera="cam", roi="r", params=P, expected_sku="MILK")
+    milk = v.reset()
+    for t in (0.0, 1.0):
+        v.add(c(("MILK", 0.9), ("B", 0.3)), ts=t, now=t)
+    v.reset()  # a shopper's coat, read as another product
+    coat = [v.add(c(("COAT", 0.9), ("B", 0.3)), ts=t, now=t) for t in (10.0, 11.0)]
+    assert coat[-1] is not None and coat[-1].planogram == "misplaced"
+    d = v.recall(milk, ts=20.0, now=20.0)  # the coat left: the facing looks as it did
+    assert d is not None and (d.sku, d.ts, d.view_id, d.planogram, d.planogram_changed) == ("MILK", 20.0, milk, "ok",
+                                                                                             True)
+    assert v.recall(milk, ts=21.0, now=21.0) is None  # no change: nothing to publish
+    with pytest.raises(KeyError):
+        v.recall("never-decided", ts=22.0, now=22.0)

@@ -230,7 +230,7 @@ class Runtime:
                 c = crop(frame.image, region.roi.rect)
                 verdict = region.gate.check(c)
                 if verdict == GateVerdict.RETURNED and isinstance(region.voter, RegionVoter):
-                    if (d := self._guarded(region, recall_view, region.gate, region.voter, time.monotonic())):
+                    if (d := self._guarded(region, recall_view, region.gate, region.voter, frame.ts, time.monotonic())):
                         self._emit(d)  # a facing's earlier view came back: its decision again, no new vote
                 elif verdict == GateVerdict.NEW_VIEW:
                     region.gate.view_key = region.voter.reset()  # a new view: a new vote (and view id)

@@ -198,11 +198,12 @@ class RegionVoter:
         self._view_id = uuid.uuid4().hex[:16]
         return self._view_id
 
-    def recall(self, view_id: str, *, now: float) -> Decision | None:
-        """A view came back (the gate's ``returned``: a shopper stepped away): its decision is the region's again,
-        without a new vote. Returns it to publish when that changes the published decision; raises KeyError for a
-        view this voter decided nothing about (the caller votes it anew)."""
-        d = self._by_view[view_id]
+    def recall(self, view_id: str, *, ts: float, now: float) -> Decision | None:
+        """A view came back (the gate's ``returned``: a shopper stepped away) in the frame captured at ``ts``: its
+        decision is the region's again, without a new vote, as of ``ts``. Returns it to publish when that changes
+        the published decision; raises KeyError for a view this voter decided nothing about (the caller votes it
+        anew)."""
+        d = replace(self._by_view[view_id], ts=ts)
         self._window.clear()
         self._view_id = view_id
         prev = self._current
@@ -276,12 +277,12 @@ class RegionVoter:
         return tuple(Candidate(sku, names[sku], round(score, 4)) for sku, score in ranked[: self.params.top_k])
 
 
-def recall_view(gate: RegionGate, voter: RegionVoter, now: float) -> Decision | None:
-    """The gate's ``returned`` verdict: the view's earlier decision is the region's again (returned to publish when
-    that changed it); a view the voter decided nothing about is voted anew after all."""
+def recall_view(gate: RegionGate, voter: RegionVoter, ts: float, now: float) -> Decision | None:
+    """The gate's ``returned`` verdict on the frame captured at ``ts``: the view's earlier decision is the region's
+    again (returned to publish when that changed it); a view the voter decided nothing about is voted anew."""
     if gate.returned_key is not None:
         try:
-            return voter.recall(gate.returned_key, now=now)
+            return voter.recall(gate.returned_key, ts=ts, now=now)
         except KeyError:
             pass
     gate.revote()
