@@ -22,16 +22,16 @@ class ShelfSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(True, description="Alerts, history and the /shelf page for mode = \"shelf\" cameras")
-    alert_after_s: float = Field(30.0, gt=0, le=86400, description="A facing's state must hold this long before "
+    alert_after_s: float = Field(20.0, gt=0, le=86400, description="A facing's state must hold this long before "
                                  "it is an alert (or before an alert clears): occlusions and hands are not alerts")
     alert_states: tuple[AlertState, ...] = Field(("empty", "misplaced"), description="States that alert; add "
                                                  "\"unknown\" to be told about facings the model cannot read")
-    planned_gap: float = Field(0.2, ge=0, le=2, description="A frame counts for the planned product when its "
+    planned_gap: float = Field(0.1, ge=0, le=2, description="A frame counts for the planned product when its "
                                "score clears the threshold and is within this of the top score (planogram prior)")
     planned_below: float = Field(0.2, ge=0, le=1, description="For that, the planned product may score this much "
                                  "under decision.threshold (verifying what the planogram says is easier than "
                                  "naming an unknown product)")
-    other_below: float | None = Field(0.1, ge=0, le=1, description="When the planned product is not close to the "
+    other_below: float | None = Field(0.2, ge=0, le=1, description="When the planned product is not close to the "
                                       "top, another product (or the bare shelf) may score this much under "
                                       "decision.threshold to count; empty = it must clear the threshold")
     remember_views: int = Field(4, ge=0, le=16, description="A facing remembers this many views whose vote "
