@@ -64,9 +64,10 @@ from edge.shelf.alerts import FacingTracker
 SHELF_FACINGS = 6
 EMPTY_SKU = "EMPTY"
 HOLDS = (10.0, 15.0, 20.0, 30.0, 45.0, 60.0)
-GAPS: tuple[float | None, ...] = (None, 0.05, 0.1, 0.2)  # None: no planogram prior (frame_label only)
-BELOWS = (0.0, 0.1, 0.2)  # how far under the threshold the planned product may score
-OTHERS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3)  # ... and another product (or the bare shelf)
+# The prior's grid (refined 2026-12-06: the carve's best was 0.942 on the coarser one; 0.125, 0.15, 0.3, 0.4 added)
+GAPS: tuple[float | None, ...] = (None, 0.05, 0.1, 0.125, 0.15, 0.2)  # None: no planogram prior (frame_label only)
+BELOWS = (0.0, 0.1, 0.2, 0.3, 0.4)  # how far under the threshold the planned product may score
+OTHERS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3, 0.4)  # ... and another product (or the bare shelf)
 SINCE_SLACK_S = 5.0  # an alert's state may begin this long before the true change (the vote's window)
 STEPS_FORMAT = 2  # the recorded steps' layout (record()); a cache of another layout is played again
 STEADY_SKIP = 2  # unchanged verdicts in a row after which the rest of a steady view is skipped (gate skips it)

@@ -26,9 +26,9 @@ class ShelfSettings(BaseModel):
                                  "it is an alert (or before an alert clears): occlusions and hands are not alerts")
     alert_states: tuple[AlertState, ...] = Field(("empty", "misplaced"), description="States that alert; add "
                                                  "\"unknown\" to be told about facings the model cannot read")
-    planned_gap: float = Field(0.1, ge=0, le=2, description="A frame counts for the planned product when its "
+    planned_gap: float = Field(0.125, ge=0, le=2, description="A frame counts for the planned product when its "
                                "score clears the threshold and is within this of the top score (planogram prior)")
-    planned_below: float = Field(0.2, ge=0, le=1, description="For that, the planned product may score this much "
+    planned_below: float = Field(0.3, ge=0, le=1, description="For that, the planned product may score this much "
                                  "under decision.threshold (verifying what the planogram says is easier than "
                                  "naming an unknown product)")
     other_below: float | None = Field(0.2, ge=0, le=1, description="When the planned product is not close to the "
