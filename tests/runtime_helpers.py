@@ -211,3 +211,26 @@ class Collector:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def demo_device(tmp_path: Path, *, price: float | None = None) -> tuple[Path, Path]:
+    """A real store (embedded bundle) of two demo products in ``tmp_path/data`` and a folder of the virtual camera's
+    frames of them in ``tmp_path/frames``: what a `storelens run` test needs. Returns (data dir, frames folder)."""
+    from edge.catalog.store import Store
+    from edge.models.encoders import load_image_encoder
+    from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
+
+    data = tmp_path / "data"
+    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(data)})
+    store = Store.from_settings(s, image_encoder=load_image_encoder(s.model), text_encoder=None)
+    for p in DEMO_PRODUCTS[:2]:
+        store.enroll(p.sku, name=p.name, images=reference_images(p), price=price)
+    store.close()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cam = VirtualCamera(DEMO_PRODUCTS[:2], hold=8, gap=0)
+    i = 0
+    while (f := cam.read()) is not None:
+        cv2.imwrite(str(frames / f"{i:03d}.png"), f)
+        i += 1
+    return data, frames

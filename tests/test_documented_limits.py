@@ -11,18 +11,13 @@ import signal
 import threading
 from pathlib import Path
 
-import cv2
-
 from benchmarks._broker import Broker
-from edge.catalog.store import Store
 from edge.comms.commands import QUEUE_SIZE, CommandRouter
 from edge.comms.mqtt import MqttLink
 from edge.comms.outbox import Outbox
-from edge.core.config import MqttSettings, load_settings
-from edge.models.encoders import load_image_encoder
-from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
+from edge.core.config import MqttSettings
 from tests.ops_helpers import storelens, wait_for
-from tests.runtime_helpers import Collector
+from tests.runtime_helpers import Collector, demo_device
 
 PREFIX = "storelens/s1/d1"
 
@@ -92,19 +87,7 @@ def test_max_inflight_bounds_unacknowledged_publishes(tmp_path: Path, broker: Br
 
 def _device(tmp_path: Path, *, log_format: str = "kv") -> Path:
     """A catalog of two demo products, a looping folder of their frames, and a config for `storelens run`."""
-    data = tmp_path / "data"
-    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(data)})
-    store = Store.from_settings(s, image_encoder=load_image_encoder(s.model), text_encoder=None)
-    for p in DEMO_PRODUCTS[:2]:
-        store.enroll(p.sku, name=p.name, images=reference_images(p), price=10.0)
-    store.close()
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    cam = VirtualCamera(DEMO_PRODUCTS[:2], hold=8, gap=0)
-    i = 0
-    while (f := cam.read()) is not None:
-        cv2.imwrite(str(frames / f"{i:03d}.png"), f)
-        i += 1
+    data, frames = demo_device(tmp_path, price=10.0)
     cfg = tmp_path / "device.toml"
     cfg.write_text(f'[device]\nstore = "s1"\nid = "d1"\n[catalog]\ndata_dir = "{data}"\n'
                    f'[[cameras]]\nname = "cam"\nsource = "{frames}"\nfps = 10\nloop = true\n'

@@ -23,6 +23,7 @@ from edge.kiosk.confirmations import ConfirmationStore
 from edge.kiosk.hub import KioskHub
 from edge.kiosk.labels import LABELS, LOCALES, labels_for
 from edge.kiosk.server import STATIC_DIR, KioskServer, PageConfig
+from tests.runtime_helpers import demo_device
 
 PRODUCTS = [("COLA", "Fizzy Cola", 14.9, "Aisle 3", {}), ("OATS", "Morning Oats", 32.5, None, {"aisle": 5}),
             ("TEA", "Mint Tea", None, None, {}), ("EMPTY", "Empty tray", None, None, {})]
@@ -280,25 +281,9 @@ def test_storelens_run_serves_the_kiosk_screen(tmp_path: Path) -> None:
     import threading
     import time
 
-    from edge.catalog.store import Store
     from edge.cli.main import main
-    from edge.core.config import load_settings
-    from edge.models.encoders import load_image_encoder
-    from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
 
-    data = tmp_path / "data"
-    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(data)})
-    store = Store.from_settings(s, image_encoder=load_image_encoder(s.model), text_encoder=None)
-    for p in DEMO_PRODUCTS[:2]:
-        store.enroll(p.sku, name=p.name, images=reference_images(p), price=10.0)
-    store.close()
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    cam = VirtualCamera(DEMO_PRODUCTS[:2], hold=8, gap=0)
-    i = 0
-    while (f := cam.read()) is not None:
-        cv2.imwrite(str(frames / f"{i:03d}.png"), f)
-        i += 1
+    data, frames = demo_device(tmp_path, price=10.0)
     port = free_port()
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[device]\nstore = "s1"\nid = "d1"\n[catalog]\ndata_dir = "{data}"\n'

@@ -21,7 +21,15 @@ from edge.core.config import Settings, load_settings
 from edge.pipeline.factory import assemble_runtime
 from edge.pipeline.loop import Runtime, crop
 from edge.pipeline.messages import MATCH_SCHEMA
-from tests.runtime_helpers import Collector, NumpyMatcher, TinyOnnxEncoder, product_image, write_catalog, write_frames
+from tests.runtime_helpers import (
+    Collector,
+    NumpyMatcher,
+    TinyOnnxEncoder,
+    demo_device,
+    product_image,
+    write_catalog,
+    write_frames,
+)
 
 SKUS = ["RED", "GREEN", "BLUE", "YELLOW", "EMPTY"]
 PREFIX = "storelens/s1/d1"
@@ -237,24 +245,10 @@ def test_commands_reload_enroll_search_remove_snapshot(tmp_path: Path, broker: B
 
 def test_cli_run_without_broker_on_the_real_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`storelens run` end to end: embedded bundle, a Store enrolled through its API, an image-folder camera."""
-    from edge.catalog.store import Store
     from edge.cli.main import main
-    from edge.models.encoders import load_image_encoder
-    from edge.pipeline.demo import DEMO_PRODUCTS, VirtualCamera, reference_images
+    from edge.pipeline.demo import DEMO_PRODUCTS
 
-    data = tmp_path / "data"
-    s = load_settings(None, device={"store": "s1", "id": "d1"}, catalog={"data_dir": str(data)})
-    store = Store.from_settings(s, image_encoder=load_image_encoder(s.model), text_encoder=None)
-    for p in DEMO_PRODUCTS[:2]:
-        store.enroll(p.sku, name=p.name, images=reference_images(p))
-    store.close()
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    cam = VirtualCamera(DEMO_PRODUCTS[:2], hold=8, gap=0)
-    i = 0
-    while (f := cam.read()) is not None:
-        cv2.imwrite(str(frames / f"{i:03d}.png"), f)
-        i += 1
+    data, frames = demo_device(tmp_path)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[device]\nstore = "s1"\nid = "d1"\n[catalog]\ndata_dir = "{data}"\n'
                    f'[[cameras]]\nname = "cam"\nsource = "{frames}"\nfps = 30\n'
