@@ -62,3 +62,18 @@ def test_replay_counts_one_item_per_session() -> None:
     assert o.first_answer_ms == 105.0  # frame 1 at 10 fps, plus its 5 ms of embedding and search
     wrong = replay(Trace("B", "Packages", 2, 0, tuple(steps)), P, fps=10.0, candidates=3)
     assert (wrong.correct, wrong.wrong, wrong.picklist_hit) == (False, True, True)  # B was in the pick list
+
+
+def test_ceiling_finds_the_pair_that_keeps_the_wrong_session_unnamed() -> None:
+    """Two sessions: right at 0.9, wrong at 0.8; the ceiling names the first and leaves the second unknown."""
+    import argparse
+
+    from benchmarks.kiosk_sessions import Step, Trace, ceiling
+
+    def session(truth: str, top: float) -> Trace:
+        steps = [Step(i, i == 0, tuple(cands(A=top, B=0.3)), 5.0) for i in range(4)]
+        return Trace(truth, "Packages", 1, 0, tuple(steps))
+
+    c = ceiling([session("A", 0.9), session("B", 0.8)], argparse.Namespace(fps=10.0, candidates=3), max_wrong=0.0)
+    assert (c["correct"], c["wrong"], c["margin"]) == (0.5, 0.0, 0.0)
+    assert 0.8 < c["score"] <= 0.9
