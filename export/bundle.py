@@ -41,8 +41,7 @@ from edge.models.encoders.onnx import l2_normalise, open_session
 from edge.models.encoders.openvino import compile_model
 from edge.models.preprocess import PreprocessSpec
 from export.data import Sample
-from export.ensemble import load_encoders
-from export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx
+from export.onnx import INPUT_NAME, OUTPUT_NAME, export_onnx, load_checkpoint
 from export.openvino import quantize_openvino
 from export.parity import MAX_R1_DROP, MIN_COSINE, ParityReport, compare, gate
 from export.quantize import ImageSet, fp32_nodes, load_image_set, quantize_qdq
@@ -141,8 +140,7 @@ def embed_openvino(path: Path, x: np.ndarray, threads: int, batch: int = 64) -> 
     return l2_normalise(np.concatenate(outs).astype(np.float32))
 
 
-def build_image_bundle(*, checkpoint: Path | Sequence[Path], samples: Sequence[Sample], out: Path,
-                       calib_images: int = 300,
+def build_image_bundle(*, checkpoint: Path, samples: Sequence[Sample], out: Path, calib_images: int = 300,
                        parity_per_class: int | None = None, seed: int | None = None, input_size: int | None = None,
                        min_cosine: float = MIN_COSINE, max_r1_drop: float = MAX_R1_DROP, force: bool = False,
                        threads: int | None = None, name: str = "storelens-image", version: str | None = None,
@@ -152,9 +150,8 @@ def build_image_bundle(*, checkpoint: Path | Sequence[Path], samples: Sequence[S
     """Export, quantize, gate and install an image bundle at ``out`` (atomically)."""
     if not samples:
         raise InputError("the catalog is empty", hint="pass a split file or folder with product images")
-    checkpoints = [checkpoint] if isinstance(checkpoint, Path) else list(checkpoint)
-    ck = load_encoders(checkpoints, input_size=input_size)
-    spec, dim = ck.spec, ck.embedding_dim
+    ck = load_checkpoint(checkpoint, input_size=input_size)
+    spec, dim = ck.spec, ck.model.arch.embedding_dim
     threads = threads or os.cpu_count() or 1
     gal_idx, q_idx = parity_split(samples, ck.report, per_class=parity_per_class, seed=seed)
     if not q_idx:
@@ -209,8 +206,7 @@ def build_image_bundle(*, checkpoint: Path | Sequence[Path], samples: Sequence[S
         }
         provenance = {
             "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "checkpoint": [{"path": str(c), "sha256": sha256_file(c)} for c in checkpoints] if len(checkpoints) > 1
-            else {"path": str(checkpoints[0]), "sha256": sha256_file(checkpoints[0])},
+            "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
             "training": {k: v for k, v in ck.report.items() if k not in ("skipped", "history")},
             "pretrained": ck.report.get("pretrained"),  # package, version, sha256, licence and ImageNet terms
             "whitening": whitening_info,

@@ -28,9 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a trained encoder.pt to an image bundle. Calibration and parity use the catalog "
         "split given (never the val split): the training run's carved validation images are the parity queries, "
         "the rest the gallery and calibration pool. The bundle replaces OUT only if the parity gate passes.")
-    b.add_argument("--checkpoint", type=Path, required=True, action="append",
-                   help="encoder.pt of a training run (or checkpoint.pt); give it twice or more to export the "
-                        "runs as one ensemble (same split, seed and carve; export/ensemble.py)")
+    b.add_argument("--checkpoint", type=Path, required=True, help="encoder.pt of a training run (or checkpoint.pt)")
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--split", type=Path, help="Grocery Store split file the encoder was trained on (train.txt)")
     src.add_argument("--folder", type=Path, help="catalog folder <root>/<sku>/*.jpg the encoder was trained on")

@@ -26,9 +26,8 @@ OPSET = 17
 
 @dataclass(frozen=True, kw_only=True)
 class LoadedCheckpoint:
-    model: torch.nn.Module  # a ProductEncoder, or an export.ensemble.EnsembleEncoder of several
+    model: ProductEncoder
     spec: PreprocessSpec
-    embedding_dim: int
     report: dict[str, Any] = field(default_factory=dict)
     classes: dict[int, str] = field(default_factory=dict)
     source: str = ""
@@ -57,7 +56,7 @@ def load_checkpoint(path: Path, *, input_size: int | None = None) -> LoadedCheck
         raise InputError(f"{path}: weights do not fit the architecture {arch} ({str(e)[:200]})",
                          hint="the checkpoint's 'arch' is missing or wrong; export the matching encoder.pt") from e
     model.eval()
-    return LoadedCheckpoint(model=model, spec=spec, embedding_dim=arch.embedding_dim, report=dict(st.get("report", {})),
+    return LoadedCheckpoint(model=model, spec=spec, report=dict(st.get("report", {})),
                             classes={int(k): str(v) for k, v in dict(st.get("classes", {})).items()}, source=str(path))
 
 
