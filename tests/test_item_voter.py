@@ -77,3 +77,4 @@ def test_ceiling_finds_the_pair_that_keeps_the_wrong_session_unnamed() -> None:
     c = ceiling([session("A", 0.9), session("B", 0.8)], argparse.Namespace(fps=10.0, candidates=3), max_wrong=0.0)
     assert (c["correct"], c["wrong"], c["margin"]) == (0.5, 0.0, 0.0)
     assert 0.8 < c["score"] <= 0.9
+    assert c["every_item_named"] == {"correct": 0.5, "wrong": 0.5}
