@@ -74,11 +74,12 @@ def test_outbox_replays_in_order_after_broker_restart(broker: Broker, tmp_path: 
         link.send(f"{PREFIX}/cam/match", f"down{i}".encode(), msg_id=f"d{i}")
     assert link.outbox.stats().depth == 10  # kept on disk while the broker is away
     broker.start()
-    ok = collector.wait(lambda: len(collector.of("/match")) >= 11, timeout=20)
+    want = [b"before"] + [f"down{i}".encode() for i in range(10)]
+    ok = collector.wait(lambda: set(collector.of("/match")) >= set(want), timeout=20)
     assert ok, ([(t.rsplit("/", 1)[-1], p[:8]) for t, p, _ in collector.messages], link.stats)
-    got = collector.of("/match")
-    assert got[0] == b"before"
-    assert list(dict.fromkeys(got[1:])) == [f"down{i}".encode() for i in range(10)]  # in order (dupes allowed)
+    # In order. At least once allows repeats: the restarted broker may hand "before" to the subscriber
+    # again when its ack to the broker was lost with the broker (seen once in CI).
+    assert list(dict.fromkeys(collector.of("/match"))) == want
     assert collector.wait(lambda: link.outbox.stats().depth == 0)
     assert link.stats.disconnects == 1 and link.stats.connects == 2
     link.stop()
