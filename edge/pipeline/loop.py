@@ -234,7 +234,8 @@ class Runtime:
                         self._emit(d)  # a facing's earlier view came back: its decision again, no new vote
                 elif verdict == GateVerdict.NEW_VIEW:
                     region.gate.view_key = region.voter.reset()  # a new view: a new vote (and view id)
-                    self._text.forget(region.key)
+                if verdict in (GateVerdict.NEW_VIEW, GateVerdict.RETURNED):
+                    self._text.forget(region.key)  # a pending reading is of the view just left
                 if verdict.passes:
                     batch.append((region, frame, c))
                 elif self._text.waiting(region.key):
