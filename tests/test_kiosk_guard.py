@@ -169,7 +169,7 @@ def test_a_real_browser_drops_the_token_from_its_address_and_keeps_working(serve
     """Real Chromium: opened as /?token=..., the page's address no longer holds it, and the page's stream,
     search and images work on the HttpOnly cookie alone (the page's script cannot read it)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    from benchmarks._kiosk import chromium_path, launch_chromium
+    from benchmarks._kiosk import chromium_path, launch_chromium, wait_live
 
     if chromium_path() is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
@@ -179,13 +179,13 @@ def test_a_real_browser_drops_the_token_from_its_address_and_keeps_working(serve
         try:
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{srv.port}/?token={TOKEN}")
-            page.wait_for_function("window.__kiosk && window.__kiosk.connects >= 1", timeout=10_000)
+            wait_live(page, timeout_s=10)  # (page.wait_for_function polls with eval, which the CSP refuses)
             assert page.evaluate("location.href") == f"http://127.0.0.1:{srv.port}/"
             assert TOKEN not in page.evaluate("document.cookie + JSON.stringify(sessionStorage)")
             page.fill("#q", "oats")
             page.press("#q", "Enter")
             page.wait_for_selector('#r-cards .card[data-sku="OATS"]', timeout=10_000)
             page.reload()  # a reload (or the next boot's first load) has no token in the address: the cookie does
-            page.wait_for_function("window.__kiosk && window.__kiosk.connects >= 1", timeout=10_000)
+            wait_live(page, timeout_s=10)  # (page.wait_for_function polls with eval, which the CSP refuses)
         finally:
             browser.close()

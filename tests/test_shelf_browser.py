@@ -159,7 +159,8 @@ def test_an_empty_facing_alerts_on_the_page_and_mqtt_and_done_acknowledges_it(sh
     assert item.locator("img.crop").evaluate("i => i.complete && i.naturalWidth > 0")
     page.wait_for_selector(".facings li[data-state=empty]", timeout=10_000)
     if shot := os.environ.get("SHELF_PAGE_SCREENSHOT"):  # docs/shelf-staff-page.png is made this way
-        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        while not page.evaluate("[...document.images].every(i => i.complete)"):  # (wait_for_function: CSP refuses eval)
+            page.wait_for_timeout(20)
         page.screenshot(path=shot, full_page=True)
     item.locator("button.done").click()
     assert collector.wait(lambda: alerts(collector, "ack"), timeout=10)
