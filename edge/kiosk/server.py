@@ -337,10 +337,10 @@ class KioskServer:
                                      status=503, headers={"Retry-After": "2"})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no", **SECURITY_HEADERS})
-        await resp.prepare(request)
         q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(CLIENT_QUEUE)
         self._clients.add(q)
         try:
+            await resp.prepare(request)  # inside the try: a page reloaded this instant is gone already
             await resp.write(f"retry: {RETRY_MS}\n\n".encode())
             await resp.write(sse({"type": "hello", "state": self.hub.current, "broker": self._link}))
             while True:
