@@ -205,14 +205,24 @@ def wait_rendered(page: Any, *, after: int, timeout_s: float = 10.0, kind: str |
     raise TimeoutError(f"the page did not show kind={kind} sku={sku} within {timeout_s}s; it showed {tail}")
 
 
+def wait_js(page: Any, expression: str, *, timeout_s: float, what: str) -> None:
+    """Block until the page's JavaScript ``expression`` is truthy, polled over the DevTools protocol.
+
+    Not ``page.wait_for_function``: after a false first check it polls inside the page with ``eval``,
+    which the pages' CSP (``script-src 'self'``) refuses."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout_s}s")
+        page.wait_for_timeout(20)
+
+
 def wait_live(page: Any, *, connects: int = 0, timeout_s: float = 30.0) -> None:
     """Block until the page's event stream is open and said hello more than ``connects`` times (it then
     receives every decision made from now on) and the page shows its 'live' indicator."""
     deadline = time.monotonic() + timeout_s
-    while page.evaluate("window.__kiosk ? window.__kiosk.connects : 0") <= connects:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the page's event stream did not connect within {timeout_s}s")
-        page.wait_for_timeout(20)  # (wait_for_function would need 'unsafe-eval', which the page's CSP refuses)
+    wait_js(page, f"window.__kiosk && window.__kiosk.connects > {int(connects)}", timeout_s=timeout_s,
+            what="the page's event stream did not connect")
     page.wait_for_selector("#status[data-state='live']", timeout=max(1.0, deadline - time.monotonic()) * 1000)
 
 

@@ -179,13 +179,13 @@ def test_a_real_browser_drops_the_token_from_its_address_and_keeps_working(serve
         try:
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{srv.port}/?token={TOKEN}")
-            wait_live(page, timeout_s=10)  # (page.wait_for_function polls with eval, which the CSP refuses)
+            wait_live(page, timeout_s=10)
             assert page.evaluate("location.href") == f"http://127.0.0.1:{srv.port}/"
             assert TOKEN not in page.evaluate("document.cookie + JSON.stringify(sessionStorage)")
             page.fill("#q", "oats")
             page.press("#q", "Enter")
             page.wait_for_selector('#r-cards .card[data-sku="OATS"]', timeout=10_000)
             page.reload()  # a reload (or the next boot's first load) has no token in the address: the cookie does
-            wait_live(page, timeout_s=10)  # (page.wait_for_function polls with eval, which the CSP refuses)
+            wait_live(page, timeout_s=10)
         finally:
             browser.close()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from benchmarks._broker import Broker, free_port
-from benchmarks._kiosk import EMPTY_SKU, build_catalog, by_sku, chromium_path, launch_chromium
+from benchmarks._kiosk import EMPTY_SKU, build_catalog, by_sku, chromium_path, launch_chromium, wait_js
 from edge.pipeline.demo import light_and_noise, place, render_product, tray_background
 from tests.runtime_helpers import Collector
 
@@ -159,8 +159,7 @@ def test_an_empty_facing_alerts_on_the_page_and_mqtt_and_done_acknowledges_it(sh
     assert item.locator("img.crop").evaluate("i => i.complete && i.naturalWidth > 0")
     page.wait_for_selector(".facings li[data-state=empty]", timeout=10_000)
     if shot := os.environ.get("SHELF_PAGE_SCREENSHOT"):  # docs/shelf-staff-page.png is made this way
-        while not page.evaluate("[...document.images].every(i => i.complete)"):  # (wait_for_function: CSP refuses eval)
-            page.wait_for_timeout(20)
+        wait_js(page, "[...document.images].every(i => i.complete)", timeout_s=10, what="the page's images loaded")
         page.screenshot(path=shot, full_page=True)
     item.locator("button.done").click()
     assert collector.wait(lambda: alerts(collector, "ack"), timeout=10)
